@@ -1,0 +1,126 @@
+/**
+ * Loads the CPU addon (kvant.node) once per process/worker and describes its raw surface.
+ * Loading tries, in order: a prebuild in prebuilds/ or the node-gyp build (node-gyp-build),
+ * then the cmake-js build; every failure is collected into one actionable message.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { KvantError } from './errors';
+
+/** Storage handed to native calls: a byte view of JS memory, or native memory. */
+export type RawStorage = Uint8Array | NativeMemoryHandle;
+
+export interface NativeMemoryHandle {
+  readonly byteLength: number;
+  readonly disposed: boolean;
+  readonly kind: 'alloc' | 'mmap';
+  view(byteOffset: number, byteLength: number): ArrayBuffer;
+  dispose(): void;
+}
+
+export interface CancelTokenHandle {
+  cancel(): void;
+  readonly cancelled: boolean;
+}
+
+export interface CpuInfo {
+  isa: 'scalar' | 'avx2' | 'avx512';
+  bestIsa: 'scalar' | 'avx2' | 'avx512';
+  isaReason: string;
+  features: Record<string, boolean>;
+  threads: number;
+  defaultThreads: number;
+  threadsReason: string;
+  physicalCores: number;
+  affinityCpus: number;
+  cgroupLimit: number;
+}
+
+export interface ProbeResult {
+  seconds: number;
+  bytes: number;
+  flops: number;
+  check: number;
+}
+
+/** The raw addon, as csrc/napi registers it. Arguments are validated again natively. */
+export interface NativeBinding {
+  NativeMemory: new (mode: 'alloc' | 'map', arg: number | string) => NativeMemoryHandle;
+  CancelToken: new () => CancelTokenHandle;
+  cpuInfo(): CpuInfo;
+  setThreads(n: number): void;
+  fillRandom(s: RawStorage, off: number, bytes: number, dtype: number, seed: number, dist: number, a: number, b: number): void;
+  convert(
+    src: RawStorage, srcOff: number, srcBytes: number, srcDtype: number,
+    dst: RawStorage, dstOff: number, dstBytes: number, dstDtype: number,
+    count: number, isa?: number,
+  ): void;
+  convertAsync(
+    src: RawStorage, srcOff: number, srcBytes: number, srcDtype: number,
+    dst: RawStorage, dstOff: number, dstBytes: number, dstDtype: number,
+    count: number, isa: number | undefined, cancel: CancelTokenHandle | undefined,
+  ): Promise<void>;
+  probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
+  probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
+  probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;
+}
+
+/** The package root (one level above dist/ or lib/). */
+export const packageRoot: string = path.join(__dirname, '..');
+
+let binding: NativeBinding | undefined;
+
+function cpuFlags(): string {
+  try {
+    const line = fs.readFileSync('/proc/cpuinfo', 'utf8').split('\n').find((l) => l.startsWith('flags'));
+    if (!line) return 'unknown';
+    const have = new Set(line.split(':')[1].trim().split(/\s+/));
+    return ['avx2', 'fma', 'f16c', 'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'].map((f) => `${f}${have.has(f) ? '+' : '-'}`).join(' ');
+  } catch {
+    return 'unknown';
+  }
+}
+
+function libc(): string {
+  if (process.platform !== 'linux') return 'n/a';
+  const report = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header;
+  return report?.glibcVersionRuntime ? `glibc ${report.glibcVersionRuntime}` : 'musl or unknown';
+}
+
+function load(): NativeBinding {
+  const failures: string[] = [];
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeBinding;
+    return nodeGypBuild(packageRoot);
+  } catch (e) {
+    failures.push(`prebuilds/ and build/ (node-gyp-build): ${(e as Error).message.split('\n')[0]}`);
+  }
+  const cmakeBuild = path.join(packageRoot, 'build-cmake', 'Release', 'kvant.node');
+  try {
+    return require(cmakeBuild) as NativeBinding;
+  } catch (e) {
+    failures.push(`${path.relative(packageRoot, cmakeBuild)} (cmake-js): ${(e as Error).message.split('\n')[0]}`);
+  }
+  throw new KvantError(
+    'KVANT_BACKEND',
+    [
+      'Could not load the kvant native addon (kvant.node).',
+      `Platform: ${process.platform}, arch: ${process.arch}, libc: ${libc()}, Node ${process.version} (N-API ${process.versions.napi}), CPU: ${os.cpus()[0]?.model ?? 'unknown'}`,
+      `CPU features found: ${cpuFlags()} (required: none; AVX2+FMA+F16C and AVX-512 are used when present)`,
+      'Tried:',
+      ...failures.map((f) => `  - ${f}`),
+      'Possible fixes:',
+      '  - Reinstall so the prebuilt binary for your platform is picked up: npm install kvant',
+      '  - Build from source (needs python3, make and a C++17 compiler): npm rebuild kvant --build-from-source',
+      '  - Or with cmake-js: npx cmake-js build --out build-cmake (inside node_modules/kvant)',
+    ].join('\n'),
+  );
+}
+
+/** The loaded addon (loaded on first use). */
+export function native(): NativeBinding {
+  if (!binding) binding = load();
+  return binding;
+}
