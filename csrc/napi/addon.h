@@ -84,10 +84,13 @@ struct AsyncResult {
 Napi::Promise runAsync(Napi::Env env, const char* name, std::vector<Napi::Value> keepAlive,
                        std::function<AsyncResult()> work, std::function<Napi::Value(Napi::Env)> onOk);
 
-// Registration of each binding file's exports.
-void registerSystem(Napi::Env env, Napi::Object exports);
-void registerMemory(Napi::Env env, Napi::Object exports);
-void registerConvert(Napi::Env env, Napi::Object exports);
-void registerProbe(Napi::Env env, Napi::Object exports);
+// Each binding file registers its exports with a static Registration, so adding a kernel
+// family never edits this header or addon.cc:
+//   static Registration reg("convert", registerConvert);
+// Order: registrations with a lower `order` run first (memory classes before users).
+using RegisterFn = void (*)(Napi::Env env, Napi::Object exports);
+struct Registration {
+  Registration(const char* name, RegisterFn fn, int order = 100);
+};
 
 }  // namespace kvant::napi

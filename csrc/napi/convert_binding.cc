@@ -59,9 +59,11 @@ Napi::Value convertAsync(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void registerConvert(Napi::Env env, Napi::Object exports) {
+static void registerConvert(Napi::Env env, Napi::Object exports) {
   exports.Set("convert", Napi::Function::New(env, convertSync, "convert"));
   exports.Set("convertAsync", Napi::Function::New(env, convertAsync, "convertAsync"));
 }
+
+static Registration registration("convert", registerConvert);
 
 }  // namespace kvant::napi

@@ -176,7 +176,7 @@ Napi::Value CancelToken::cancel(const Napi::CallbackInfo& info) {
 }
 Napi::Value CancelToken::isCancelled(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), flag_->load()); }
 
-void registerMemory(Napi::Env env, Napi::Object exports) {
+static void registerMemory(Napi::Env env, Napi::Object exports) {
   AddonData& d = addonData(env);
   Napi::Function mem = NativeMemory::define(env);
   Napi::Function tok = CancelToken::define(env);
@@ -185,5 +185,7 @@ void registerMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeMemory", mem);
   exports.Set("CancelToken", tok);
 }
+
+static Registration registration("memory", registerMemory, 0);
 
 }  // namespace kvant::napi

@@ -47,10 +47,12 @@ Napi::Value fmaPeak(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void registerProbe(Napi::Env env, Napi::Object exports) {
+static void registerProbe(Napi::Env env, Napi::Object exports) {
   exports.Set("probeReadBandwidth", Napi::Function::New(env, readBandwidth, "probeReadBandwidth"));
   exports.Set("probeCopyBandwidth", Napi::Function::New(env, copyBandwidth, "probeCopyBandwidth"));
   exports.Set("probeFmaPeak", Napi::Function::New(env, fmaPeak, "probeFmaPeak"));
 }
+
+static Registration registration("probe", registerProbe);
 
 }  // namespace kvant::napi

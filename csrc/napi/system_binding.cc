@@ -62,10 +62,12 @@ Napi::Value fillRandomBinding(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-void registerSystem(Napi::Env env, Napi::Object exports) {
+static void registerSystem(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuInfo", Napi::Function::New(env, cpuInfo, "cpuInfo"));
   exports.Set("setThreads", Napi::Function::New(env, setThreads, "setThreads"));
   exports.Set("fillRandom", Napi::Function::New(env, fillRandomBinding, "fillRandom"));
 }
+
+static Registration registration("system", registerSystem);
 
 }  // namespace kvant::napi

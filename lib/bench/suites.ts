@@ -1,10 +1,10 @@
 /**
- * The registered benchmarks. Each kernel family adds its cases here; the harness measures
- * ceilings and runs them. Working sets for bandwidth-bound kernels cycle through several
- * distinct copies of the data, totalling at least 4x the last-level cache, as a model's
- * layers would, so the cache cannot serve repeated runs.
+ * The registered benchmarks: each kernel family keeps its cases in its own file
+ * (lib/bench/<family>-cases.ts) and adds one line to allCases. Working sets of
+ * bandwidth-bound kernels cycle through distinct copies of the data totalling at least
+ * 4x the last-level cache, as a model's layers would, so caches cannot serve repeat runs.
  */
-import { Tensor } from '../tensor';
+import { convertCases } from './convert-cases';
 import { BenchCase, Machine } from './harness';
 
 /** Number of distinct copies of `bytesPerCopy` needed to exceed 4x LLC. */
@@ -13,42 +13,8 @@ export function copiesFor(bytesPerCopy: number, machine: Pick<Machine, 'llc_byte
   return Math.max(2, Math.ceil((4 * machine.llc_bytes) / bytesPerCopy));
 }
 
-function conversionCase(from: 'f32' | 'f16' | 'bf16', to: 'f32' | 'f16' | 'bf16', numel: number, copies: number): BenchCase {
-  const bytesPerRun = numel * ((from === 'f32' ? 4 : 2) + (to === 'f32' ? 4 : 2));
-  let srcs: Tensor[] = [];
-  let dsts: Tensor[] = [];
-  return {
-    name: from === to ? `copy ${from} ${numel}` : `convert ${from}->${to} ${numel}`,
-    kernel: from === to ? 'copy' : 'convert',
-    fields: { dtype: `${from}->${to}`, n: numel },
-    bytes: bytesPerRun,
-    ceiling: 'copy',
-    setup() {
-      srcs = Array.from({ length: copies }, (_, i) => Tensor.random([numel], from, { seed: i + 1, native: true }));
-      dsts = Array.from({ length: copies }, () => Tensor.zeros([numel], to, { native: true }));
-      let i = 0;
-      return () => {
-        srcs[i].convertInto(dsts[i]);
-        i = (i + 1) % copies;
-      };
-    },
-    teardown() {
-      for (const t of [...srcs, ...dsts]) t.dispose();
-      srcs = [];
-      dsts = [];
-    },
-  };
-}
-
 export function allCases(machine: Machine, quick: boolean): BenchCase[] {
-  // 32 Mi elements: 128 MiB of f32 + 64 MiB of f16 per copy.
-  const numel = quick ? 1 << 22 : 1 << 25;
-  const copies = copiesFor(numel * 6, machine, quick);
   return [
-    conversionCase('f32', 'f16', numel, copies),
-    conversionCase('f16', 'f32', numel, copies),
-    conversionCase('f32', 'bf16', numel, copies),
-    conversionCase('bf16', 'f32', numel, copies),
-    conversionCase('f32', 'f32', numel, copiesFor(numel * 8, machine, quick)),
+    ...convertCases(machine, quick),
   ];
 }
