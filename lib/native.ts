@@ -50,6 +50,8 @@ export interface NativeBinding {
   CancelToken: new () => CancelTokenHandle;
   cpuInfo(): CpuInfo;
   setThreads(n: number): void;
+  /** V8's total of external memory reported through AdjustExternalMemory. */
+  externalMemory(): number;
   fillRandom(s: RawStorage, off: number, bytes: number, dtype: number, seed: number, dist: number, a: number, b: number): void;
   convert(
     src: RawStorage, srcOff: number, srcBytes: number, srcDtype: number,
