@@ -1,0 +1,386 @@
+/**
+ * Continuous batching. Concurrent generate()/stream() calls on one model are admitted in
+ * FIFO order into a running batch (up to maxBatchSize; the first arrival waits up to
+ * maxWaitMs for company) and advanced together, one shared decode step at a time. A
+ * sequence whose stream consumer falls behind is paused once its buffer is full and never
+ * stalls the others; an aborted one leaves the batch at the next step; KV memory is
+ * reserved at admission (prompt + max tokens), so a request that does not fit now waits
+ * and only one that can never fit fails with KVANT_OOM. Each sequence samples with its own
+ * seeded generator, so its tokens are the same alone or inside any batch (given a
+ * batch-invariant engine).
+ */
+import { KvantError, expected } from '../errors';
+import { Sampler, SamplingOptions, checkSampling, logSoftmaxAt } from './sampler';
+
+/** What a model must offer the scheduler. */
+export interface DecodeEngine<S> {
+  readonly vocabSize: number;
+  readonly maxContext: number;
+  /** 'ok' if KV memory for `tokens` tokens can be reserved now, 'wait' if only after others finish, 'never' if it exceeds the budget. */
+  admission(tokens: number): { verdict: 'ok' | 'wait' | 'never'; needed: number; available: number };
+  /** Opens a sequence with KV memory reserved for `tokens` tokens. */
+  open(tokens: number): S;
+  /** Runs the prompt through the model (chunked as the engine likes); logits of the last position. */
+  prefill(seq: S, tokens: readonly number[]): Promise<Float32Array>;
+  /** One decode step: each sequence consumes one token; logits per sequence. */
+  decode(seqs: readonly S[], tokens: readonly number[]): Promise<Float32Array[]>;
+  /** Frees the sequence's KV pages. */
+  close(seq: S): void;
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Maximum new tokens (default 256; clamped to the context left). */
+  maxTokens?: number;
+  /** Token ids that end generation (not included in the output). */
+  stopTokens?: readonly number[];
+  /** Strings that end generation (needs a detokenizer; the text is cut before them). */
+  stopStrings?: readonly string[];
+  signal?: AbortSignal;
+  /** Report the log-probability (natural log, under the unmodified model distribution) of each token. */
+  logprobs?: boolean;
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface GenerationChunk {
+  token: number;
+  /** Text added by this token (when a detokenizer is set). */
+  text?: string;
+  logprob?: number;
+}
+
+export interface GenerationResult {
+  tokens: number[];
+  text?: string;
+  finishReason: FinishReason;
+  usage: { promptTokens: number; completionTokens: number };
+  logprobs?: number[];
+  timing: { prefillMs: number; decodeMs: number; queuedMs: number };
+}
+
+export interface SchedulerOptions {
+  maxBatchSize?: number;
+  maxWaitMs?: number;
+  /** Tokens a stream may buffer before its sequence is paused (default 64). */
+  streamBuffer?: number;
+  /** token ids -> text, for stop strings and chunk text. */
+  detokenize?: (tokens: readonly number[]) => string;
+}
+
+interface Request<S> {
+  prompt: number[];
+  opts: GenerateOptions;
+  maxTokens: number;
+  sampler: Sampler;
+  seq?: S;
+  out: number[];
+  logprobs: number[];
+  text: string;
+  last: number;
+  buffer: GenerationChunk[];
+  limit: number; // Infinity for generate(): nothing consumes incrementally
+  paused: boolean;
+  done: boolean;
+  aborted: boolean;
+  waiter?: () => void;
+  resolve: (r: GenerationResult) => void;
+  reject: (e: unknown) => void;
+  t0: number;
+  tAdmit: number;
+  prefillMs: number;
+  decodeMs: number;
+  onAbort?: () => void;
+}
+
+/** A streaming generation: iterate for chunks; `result` settles when it ends. */
+export interface GenerationStream extends AsyncIterable<GenerationChunk> {
+  readonly result: Promise<GenerationResult>;
+}
+
+export class Scheduler<S> {
+  private readonly engine: DecodeEngine<S>;
+  private readonly maxBatchSize: number;
+  private readonly maxWaitMs: number;
+  private readonly streamBuffer: number;
+  private readonly detokenize?: (tokens: readonly number[]) => string;
+  private readonly waiting: Request<S>[] = [];
+  private readonly active: Request<S>[] = [];
+  private running = false;
+  private wake?: () => void;
+  /** Decode steps run so far and the largest batch seen (for tests and stats). */
+  readonly stats = { steps: 0, maxBatch: 0, prefills: 0 };
+
+  constructor(engine: DecodeEngine<S>, opts: SchedulerOptions = {}) {
+    this.engine = engine;
+    this.maxBatchSize = opts.maxBatchSize ?? 16;
+    this.maxWaitMs = opts.maxWaitMs ?? 2;
+    this.streamBuffer = opts.streamBuffer ?? 64;
+    this.detokenize = opts.detokenize;
+    if (!Number.isInteger(this.maxBatchSize) || this.maxBatchSize < 1) throw expected('KVANT_RANGE', 'an integer >= 1', 'maxBatchSize', this.maxBatchSize);
+    if (!(this.maxWaitMs >= 0)) throw expected('KVANT_RANGE', 'a number >= 0', 'maxWaitMs', this.maxWaitMs);
+    if (!Number.isInteger(this.streamBuffer) || this.streamBuffer < 1) throw expected('KVANT_RANGE', 'an integer >= 1', 'streamBuffer', this.streamBuffer);
+  }
+
+  /** Generates to completion. */
+  generate(prompt: readonly number[], opts: GenerateOptions = {}): Promise<GenerationResult> {
+    return this.submit(prompt, opts, Infinity).result;
+  }
+
+  /** Generates as a stream of chunks (bounded buffer: a slow consumer pauses only its own sequence). */
+  stream(prompt: readonly number[], opts: GenerateOptions = {}): GenerationStream {
+    return this.submit(prompt, opts, this.streamBuffer);
+  }
+
+  private submit(prompt: readonly number[], opts: GenerateOptions, limit: number): GenerationStream {
+    const V = this.engine.vocabSize;
+    if (!Array.isArray(prompt) || prompt.length === 0) throw expected('KVANT_RANGE', 'a non-empty array of token ids', 'prompt', prompt);
+    prompt.forEach((t, i) => {
+      if (!Number.isInteger(t) || t < 0 || t >= V) throw expected('KVANT_RANGE', `a token id in 0..${V - 1}`, `prompt[${i}]`, t);
+    });
+    const ctx = this.engine.maxContext;
+    if (prompt.length >= ctx) throw new KvantError('KVANT_RANGE', `Expected a prompt shorter than the context (${ctx} tokens) but it has ${prompt.length}`);
+    const maxTokens = opts.maxTokens ?? 256;
+    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw expected('KVANT_RANGE', 'an integer >= 1', 'maxTokens', maxTokens);
+    for (const t of opts.stopTokens ?? []) if (!Number.isInteger(t) || t < 0 || t >= V) throw expected('KVANT_RANGE', `token ids in 0..${V - 1}`, 'stopTokens', t);
+    if (opts.stopStrings?.length && !this.detokenize) throw new KvantError('KVANT_RANGE', 'stopStrings need a tokenizer (this model was loaded without one)');
+    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw expected('KVANT_DTYPE', 'an AbortSignal', 'signal', opts.signal);
+    checkSampling(opts);
+    let resolve!: (r: GenerationResult) => void;
+    let reject!: (e: unknown) => void;
+    const result = new Promise<GenerationResult>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    const req: Request<S> = {
+      prompt: [...prompt],
+      opts,
+      maxTokens: Math.min(maxTokens, ctx - prompt.length),
+      sampler: new Sampler(opts, opts.repetitionPenalty && opts.repetitionPenalty !== 1 ? prompt : []),
+      out: [],
+      logprobs: [],
+      text: '',
+      last: -1,
+      buffer: [],
+      limit,
+      paused: false,
+      done: false,
+      aborted: false,
+      resolve,
+      reject,
+      t0: performance.now(),
+      tAdmit: 0,
+      prefillMs: 0,
+      decodeMs: 0,
+    };
+    if (opts.signal) {
+      if (opts.signal.aborted) req.aborted = true;
+      req.onAbort = () => {
+        req.aborted = true;
+        this.poke(req);
+      };
+      opts.signal.addEventListener('abort', req.onAbort, { once: true });
+    }
+    this.waiting.push(req);
+    this.kick();
+    const self = this;
+    return {
+      result,
+      [Symbol.asyncIterator](): AsyncIterator<GenerationChunk> {
+        return {
+          next: () => self.pull(req),
+          return: async () => {
+            // The consumer left early (break): treat it as an abort of this sequence.
+            req.aborted = true;
+            self.poke(req);
+            return { value: undefined, done: true };
+          },
+        };
+      },
+    };
+  }
+
+  private async pull(req: Request<S>): Promise<IteratorResult<GenerationChunk>> {
+    for (;;) {
+      if (req.buffer.length > 0) {
+        const value = req.buffer.shift()!;
+        if (req.paused && req.buffer.length < req.limit) {
+          req.paused = false;
+          this.wake?.();
+        }
+        return { value, done: false };
+      }
+      if (req.done) return { value: undefined, done: true };
+      await new Promise<void>((r) => (req.waiter = r));
+    }
+  }
+
+  private poke(req: Request<S>): void {
+    req.waiter?.();
+    req.waiter = undefined;
+    this.wake?.();
+  }
+
+  private kick(): void {
+    if (this.running) {
+      this.wake?.();
+      return;
+    }
+    this.running = true;
+    void this.loop();
+  }
+
+  private finish(req: Request<S>, reason: FinishReason): void {
+    if (req.done) return;
+    req.done = true;
+    if (req.seq !== undefined) this.engine.close(req.seq);
+    req.opts.signal?.removeEventListener('abort', req.onAbort!);
+    const i = this.active.indexOf(req);
+    if (i >= 0) this.active.splice(i, 1);
+    req.resolve({
+      tokens: req.out,
+      text: this.detokenize ? req.text : undefined,
+      finishReason: reason,
+      usage: { promptTokens: req.prompt.length, completionTokens: req.out.length },
+      logprobs: req.opts.logprobs ? req.logprobs : undefined,
+      timing: { prefillMs: req.prefillMs, decodeMs: req.decodeMs, queuedMs: req.tAdmit - req.t0 },
+    });
+    this.poke(req);
+  }
+
+  private fail(req: Request<S>, e: unknown): void {
+    if (req.done) return;
+    req.done = true;
+    if (req.seq !== undefined) this.engine.close(req.seq);
+    const i = this.active.indexOf(req);
+    if (i >= 0) this.active.splice(i, 1);
+    req.reject(e);
+    this.poke(req);
+  }
+
+  /** Appends a sampled token; returns false when the sequence has finished. */
+  private accept(req: Request<S>, logits: Float32Array): boolean {
+    const token = req.sampler.sample(logits);
+    if (req.opts.stopTokens?.includes(token)) {
+      this.finish(req, 'stop');
+      return false;
+    }
+    const chunk: GenerationChunk = { token };
+    if (req.opts.logprobs) {
+      chunk.logprob = logSoftmaxAt(logits, token);
+      req.logprobs.push(chunk.logprob);
+    }
+    req.out.push(token);
+    req.last = token;
+    if (this.detokenize) {
+      const text = this.detokenize(req.out);
+      const stop = req.opts.stopStrings?.map((s) => text.indexOf(s, Math.max(0, req.text.length - s.length))).filter((i) => i >= 0);
+      if (stop && stop.length) {
+        const cut = text.slice(0, Math.min(...stop));
+        chunk.text = cut.slice(req.text.length);
+        req.text = cut;
+        if (chunk.text) this.emit(req, chunk);
+        this.finish(req, 'stop');
+        return false;
+      }
+      chunk.text = text.slice(req.text.length);
+      req.text = text;
+    }
+    this.emit(req, chunk);
+    if (req.out.length >= req.maxTokens) {
+      this.finish(req, 'length');
+      return false;
+    }
+    return true;
+  }
+
+  private emit(req: Request<S>, chunk: GenerationChunk): void {
+    if (req.limit !== Infinity) {
+      req.buffer.push(chunk);
+      if (req.buffer.length >= req.limit) req.paused = true;
+    }
+    req.waiter?.();
+    req.waiter = undefined;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((r) => {
+      const t = setTimeout(r, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        r();
+      };
+    });
+  }
+
+  private async admit(): Promise<void> {
+    while (this.waiting.length > 0 && this.active.length < this.maxBatchSize) {
+      const req = this.waiting[0];
+      if (req.aborted) {
+        this.waiting.shift();
+        this.finish(req, 'abort');
+        continue;
+      }
+      const need = req.prompt.length + req.maxTokens;
+      const a = this.engine.admission(need);
+      if (a.verdict === 'never' || (a.verdict === 'wait' && this.active.length === 0)) {
+        this.waiting.shift();
+        this.fail(req, new KvantError('KVANT_OOM', `KV cache budget exceeded: this request needs ${a.needed} bytes for ${need} tokens but the budget is ${a.available} bytes`));
+        continue;
+      }
+      if (a.verdict === 'wait') return; // FIFO: later requests wait behind this one
+      this.waiting.shift();
+      req.tAdmit = performance.now();
+      try {
+        req.seq = this.engine.open(need);
+        const t0 = performance.now();
+        const logits = await this.engine.prefill(req.seq, req.prompt);
+        this.stats.prefills++;
+        req.prefillMs = performance.now() - t0;
+        this.active.push(req);
+        if (req.aborted) this.finish(req, 'abort');
+        else this.accept(req, logits);
+      } catch (e) {
+        this.fail(req, e);
+      }
+    }
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      // A lone first arrival waits briefly so concurrent requests start in one batch.
+      if (this.maxWaitMs > 0 && this.active.length === 0 && this.waiting.length < this.maxBatchSize) await this.sleep(this.maxWaitMs);
+      for (;;) {
+        await this.admit();
+        for (const r of [...this.active]) if (r.aborted) this.finish(r, 'abort');
+        const batch = this.active.filter((r) => !r.paused && !r.done);
+        if (batch.length === 0) {
+          if (this.active.length === 0 && this.waiting.length === 0) break;
+          await this.sleep(1000); // paused consumers, or KV memory to be freed: woken by a pull, an abort or an arrival
+          continue;
+        }
+        this.stats.steps++;
+        this.stats.maxBatch = Math.max(this.stats.maxBatch, batch.length);
+        const t0 = performance.now();
+        let logits: Float32Array[];
+        try {
+          logits = await this.engine.decode(
+            batch.map((r) => r.seq as S),
+            batch.map((r) => r.last),
+          );
+        } catch (e) {
+          for (const r of batch) this.fail(r, e);
+          continue;
+        }
+        const ms = performance.now() - t0;
+        batch.forEach((r, i) => {
+          r.decodeMs += ms;
+          if (!r.done) this.accept(r, logits[i]);
+        });
+      }
+    } finally {
+      this.running = false;
+      this.wake = undefined;
+      if (this.waiting.length > 0) this.kick();
+    }
+  }
+}
