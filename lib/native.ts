@@ -63,6 +63,19 @@ export interface NativeBinding {
     dst: RawStorage, dstOff: number, dstBytes: number, dstDtype: number,
     count: number, isa: number | undefined, cancel: CancelTokenHandle | undefined,
   ): Promise<void>;
+  rmsNorm(x: RawStorage, xo: number, xb: number, w: RawStorage, wo: number, wb: number, wDtype: number,
+    y: RawStorage, yo: number, yb: number, rows: number, n: number, eps: number, isa?: number): void;
+  rope(x: RawStorage, xo: number, xb: number, rows: number, heads: number, stride: number, offset: number, pairs: number,
+    pos: RawStorage, po: number, pb: number, invFreq: RawStorage, fo: number, fb: number, amp: number): void;
+  siluGate(g: RawStorage, go: number, gb: number, u: RawStorage, uo: number, ub: number, inStride: number,
+    y: RawStorage, yo: number, yb: number, rows: number, n: number, isa?: number): void;
+  softmax(x: RawStorage, xo: number, xb: number, rows: number, n: number, isa?: number): void;
+  routeTopK(l: RawStorage, lo: number, lb: number, rows: number, experts: number, k: number, nGroup: number, topkGroup: number,
+    groupLimited: boolean, normTopk: boolean, scaling: number, idx: RawStorage, io: number, ib: number, w: RawStorage, wo: number, wb: number): void;
+  embedding(t: RawStorage, to: number, tb: number, dtype: number, vocab: number, dim: number,
+    ids: RawStorage, io: number, ib: number, out: RawStorage, oo: number, ob: number): void;
+  argmax(x: RawStorage, xo: number, xb: number, rows: number, n: number, out: RawStorage, oo: number, ob: number): void;
+  axpy(a: number, x: RawStorage, xo: number, xb: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;
