@@ -12,4 +12,4 @@ export type { Storage, CreateOptions, RandomOptions, AsyncOptions } from './tens
 export { backendInfo, setThreads, getThreads, resolveBackend, cudaInfo } from './backend';
 export type { BackendInfo, BackendName, CudaStatus } from './backend';
 export { allocateNative, mapFile } from './memory';
-export type { NativeMemoryHandle } from './native';
+export type { NativeMemoryHandle, RawStorage } from './native';
