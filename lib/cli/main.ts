@@ -9,6 +9,7 @@ import { KvantError } from '../errors';
 import { allCases } from '../bench/suites';
 import { formatMachine, formatTable, measureMachine, runBenchmarks } from '../bench/harness';
 import { Tensor } from '../tensor';
+import { planCommand } from './plan';
 
 const HELP = `kvant — quantized LLM inference for Node.js
 
@@ -17,6 +18,8 @@ Usage: kvant <command> [options]
 Commands:
   demo                      a short tour of the kernels on this machine
   info [--json]             backend, ISA level, threads and CUDA status
+  plan --model DIR [--bits B] [--group-size G] [--context N] [--kv-cache TYPE] [--json]
+                            memory for weights and KV cache, and whether it fits here
   bench [--json FILE] [--filter REGEX] [--quick]
                             measure machine ceilings, then run the kernel benchmarks
   help                      this text
@@ -109,6 +112,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'demo': return await demo();
       case 'bench': return await bench(rest);
       case 'info': return infoCmd(rest);
+      case 'plan': return planCommand(rest);
       case undefined:
       case 'help':
       case '--help':
