@@ -29,3 +29,20 @@ describe('tensor inventory and memory plan', () => {
     expect(p.weights_bytes / bf16.weights_bytes).toBeLessThan(0.32);
   });
 });
+
+describe('presets', () => {
+  it('tiny exercises every path and has packable, partially-grouped dims; lite matches V2-Lite', async () => {
+    const { presetConfig } = await import('../lib/models/deepseek-v2/presets');
+    const tiny = parseConfig(presetConfig('tiny'));
+    expect(tiny.qLoraRank).not.toBeNull();
+    expect(tiny.ropeScaling).not.toBeNull();
+    expect(tiny.nSharedExperts).toBeGreaterThan(0);
+    for (const t of expectedTensors(tiny).filter((t) => t.role === 'linear')) {
+      expect(t.shape[1]! % 32).toBe(0); // K: 3-bit packing needs multiples of 32
+      expect(t.shape[0] % 32).toBe(0); // N: qzeros packing
+    }
+    expect(expectedTensors(tiny).some((t) => t.role === 'linear' && t.shape[1]! % 128 !== 0)).toBe(true);
+    const lite = parseConfig(presetConfig('lite', 27));
+    expect(expectedTensors(lite).reduce((a, t) => a + t.shape[0] * (t.shape[1] ?? 1), 0)).toBe(15_706_484_224);
+  });
+});
