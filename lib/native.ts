@@ -52,6 +52,8 @@ export interface NativeBinding {
   setThreads(n: number): void;
   /** V8's total of external memory reported through AdjustExternalMemory. */
   externalMemory(): number;
+  /** Data address of (storage, byteOffset, byteLength) modulo 64. */
+  addressMod64(s: RawStorage, off: number, bytes: number): number;
   fillRandom(s: RawStorage, off: number, bytes: number, dtype: number, seed: number, dist: number, a: number, b: number): void;
   convert(
     src: RawStorage, srcOff: number, srcBytes: number, srcDtype: number,

@@ -125,8 +125,13 @@ export class Tensor {
       const memory = callNative(() => new (native().NativeMemory)('alloc', bytes));
       return new Tensor({ kind: 'native', memory }, t, shape);
     }
-    const buf = opts.shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes);
-    return new Tensor({ kind: 'js', bytes: new Uint8Array(buf) }, t, shape);
+    // Memory kvant allocates is 64-byte aligned (a cache line, a full AVX-512 vector):
+    // allocate 63 bytes of slack and start the tensor at the first 64-byte boundary.
+    const buf = opts.shared ? new SharedArrayBuffer(bytes + 63) : new ArrayBuffer(bytes + 63);
+    const whole = new Uint8Array(buf);
+    const mod = callNative(() => native().addressMod64(whole, 0, whole.byteLength));
+    const start = (64 - mod) % 64;
+    return new Tensor({ kind: 'js', bytes: new Uint8Array(buf, start, bytes) }, t, shape);
   }
 
   /**

@@ -9,7 +9,7 @@ NODE=$(command -v node)
 QEMU=$(command -v qemu-x86_64 || true)
 if [ -z "$QEMU" ]; then echo "qemu-x86_64 not found (apt-get install qemu-user)"; echo "0 passed, 1 failed"; exit 1; fi
 SCRIPT='const k = require("./dist"); const t = k.Tensor.random([4099], "f32", { seed: 3, dist: "normal", std: 1000 });
-const h = Buffer.from(t.to("f16").data().buffer).toString("hex"); const b = Buffer.from(t.to("bf16").data().buffer).toString("hex");
+const hex = (a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString("hex"); const h = hex(t.to("f16").data()); const b = hex(t.to("bf16").data());
 const crypto = require("crypto"); console.log(k.backendInfo().isa + " " + crypto.createHash("sha1").update(h + b).digest("hex"));'
 want=$("$NODE" -e "$SCRIPT" | awk '{print $2}')
 pass=0; fail=0

@@ -1,6 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { KvantError, Tensor } from '../lib';
 
+/**
+ * Occupies kvant's FIFO job queue with a long conversion, so a job queued after it cannot
+ * start before the test has aborted it: abort tests stay deterministic however fast the job is.
+ */
+function occupyQueue(): Promise<unknown> {
+  return Tensor.random([1 << 25], 'f32', { seed: 1, native: true }).toAsync('f16', { native: true });
+}
+
 describe('long operations run off the event loop', () => {
   it('a timer keeps firing while a long conversion runs', async () => {
     const big = Tensor.random([1 << 26], 'f32', { seed: 5, native: true });
@@ -27,8 +35,10 @@ describe('long operations run off the event loop', () => {
   it('AbortSignal stops a long op with KVANT_ABORTED', async () => {
     const big = Tensor.random([1 << 24], 'f32', { seed: 6 });
     const ctl = new AbortController();
+    const blocker = occupyQueue();
     const p = big.toAsync('bf16', { signal: ctl.signal });
-    ctl.abort(); // set before the job reaches its first chunk: it must stop without finishing
+    ctl.abort(); // set while the job still waits behind the blocker: it must stop at its first chunk check
+    await blocker;
     await expect(p).rejects.toMatchObject({ code: 'KVANT_ABORTED' });
     await expect(p).rejects.toBeInstanceOf(KvantError);
   });
@@ -42,8 +52,10 @@ describe('long operations run off the event loop', () => {
   it('async errors keep the caller stack', async () => {
     const t = Tensor.random([1 << 20], 'f32');
     const ctl = new AbortController();
+    const blocker = occupyQueue();
     const p = t.toAsync('f16', { signal: ctl.signal });
     ctl.abort();
+    await blocker;
     const err = (await p.catch((e: unknown) => e)) as KvantError;
     expect(err.code).toBe('KVANT_ABORTED');
     expect(err.stack).toContain('async.test.ts');

@@ -12,7 +12,7 @@ function specialF32(): Float32Array {
     3.4028234663852886e38, 1.1754943508222875e-38, 1e-45, 1.4e-45 * 3, 5.877471754111438e-39, 1e-40, -1e-40];
   const out = new Float32Array(v.length + 6);
   out.set(v);
-  const u = new Uint32Array(out.buffer);
+  const u = new Uint32Array(out.buffer, out.byteOffset, out.length);
   // NaNs with payloads (signalling and quiet, both signs) and the largest finite f32 below a bf16 tie.
   u[v.length] = 0x7f800001;
   u[v.length + 1] = 0xffc00123;
@@ -26,7 +26,8 @@ function specialF32(): Float32Array {
 function randomBits(n: number, seed: number): Float32Array {
   // Uniform over all 2^32 bit patterns: every binade, subnormals and NaNs included.
   const t = Tensor.random([n], 'i32', { seed, low: -(2 ** 31), high: 2 ** 31 });
-  return new Float32Array((t.data() as Int32Array).buffer);
+  const d = t.data() as Int32Array;
+  return new Float32Array(d.buffer, d.byteOffset, d.length);
 }
 
 describe.each(levels)('conversion at ISA level %s', (isa) => {
@@ -79,7 +80,8 @@ describe.each(levels)('conversion at ISA level %s', (isa) => {
     const all = new Uint16Array(65536).map((_, i) => i);
     const out = Tensor.zeros([65536], 'f32');
     Tensor.from(all, { dtype: 'bf16' }).convertInto(out, isa);
-    const got = new Uint32Array((out.data() as Float32Array).buffer);
+    const f = out.data() as Float32Array;
+    const got = new Uint32Array(f.buffer, f.byteOffset, f.length);
     for (let h = 0; h < 65536; h++) if (got[h] !== (h << 16) >>> 0) throw new Error(`h=${h}`);
   });
 
@@ -119,7 +121,8 @@ describe('conversion', () => {
       }
     }
     setThreads(before);
-    for (const r of results) expect(Buffer.from(r.buffer).equals(Buffer.from(results[0].buffer))).toBe(true);
+    const bytes = (a: Uint16Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    for (const r of results) expect(bytes(r).equals(bytes(results[0]))).toBe(true);
   });
 
   it('round trip error is within half an ulp of the narrow format', () => {

@@ -33,7 +33,8 @@ describe('a good Node citizen', () => {
       const { parentPort, workerData } = require('node:worker_threads');
       const { Tensor } = require(workerData.entry);
       const t = Tensor.random([100003], 'f32', { seed: workerData.seed, dist: 'normal' });
-      parentPort.postMessage(Buffer.from(t.to('bf16').data().buffer));`;
+      const d = t.to('bf16').data();
+      parentPort.postMessage(Buffer.from(d.buffer, d.byteOffset, d.byteLength));`;
     const entry = path.join(root, 'dist', 'index.js');
     const run = (seed: number) =>
       new Promise<Buffer>((resolve, reject) => {
@@ -42,7 +43,8 @@ describe('a good Node citizen', () => {
         w.once('error', reject);
       });
     const [a, b] = await Promise.all([run(9), run(9)]);
-    const mine = Buffer.from((Tensor.random([100003], 'f32', { seed: 9, dist: 'normal' }).to('bf16').data() as Uint16Array).buffer);
+    const md = Tensor.random([100003], 'f32', { seed: 9, dist: 'normal' }).to('bf16').data() as Uint16Array;
+    const mine = Buffer.from(md.buffer, md.byteOffset, md.byteLength);
     expect(a.equals(mine)).toBe(true);
     expect(b.equals(mine)).toBe(true);
   });
@@ -101,5 +103,18 @@ describe('a good Node citizen', () => {
     expect((t.data() as Float32Array)[63]).toBe(2.5);
     const h = t.to('f16', { shared: true });
     expect(Array.from(h.toFloat32Array().slice(0, 2))).toEqual([2.5, 2.5]);
+  });
+});
+
+describe('alignment', () => {
+  it('memory kvant allocates is 64-byte aligned (JS and native storage)', async () => {
+    const { native } = await import('../lib/native');
+    for (const opts of [{}, { shared: true }, { native: true }]) {
+      for (const n of [1, 3, 17, 1000]) {
+        const t = Tensor.zeros([n], 'f32', opts);
+        const [s, off] = t.rawArgs();
+        expect(native().addressMod64(s, off, t.byteLength)).toBe(0);
+      }
+    }
   });
 });

@@ -66,11 +66,19 @@ Napi::Value externalMemory(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), double(Napi::MemoryManagement::AdjustExternalMemory(info.Env(), 0)));
 }
 
+// addressMod64(view): the view's data address modulo 64, so JS can place a tensor at a
+// 64-byte boundary inside an ArrayBuffer it allocated with 63 bytes of slack.
+Napi::Value addressMod64(const Napi::CallbackInfo& info) {
+  const Span s = getSpan(info, 0, "view", 1);
+  return Napi::Number::New(info.Env(), double(reinterpret_cast<uintptr_t>(s.data) % 64));
+}
+
 }  // namespace
 
 static void registerSystem(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuInfo", Napi::Function::New(env, cpuInfo, "cpuInfo"));
   exports.Set("setThreads", Napi::Function::New(env, setThreads, "setThreads"));
+  exports.Set("addressMod64", Napi::Function::New(env, addressMod64, "addressMod64"));
   exports.Set("externalMemory", Napi::Function::New(env, externalMemory, "externalMemory"));
   exports.Set("fillRandom", Napi::Function::New(env, fillRandomBinding, "fillRandom"));
 }
