@@ -176,6 +176,14 @@ export class Tensor {
     return new Tensor({ kind: 'native', memory }, dtype, shape, byteOffset);
   }
 
+  /** A Uint8Array over bytes [offset, offset+length) of this tensor (no copy); length <= 4 GiB - 1. */
+  byteView(offset = 0, length: number = this.byteLength - offset): Uint8Array {
+    if (offset < 0 || length < 0 || offset + length > this.byteLength) throw new KvantError('KVANT_RANGE', `Byte range [${offset}, ${offset + length}) is outside the tensor (${this.byteLength} bytes)`);
+    if (this.storage.kind === 'js') return new Uint8Array(this.storage.bytes.buffer, this.storage.bytes.byteOffset + this.byteOffset + offset, length);
+    const memory = this.storage.memory;
+    return new Uint8Array(callNative(() => memory.view(this.byteOffset + offset, length)));
+  }
+
   /** Seeded random tensor (deterministic for a given seed, whatever the thread count). */
   static random(shape: readonly number[], dtype: DType = 'f32', opts: RandomOptions = {}): Tensor {
     const t = Tensor.zeros(shape, dtype, opts);
