@@ -10,6 +10,7 @@ import { allCases } from '../bench/suites';
 import { formatMachine, formatTable, measureMachine, runBenchmarks } from '../bench/harness';
 import { Tensor } from '../tensor';
 import { planCommand } from './plan';
+import { makeModelCommand } from './make-model';
 
 const HELP = `kvant — quantized LLM inference for Node.js
 
@@ -22,6 +23,8 @@ Commands:
                             memory for weights and KV cache, and whether it fits here
   bench [--json FILE] [--filter REGEX] [--quick]
                             measure machine ceilings, then run the kernel benchmarks
+  make-model --preset tiny|lite [--layers N] [--seed S] [--dtype f32|bf16] [--config-override JSON] --out DIR
+                            write a random DeepSeek-V2 checkpoint in the real file layout
   help                      this text
 `;
 
@@ -113,6 +116,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'bench': return await bench(rest);
       case 'info': return infoCmd(rest);
       case 'plan': return planCommand(rest);
+      case 'make-model': return makeModelCommand(rest);
       case undefined:
       case 'help':
       case '--help':

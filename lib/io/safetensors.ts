@@ -178,20 +178,35 @@ export interface WriteOptions {
   metadata?: Record<string, string>;
 }
 
+/** A tensor to write, made only when its turn comes (so a model need not fit in memory). */
+export interface LazyTensor {
+  name: string;
+  dtype: DType;
+  shape: readonly number[];
+  make(): Tensor;
+}
+
+const lazyBytes = (t: LazyTensor) => t.shape.reduce((a, b) => a * b, 1) * dtypeSize(t.dtype);
+
 /**
  * Writes tensors to one safetensors file, streaming each tensor's bytes (no concatenation in
  * memory). The header is padded with spaces to a multiple of 8 so the data stays aligned.
  */
 export function writeSafetensors(path: string, tensors: ReadonlyArray<[string, Tensor]>, opts: WriteOptions = {}): number {
+  return writeLazySafetensors(path, tensors.map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, make: () => t })), opts, false);
+}
+
+/** Like writeSafetensors, but each tensor is made just before it is written and disposed after. */
+export function writeLazySafetensors(path: string, tensors: ReadonlyArray<LazyTensor>, opts: WriteOptions = {}, dispose = true): number {
   const header: Record<string, unknown> = { __metadata__: { format: 'pt', ...(opts.metadata ?? {}) } };
   // Wider elements first (stable otherwise): with an 8-aligned data area every tensor then
   // starts at a multiple of its element size, which is what kernels need to use it in place.
-  tensors = [...tensors].sort((a, b) => dtypeSize(b[1].dtype) - dtypeSize(a[1].dtype));
+  const order = [...tensors].sort((a, b) => dtypeSize(b.dtype) - dtypeSize(a.dtype));
   let offset = 0;
-  for (const [name, t] of tensors) {
-    if (name === '__metadata__' || name in header) throw new KvantError('KVANT_FORMAT', `Duplicate or reserved tensor name "${name}"`);
-    header[name] = { dtype: KVANT_TO_ST[t.dtype], shape: [...t.shape], data_offsets: [offset, offset + t.byteLength] };
-    offset += t.byteLength;
+  for (const t of order) {
+    if (t.name === '__metadata__' || t.name in header) throw new KvantError('KVANT_FORMAT', `Duplicate or reserved tensor name "${t.name}"`);
+    header[t.name] = { dtype: KVANT_TO_ST[t.dtype], shape: [...t.shape], data_offsets: [offset, offset + lazyBytes(t)] };
+    offset += lazyBytes(t);
   }
   let json = JSON.stringify(header);
   json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
@@ -207,11 +222,11 @@ export function writeSafetensors(path: string, tensors: ReadonlyArray<[string, T
     fs.writeSync(fd, len);
     fs.writeSync(fd, json);
     const CHUNK = 1 << 30; // a TypedArray view per GiB: tensors over 4 GiB stream through slices
-    for (const [, t] of tensors) {
-      for (let b = 0; b < t.byteLength; b += CHUNK) {
-        const view = t.byteView(b, Math.min(CHUNK, t.byteLength - b));
-        fs.writeSync(fd, view);
-      }
+    for (const lt of order) {
+      const t = lt.make();
+      if (t.dtype !== lt.dtype || t.byteLength !== lazyBytes(lt)) throw new KvantError('KVANT_SHAPE', `Tensor "${lt.name}" was announced as ${lt.dtype} ${JSON.stringify(lt.shape)}`);
+      for (let b = 0; b < t.byteLength; b += CHUNK) fs.writeSync(fd, t.byteView(b, Math.min(CHUNK, t.byteLength - b)));
+      if (dispose) t.dispose();
     }
   } finally {
     fs.closeSync(fd);
@@ -229,21 +244,31 @@ export interface ShardedWriteResult {
  * tensor larger than that gets a shard of its own) plus model.safetensors.index.json; a single
  * shard is written as model.safetensors with no index, as transformers does.
  */
-export function writeShardedSafetensors(dir: string, tensors: ReadonlyArray<[string, Tensor]>, maxShardBytes: number, opts: WriteOptions = {}): ShardedWriteResult {
-  const shards: Array<Array<[string, Tensor]>> = [[]];
+export function writeShardedSafetensors(
+  dir: string,
+  tensors: ReadonlyArray<[string, Tensor]> | ReadonlyArray<LazyTensor>,
+  maxShardBytes: number,
+  opts: WriteOptions & { onShard?: (i: number, n: number) => void } = {},
+): ShardedWriteResult {
+  const lazy: LazyTensor[] = (tensors as ReadonlyArray<[string, Tensor] | LazyTensor>).map((t) =>
+    Array.isArray(t) ? { name: t[0], dtype: t[1].dtype, shape: t[1].shape, make: () => t[1] } : t,
+  );
+  const dispose = !Array.isArray(tensors[0]);
+  const shards: LazyTensor[][] = [[]];
   let cur = 0;
-  for (const entry of tensors) {
-    const bytes = entry[1].byteLength;
+  for (const t of lazy) {
+    const bytes = lazyBytes(t);
     if (cur > 0 && cur + bytes > maxShardBytes) {
       shards.push([]);
       cur = 0;
     }
-    shards[shards.length - 1].push(entry);
+    shards[shards.length - 1].push(t);
     cur += bytes;
   }
-  const total = tensors.reduce((a, [, t]) => a + t.byteLength, 0);
+  const total = lazy.reduce((a, t) => a + lazyBytes(t), 0);
   if (shards.length === 1) {
-    writeSafetensors(`${dir}/model.safetensors`, shards[0], opts);
+    opts.onShard?.(0, 1);
+    writeLazySafetensors(`${dir}/model.safetensors`, shards[0], opts, dispose);
     return { files: ['model.safetensors'], totalSize: total };
   }
   const n = shards.length;
@@ -251,8 +276,9 @@ export function writeShardedSafetensors(dir: string, tensors: ReadonlyArray<[str
   const files = shards.map((_, i) => `model-${pad(i + 1)}-of-${pad(n)}.safetensors`);
   const weightMap: Record<string, string> = {};
   shards.forEach((s, i) => {
-    writeSafetensors(`${dir}/${files[i]}`, s, opts);
-    for (const [name] of s) weightMap[name] = files[i];
+    opts.onShard?.(i, n);
+    writeLazySafetensors(`${dir}/${files[i]}`, s, opts, dispose);
+    for (const t of s) weightMap[t.name] = files[i];
   });
   fs.writeFileSync(`${dir}/model.safetensors.index.json`, JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n');
   return { files, totalSize: total };

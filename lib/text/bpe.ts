@@ -61,8 +61,9 @@ export function makeByteLevelBpe(spec: BpeTokenizerSpec): { tokenizer: object; s
         if (w[i] === a && w[i + 1] === b) w.splice(i, 2, a + b);
   }
   // Pad with unused byte-pair tokens so the vocabulary has exactly the requested size.
+  // (2-character tokens first, then 3-character ones: a 102400-entry vocabulary needs both.)
   for (let i = 0; vocab.size < spec.vocabSize - spec.specialTokens.length; i++) {
-    const t = `${b2u[i % 256]}${b2u[(i * 7 + 13) % 256]}`;
+    const t = i < 65536 ? `${b2u[i & 255]}${b2u[i >> 8]}` : `${b2u[i & 255]}${b2u[(i >> 8) & 255]}${b2u[(i >> 16) & 255]}`;
     if (!vocab.has(t)) vocab.set(t, vocab.size);
   }
   const specialIds: Record<string, number> = {};
