@@ -78,6 +78,8 @@ export interface NativeBinding {
     ids: RawStorage, io: number, ib: number, out: RawStorage, oo: number, ob: number): void;
   argmax(x: RawStorage, xo: number, xb: number, rows: number, n: number, out: RawStorage, oo: number, ob: number): void;
   axpy(a: number, x: RawStorage, xo: number, xb: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
+  gemm(x: RawStorage, xo: number, xb: number, M: number, K: number, w: RawStorage, wo: number, wb: number, wDtype: number, N: number,
+    bias: RawStorage | null, bo: number, bb: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;

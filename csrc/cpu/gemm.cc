@@ -1,0 +1,69 @@
+#include "gemm.h"
+
+#include "kvant/half.h"
+#include "thread_pool.h"
+
+namespace kvant {
+namespace scalar {
+namespace {
+
+template <class Load>
+void tile(const float* x, size_t ldx, size_t mr, const void* w, size_t ldw, size_t nr, size_t K, float* y, size_t ldy, Load load) {
+  // Reference order: a plain sequential f32 sum per output.
+  for (size_t i = 0; i < mr; ++i)
+    for (size_t j = 0; j < nr; ++j) {
+      float s = 0;
+      for (size_t k = 0; k < K; ++k) s += x[i * ldx + k] * load(w, j * ldw + k);
+      y[i * ldy + j] = s;
+    }
+}
+
+void tileF32(const float* x, size_t ldx, size_t mr, const void* w, size_t ldw, size_t nr, size_t K, float* y, size_t ldy) {
+  tile(x, ldx, mr, w, ldw, nr, K, y, ldy, [](const void* p, size_t i) { return static_cast<const float*>(p)[i]; });
+}
+void tileF16(const float* x, size_t ldx, size_t mr, const void* w, size_t ldw, size_t nr, size_t K, float* y, size_t ldy) {
+  tile(x, ldx, mr, w, ldw, nr, K, y, ldy, [](const void* p, size_t i) { return f16ToF32(static_cast<const uint16_t*>(p)[i]); });
+}
+void tileBf16(const float* x, size_t ldx, size_t mr, const void* w, size_t ldw, size_t nr, size_t K, float* y, size_t ldy) {
+  tile(x, ldx, mr, w, ldw, nr, K, y, ldy, [](const void* p, size_t i) { return bf16ToF32(static_cast<const uint16_t*>(p)[i]); });
+}
+
+}  // namespace
+const GemmKernels kGemmKernels = {tileF32, tileF16, tileBf16};
+}  // namespace scalar
+
+const GemmKernels* gemmKernelsFor(Isa isa) {
+  if (int(isa) < 0) isa = isaChoice().isa;
+#if defined(__x86_64__) || defined(_M_X64)
+  return tableForIsa(isa, scalar::kGemmKernels, &avx2::kGemmKernels, &avx512::kGemmKernels);
+#else
+  return tableForIsa<GemmKernels>(isa, scalar::kGemmKernels, nullptr, nullptr);
+#endif
+}
+
+Status gemm(const float* x, size_t M, size_t K, const void* w, DType wType, size_t N, const float* bias, float* y, Isa isa) {
+  const GemmKernels* k = gemmKernelsFor(isa);
+  if (!k) return Status::kBackend;
+  GemmTileFn tile = wType == DType::kF32 ? k->tileF32 : wType == DType::kF16 ? k->tileF16 : wType == DType::kBF16 ? k->tileBf16 : nullptr;
+  if (!tile) return Status::kDtype;
+  const size_t es = dtypeSize(wType);
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const size_t tasks = (N + kGemmRowsPerTask - 1) / kGemmRowsPerTask;
+  threadPool().parallelFor(tasks, [&](size_t t) {
+    const size_t n0 = t * kGemmRowsPerTask, n1 = n0 + kGemmRowsPerTask < N ? n0 + kGemmRowsPerTask : N;
+    // Activation tiles outer, weight tiles inner: the task's weight rows stay cache-resident.
+    for (size_t m0 = 0; m0 < M; m0 += 4) {
+      const size_t mr = M - m0 < 4 ? M - m0 : 4;
+      for (size_t j = n0; j < n1; j += 4) {
+        const size_t nr = n1 - j < 4 ? n1 - j : 4;
+        tile(x + m0 * K, K, mr, wb + j * K * es, K, nr, K, y + m0 * N + j, N);
+      }
+    }
+    if (bias)
+      for (size_t m = 0; m < M; ++m)
+        for (size_t j = n0; j < n1; ++j) y[m * N + j] += bias[j];
+  });
+  return Status::kOk;
+}
+
+}  // namespace kvant
