@@ -80,6 +80,15 @@ export interface NativeBinding {
   axpy(a: number, x: RawStorage, xo: number, xb: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
   gemm(x: RawStorage, xo: number, xb: number, M: number, K: number, w: RawStorage, wo: number, wb: number, wDtype: number, N: number,
     bias: RawStorage | null, bo: number, bb: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
+  flashAttention(q: RawStorage, qo: number, qb: number, k: RawStorage, ko: number, kb: number, v: RawStorage, vo: number, vb: number,
+    out: RawStorage, oo: number, ob: number, lse: RawStorage, lo: number, lb: number,
+    B: number, Sq: number, Sk: number, Hq: number, Hkv: number, Dqk: number, Dv: number, scale: number, causal: boolean,
+    cuQ: RawStorage | null, cqo: number, cqb: number, cuK: RawStorage | null, cko: number, ckb: number, isa?: number): void;
+  mlaDecode(q: RawStorage, qo: number, qb: number, out: RawStorage, oo: number, ob: number, lse: RawStorage, lo: number, lb: number,
+    B: number, H: number, L: number, R: number, scale: number, pool: RawStorage, po: number, pb: number,
+    numPages: number, pageSize: number, maxPages: number, pageTable: RawStorage, pto: number, ptb: number,
+    seqLens: RawStorage, slo: number, slb: number, isa?: number): void;
+  flashScratchBytes(reset?: boolean): number;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;

@@ -80,8 +80,9 @@ Status convertElements(const void* src, DType s, void* dst, DType d, size_t n,
   const size_t ss = dtypeSize(s), ds = dtypeSize(d);
   const auto* in = static_cast<const uint8_t*>(src);
   auto* out = static_cast<uint8_t*>(dst);
-  if (s == d) {  // a memmove must not be split: overlapping chunks would race
-    std::memmove(out, in, n * ss);
+  const size_t bytes = n * ss;
+  if (s == d && in < out + bytes && out < in + bytes) {  // overlapping: one memmove, never split
+    std::memmove(out, in, bytes);
     return Status::kOk;
   }
   const size_t chunks = (n + kChunk - 1) / kChunk;
@@ -89,7 +90,8 @@ Status convertElements(const void* src, DType s, void* dst, DType d, size_t n,
   threadPool().parallelFor(chunks, [&](size_t c) {
     if (cancel && cancel->load(std::memory_order_relaxed)) { aborted = true; return; }
     const size_t b = c * kChunk, m = n - b < kChunk ? n - b : kChunk;
-    convertBlock(*k, in + b * ss, s, out + b * ds, d, m);
+    if (s == d) std::memcpy(out + b * ss, in + b * ss, m * ss);
+    else convertBlock(*k, in + b * ss, s, out + b * ds, d, m);
   });
   return aborted ? Status::kAborted : Status::kOk;
 }

@@ -12,6 +12,7 @@ function conversionCase(from: 'f32' | 'f16' | 'bf16', to: 'f32' | 'f16' | 'bf16'
     fields: { dtype: `${from}->${to}`, n: numel },
     bytes: bytesPerRun,
     ceiling: 'copy',
+    warmup: copies,
     setup() {
       srcs = Array.from({ length: copies }, (_, i) => Tensor.random([numel], from, { seed: i + 1, native: true }));
       dsts = Array.from({ length: copies }, () => Tensor.zeros([numel], to, { native: true }));

@@ -68,6 +68,8 @@ export interface BenchCase {
   tokens?: number;
   setup(): () => void;
   teardown?(): void;
+  /** Untimed runs before measuring (default 1): enough to touch every copy of the data once. */
+  warmup?: number;
 }
 
 export interface BenchOptions {
@@ -144,7 +146,7 @@ function sd(xs: number[]): number {
 /** Runs one case through Benchmark.js and turns its samples into a row. */
 export function runCase(c: BenchCase, machine: Machine, quick = false): BenchRow {
   const body = c.setup();
-  body(); // warm-up: first touch, page faults, lazy init
+  for (let i = 0; i < (c.warmup ?? 1); i++) body(); // warm-up: first touch, page faults, lazy init
   const bench = new Benchmark(c.name, body, {
     minSamples: quick ? 3 : 10,
     maxTime: quick ? 0.3 : 2,

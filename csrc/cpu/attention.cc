@@ -1,0 +1,208 @@
+#include "attention.h"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "convert.h"
+#include "gemm.h"
+#include "small_ops.h"
+#include "thread_pool.h"
+
+namespace kvant {
+namespace {
+
+std::atomic<size_t> gFlashScratch{0};
+
+void notePeak(size_t bytes) {
+  size_t cur = gFlashScratch.load();
+  while (bytes > cur && !gFlashScratch.compare_exchange_weak(cur, bytes)) {
+  }
+}
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+}  // namespace
+
+size_t flashScratchBytes() { return gFlashScratch.load(); }
+void resetFlashScratchBytes() { gFlashScratch.store(0); }
+
+Status flashAttention(const FlashArgs& a, Isa isa) {
+  const GemmKernels* g = gemmKernelsFor(isa);
+  const SmallOpsKernels* so = smallOpsKernelsFor(isa);
+  if (!g || !so) return Status::kBackend;
+  if (a.Hkv == 0 || a.Hq % a.Hkv != 0) return Status::kShape;
+  const bool varlen = a.cuQ != nullptr;
+  const size_t B = a.B, Hq = a.Hq, Hkv = a.Hkv, Dqk = a.Dqk, Dv = a.Dv;
+  const size_t group = Hq / Hkv;
+  // Tasks: (batch, head, query block); each computes its rows completely.
+  std::vector<size_t> blockStart(B + 1, 0);
+  for (size_t b = 0; b < B; ++b) {
+    const size_t sq = varlen ? size_t(a.cuQ[b + 1] - a.cuQ[b]) : a.Sq;
+    blockStart[b + 1] = blockStart[b] + (sq + kFlashBr - 1) / kFlashBr;
+  }
+  const size_t tasks = blockStart[B] * Hq;
+  threadPool().parallelFor(tasks, [&](size_t task) {
+    const size_t h = task % Hq;
+    const size_t flat = task / Hq;
+    size_t b = 0;
+    while (blockStart[b + 1] <= flat) ++b;
+    const size_t qb = flat - blockStart[b];
+    const size_t sq = varlen ? size_t(a.cuQ[b + 1] - a.cuQ[b]) : a.Sq;
+    const size_t sk = varlen ? size_t(a.cuK[b + 1] - a.cuK[b]) : a.Sk;
+    const size_t q0 = varlen ? size_t(a.cuQ[b]) : b * sq;  // first query token of this batch
+    const size_t k0 = varlen ? size_t(a.cuK[b]) : b * sk;
+    const size_t hk = h / group;
+    const size_t r0 = qb * kFlashBr, rows = sq - r0 < kFlashBr ? sq - r0 : kFlashBr;
+    // O(tile) scratch: running max/sum per row, the output accumulator, one score block.
+    float m[kFlashBr], l[kFlashBr], s[kFlashBr * kFlashBc];
+    std::vector<float> acc(rows * Dv, 0.f);
+    notePeak(sizeof(m) + sizeof(l) + sizeof(s) + acc.size() * sizeof(float));
+    for (size_t i = 0; i < rows; ++i) {
+      m[i] = kNegInf;
+      l[i] = 0;
+    }
+    const float* qBase = a.q + ((q0 + r0) * Hq + h) * Dqk;
+    const size_t ldq = Hq * Dqk, ldk = Hkv * Dqk, ldv = Hkv * Dv;
+    // Keys visible to the block's last row bound the K/V stream (lower-right causal mask).
+    const long shift = long(sk) - long(sq);
+    const size_t kEnd = a.causal ? size_t(std::max<long>(0, std::min<long>(long(sk), long(r0 + rows) + shift))) : sk;
+    for (size_t j0 = 0; j0 < kEnd; j0 += kFlashBc) {
+      const size_t cols = kEnd - j0 < kFlashBc ? kEnd - j0 : kFlashBc;
+      const float* kBase = a.k + ((k0 + j0) * Hkv + hk) * Dqk;
+      // S = Q_blk · K_blkᵀ through the gemm tile (4x4 at a time).
+      for (size_t i = 0; i < rows; i += 4)
+        for (size_t j = 0; j < cols; j += 4)
+          g->tileF32(qBase + i * ldq, ldq, rows - i < 4 ? rows - i : 4, kBase + j * ldk, ldk, cols - j < 4 ? cols - j : 4, Dqk,
+                     s + i * kFlashBc + j, kFlashBc);
+      for (size_t i = 0; i < rows; ++i) {
+        float* si = s + i * kFlashBc;
+        const long visible = a.causal ? long(r0 + i) + shift + 1 - long(j0) : long(cols);  // keys j0.. visible to row i
+        const size_t n = visible <= 0 ? 0 : size_t(visible) < cols ? size_t(visible) : cols;
+        if (n == 0) continue;
+        float bm = kNegInf;
+        for (size_t j = 0; j < n; ++j) {
+          si[j] *= a.scale;
+          bm = si[j] > bm ? si[j] : bm;
+        }
+        const float mNew = m[i] > bm ? m[i] : bm;
+        const float corr = m[i] == kNegInf ? 0.f : std::exp(m[i] - mNew);
+        const float sum = float(so->expShift(si, mNew, si, n));
+        l[i] = l[i] * corr + sum;
+        float* ai = acc.data() + i * Dv;
+        if (corr != 1.f)
+          for (size_t d = 0; d < Dv; ++d) ai[d] *= corr;
+        const float* vBase = a.v + ((k0 + j0) * Hkv + hk) * Dv;
+        for (size_t j = 0; j < n; ++j) so->axpy(si[j], vBase + j * ldv, ai, Dv);
+        m[i] = mNew;
+      }
+    }
+    for (size_t i = 0; i < rows; ++i) {
+      float* o = a.out + ((q0 + r0 + i) * Hq + h) * Dv;
+      const size_t lseIdx = varlen ? h * a.Sq + q0 + r0 + i : (b * Hq + h) * sq + r0 + i;  // varlen: Sq holds Tq
+      if (l[i] == 0) {  // saw no key: output 0, lse +inf (FlashAttention-2's convention)
+        for (size_t d = 0; d < Dv; ++d) o[d] = 0;
+        if (a.lse) a.lse[lseIdx] = std::numeric_limits<float>::infinity();
+        continue;
+      }
+      const float inv = 1.f / l[i];
+      for (size_t d = 0; d < Dv; ++d) o[d] = acc[i * Dv + d] * inv;
+      if (a.lse) a.lse[lseIdx] = m[i] + std::log(l[i]);
+    }
+  });
+  return Status::kOk;
+}
+
+Status mlaDecode(const MlaDecodeArgs& a, Isa isa) {
+  const GemmKernels* g = gemmKernelsFor(isa);
+  const SmallOpsKernels* so = smallOpsKernelsFor(isa);
+  const ConvertKernels* cv = convertKernelsFor(int(isa) < 0 ? isaChoice().isa : isa);
+  if (!g || !so || !cv) return Status::kBackend;
+  const size_t H = a.H, L = a.L, D = a.L + a.R;
+  for (size_t b = 0; b < a.B; ++b) {
+    const size_t len = size_t(a.seqLens[b]);
+    if (a.seqLens[b] < 0 || (len + a.pageSize - 1) / a.pageSize > a.maxPages) return Status::kRange;
+    for (size_t p = 0; p < (len + a.pageSize - 1) / a.pageSize; ++p) {
+      const int32_t page = a.pageTable[b * a.maxPages + p];
+      if (page < 0 || size_t(page) >= a.numPages) return Status::kRange;
+    }
+  }
+  // Splits of kMlaSplit keys per sequence, each an independent task with its own partial
+  // (max, sum, accumulator) per head; merged afterwards in split order.
+  std::vector<size_t> splitStart(a.B + 1, 0);
+  for (size_t b = 0; b < a.B; ++b) splitStart[b + 1] = splitStart[b] + std::max<size_t>(1, (size_t(a.seqLens[b]) + kMlaSplit - 1) / kMlaSplit);
+  const size_t nSplits = splitStart[a.B];
+  std::vector<float> pm(nSplits * H), pl(nSplits * H), pacc(nSplits * H * L);
+  constexpr size_t kRows = 32;  // rows converted to f32 at a time: 32 x 576 x 4 = 72 KB
+  threadPool().parallelFor(nSplits, [&](size_t sidx) {
+    size_t b = 0;
+    while (splitStart[b + 1] <= sidx) ++b;
+    const size_t t0 = (sidx - splitStart[b]) * kMlaSplit;
+    const size_t len = size_t(a.seqLens[b]);
+    const size_t t1 = t0 + kMlaSplit < len ? t0 + kMlaSplit : len;
+    float* m = pm.data() + sidx * H;
+    float* l = pl.data() + sidx * H;
+    float* acc = pacc.data() + sidx * H * L;
+    for (size_t h = 0; h < H; ++h) {
+      m[h] = kNegInf;
+      l[h] = 0;
+    }
+    std::fill(acc, acc + H * L, 0.f);
+    std::vector<float> rows(kRows * D), s(H * kRows);
+    const float* q = a.q + b * H * D;
+    for (size_t c0 = t0; c0 < t1; c0 += kRows) {
+      const size_t n = t1 - c0 < kRows ? t1 - c0 : kRows;
+      // Each cache row is read and widened once, then used by every head: that reuse is
+      // what makes MLA decode cheap (SPEC §1.8).
+      for (size_t r = 0; r < n; ++r) {
+        const size_t t = c0 + r;
+        const uint16_t* row = a.pool + (size_t(a.pageTable[b * a.maxPages + t / a.pageSize]) * a.pageSize + t % a.pageSize) * D;
+        cv->bf16ToF32(row, rows.data() + r * D, D);
+      }
+      for (size_t h = 0; h < H; h += 4)
+        for (size_t r = 0; r < n; r += 4)
+          g->tileF32(q + h * D, D, H - h < 4 ? H - h : 4, rows.data() + r * D, D, n - r < 4 ? n - r : 4, D, s.data() + h * kRows + r, kRows);
+      for (size_t h = 0; h < H; ++h) {
+        float* sh = s.data() + h * kRows;
+        float bm = kNegInf;
+        for (size_t r = 0; r < n; ++r) {
+          sh[r] *= a.scale;
+          bm = sh[r] > bm ? sh[r] : bm;
+        }
+        const float mNew = m[h] > bm ? m[h] : bm;
+        const float corr = m[h] == kNegInf ? 0.f : std::exp(m[h] - mNew);
+        l[h] = l[h] * corr + float(so->expShift(sh, mNew, sh, n));
+        float* ah = acc + h * L;
+        if (corr != 1.f)
+          for (size_t d = 0; d < L; ++d) ah[d] *= corr;
+        for (size_t r = 0; r < n; ++r) so->axpy(sh[r], rows.data() + r * D, ah, L);  // V = the latent c, a prefix of the row
+        m[h] = mNew;
+      }
+    }
+  });
+  // Merge the splits of each sequence in order: out = Σ_s e^{m_s - M} acc_s / Σ_s e^{m_s - M} l_s.
+  threadPool().parallelFor(a.B * H, [&](size_t bh) {
+    const size_t b = bh / H, h = bh % H;
+    float M = kNegInf;
+    for (size_t s = splitStart[b]; s < splitStart[b + 1]; ++s) M = pm[s * H + h] > M ? pm[s * H + h] : M;
+    float* o = a.out + (b * H + h) * L;
+    for (size_t d = 0; d < L; ++d) o[d] = 0;
+    if (M == kNegInf) {  // empty sequence
+      if (a.lse) a.lse[b * H + h] = std::numeric_limits<float>::infinity();
+      return;
+    }
+    float denom = 0;
+    for (size_t s = splitStart[b]; s < splitStart[b + 1]; ++s) {
+      if (pm[s * H + h] == kNegInf) continue;
+      const float w = std::exp(pm[s * H + h] - M);
+      denom += w * pl[s * H + h];
+      so->axpy(w, pacc.data() + (s * H + h) * L, o, L);
+    }
+    const float inv = 1.f / denom;
+    for (size_t d = 0; d < L; ++d) o[d] *= inv;
+    if (a.lse) a.lse[b * H + h] = M + std::log(denom);
+  });
+  return Status::kOk;
+}
+
+}  // namespace kvant

@@ -1,0 +1,67 @@
+// Attention on the CPU: FlashAttention-2 forward (prefill, explicit MHA form) and the
+// absorbed MLA decode over a paged latent cache.
+//
+// Both are built from the ISA-dispatched inner loops of the gemm tile (Q·Kᵀ blocks) and the
+// small ops (vector exp, axpy), so this file holds only the algorithms: the FA2 loop order
+// (per query block, stream K/V blocks, running max and sum, rescale, divide once at the end)
+// and flash-decoding's split-KV with LSE merging in split order.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "isa.h"
+#include "kvant/status.h"
+
+namespace kvant {
+
+struct FlashArgs {
+  // Fixed-length: q [B, Sq, Hq, Dqk], k [B, Sk, Hkv, Dqk], v [B, Sk, Hkv, Dv],
+  // out [B, Sq, Hq, Dv], lse [B, Hq, Sq]. Varlen (cuQ/cuK non-null, B+1 entries each):
+  // q [Tq, Hq, Dqk], k/v [Tk, Hkv, D], out [Tq, Hq, Dv], lse [Hq, Tq]; then Sq = Tq and Sk = Tk.
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;
+  float* lse;
+  size_t B, Sq, Sk, Hq, Hkv, Dqk, Dv;
+  float scale;
+  bool causal;  // lower-right aligned: query i sees keys j <= i + (Sk - Sq)
+  const int32_t* cuQ;
+  const int32_t* cuK;
+};
+
+// Block sizes: 16 query rows share each streamed block of 64 keys (their K/V rows stay in
+// L1/L2 while all 16 rows use them).
+constexpr size_t kFlashBr = 16, kFlashBc = 64;
+
+Status flashAttention(const FlashArgs& a, Isa isa = Isa(-1));
+
+// Peak scratch bytes any flashAttention task used since the last reset (tests check that it
+// depends on the tile sizes and head dims, never on Sk).
+size_t flashScratchBytes();
+void resetFlashScratchBytes();
+
+// Absorbed MLA decode over a paged cache of rows [c (L) | k_pe (R)] stored as bf16:
+//   score(h, t) = scale * (q[h, :L]·c_t + q[h, L:]·k_pe_t),  out[h] = Σ_t softmax(score)_t c_t.
+// q [B, H, L+R] f32, out [B, H, L] f32, lse [B, H]. Row t of sequence b lives in page
+// pageTable[b * maxPages + t / pageSize] at slot t % pageSize; a page holds pageSize rows.
+struct MlaDecodeArgs {
+  const float* q;
+  float* out;
+  float* lse;
+  size_t B, H, L, R;
+  float scale;
+  const uint16_t* pool;  // page p starts at pool + p * pageSize * (L + R)
+  size_t numPages, pageSize, maxPages;
+  const int32_t* pageTable;
+  const int32_t* seqLens;
+};
+
+// Keys per split: chosen from the sequence length alone (never the thread count), so the
+// LSE merge in split order gives the same bits for any thread count.
+constexpr size_t kMlaSplit = 512;
+
+Status mlaDecode(const MlaDecodeArgs& a, Isa isa = Isa(-1));
+
+}  // namespace kvant
