@@ -8,6 +8,7 @@
  * 3-bit codes use the cross-word layout: 32 codes per 3 words, as one 96-bit integer.
  */
 import { KvantError, expected } from '../errors';
+import type { Tensor } from '../tensor';
 
 export type QuantBits = 2 | 3 | 4 | 8;
 export type CheckpointFormat = 'gptq' | 'gptq_v2';
@@ -72,4 +73,23 @@ export function decodeQuantFormat(b: Uint8Array): QuantFormat {
     K: Number(v.getBigInt64(16, true)),
     N: Number(v.getBigInt64(24, true)),
   };
+}
+
+/**
+ * A quantized matrix W [N, K]: the checkpoint tensors (views of the mapped file where they come
+ * from one) plus, after act-order rows were made sequential at load, the permutation the
+ * kernels apply to x (kernel row j holds input channel perm[j]; then gIdx is sequential).
+ */
+export interface QTensor {
+  format: QuantFormat;
+  /** i32 [K·bits/32, N] */
+  qweight: Tensor;
+  /** i32 [ng, N·bits/32] */
+  qzeros: Tensor;
+  /** f16 [ng, N] */
+  scales: Tensor;
+  /** i32 [K] group per input channel, or null for the sequential k / G. */
+  gIdx: Tensor | null;
+  /** null, or a permutation of 0..K-1 (see above). */
+  perm: Int32Array | null;
 }
