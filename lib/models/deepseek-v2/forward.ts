@@ -223,10 +223,14 @@ function head(w: ModelWeights, k: ForwardConsts, x: Tensor): Tensor {
 
 /** What a prefill chunk needs from the cache, per layer. */
 export interface PrefillCacheIO {
-  /** The cached rows [S, L+R] at positions 0..S-1 (f32), or null when S = 0. */
-  prefix(layer: number): Tensor | null;
-  /** Stores the chunk's rows [T, L+R]. */
+  /** Stores the chunk's rows [T, L+R] (positions start..start+T-1). */
   append(layer: number, rows: Tensor): void;
+  /**
+   * Every row of the sequence [start+T, L+R] (f32) as the cache stores it, the chunk's own rows
+   * included: attention reads keys at the cache's precision whether the prompt came in one
+   * chunk or several.
+   */
+  rows(layer: number): Tensor;
 }
 
 /**
@@ -237,20 +241,11 @@ export function prefillChunk(w: ModelWeights, k: ForwardConsts, tokens: Int32Arr
   const T = tokens.length;
   const positions = Int32Array.from({ length: T }, (_, i) => start + i);
   const x = embedding(w.embed, tokens);
-  const W = k.cfg.kvLoraRank + k.cfg.qkRopeHeadDim;
   w.layers.forEach((layer, l) => {
     const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
     const q = queries(layer.attn, k, xn, positions);
-    const rows = latentRows(layer.attn, k, xn, positions);
-    const prefix = io.prefix(l);
-    let all = rows;
-    if (prefix && prefix.shape[0] > 0) {
-      all = Tensor.zeros([prefix.shape[0] + T, W], 'f32');
-      f32(all).set(f32(prefix), 0);
-      f32(all).set(f32(rows), prefix.numel);
-    }
-    io.append(l, rows);
-    axpyInPlace(1, attendExplicit(layer.attn, k, q, all), x);
+    io.append(l, latentRows(layer.attn, k, xn, positions));
+    axpyInPlace(1, attendExplicit(layer.attn, k, q, io.rows(l)), x);
     axpyInPlace(1, ffn(layer, k, x), x);
   });
   return head(w, k, allLogits ? x : x.slice(T - 1, T));
