@@ -13,3 +13,10 @@ export { backendInfo, setThreads, getThreads, resolveBackend, cudaInfo } from '.
 export type { BackendInfo, BackendName, CudaStatus } from './backend';
 export { allocateNative, mapFile } from './memory';
 export type { NativeMemoryHandle, RawStorage } from './native';
+export { MlaKVCache } from './kv/mla-cache';
+export type { MlaCacheOptions } from './kv/mla-cache';
+export { KV_CACHE_TYPES, KV_BYTES_PER_VALUE, KV_DEFAULT_HADAMARD } from './kv/format';
+export type { KvCacheType, KvCacheDescriptor, KvSegmentDesc } from './kv/format';
+export { kvQuantize, kvDequantize } from './kv/codec';
+export type { KvCodecOptions } from './kv/codec';
+export type { Admission } from './kv/pages';

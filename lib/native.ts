@@ -89,6 +89,19 @@ export interface NativeBinding {
     numPages: number, pageSize: number, maxPages: number, pageTable: RawStorage, pto: number, ptb: number,
     seqLens: RawStorage, slo: number, slb: number, isa?: number): void;
   flashScratchBytes(reset?: boolean): number;
+  kvEncode(type: number, hadamard: boolean, x: RawStorage, xo: number, xb: number, n: number, dst: RawStorage, dso: number, dsb: number, isa?: number): void;
+  kvDecode(type: number, src: RawStorage, so: number, sb: number, n: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
+  kvWrite(pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
+    segs: RawStorage, sgo: number, sgb: number, nSegs: number, rows: RawStorage, ro: number, rb: number, width: number, T: number,
+    slots: RawStorage, slo: number, slb: number, isa?: number): void;
+  kvRead(pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
+    segs: RawStorage, sgo: number, sgb: number, nSegs: number, out: RawStorage, oo: number, ob: number, width: number, T: number,
+    slots: RawStorage, slo: number, slb: number, isa?: number): void;
+  pagedDecode(q: RawStorage, qo: number, qb: number, out: RawStorage, oo: number, ob: number, lse: RawStorage, lo: number, lb: number,
+    B: number, Hq: number, Hkv: number, scale: number,
+    pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
+    pageTable: RawStorage, pto: number, ptb: number, maxPages: number, seqLens: RawStorage, slo: number, slb: number,
+    layout: RawStorage, lyo: number, lyb: number, isa?: number): void;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;
