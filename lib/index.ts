@@ -13,3 +13,9 @@ export { backendInfo, setThreads, getThreads, resolveBackend, cudaInfo } from '.
 export type { BackendInfo, BackendName, CudaStatus } from './backend';
 export { allocateNative, mapFile } from './memory';
 export type { NativeMemoryHandle, RawStorage } from './native';
+export { QUANT_BITS, QUANT_FORMAT_BYTES, checkQuantFormat, encodeQuantFormat, decodeQuantFormat, groupCount, effectiveGroup } from './quant/format';
+export type { QuantBits, QuantFormat, QTensor, CheckpointFormat } from './quant/format';
+export { quantizeRtn, dequantize, makeSequential, restoreOrder } from './quant/quantize';
+export type { QuantizeOptions, DequantDType } from './quant/quantize';
+export { readQuantizeConfig, isQuantized, loadQTensor, parseQuantizeConfig } from './quant/checkpoint';
+export type { QuantizeConfig } from './quant/checkpoint';
