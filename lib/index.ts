@@ -20,3 +20,9 @@ export type { KvCacheType, KvCacheDescriptor, KvSegmentDesc } from './kv/format'
 export { kvQuantize, kvDequantize } from './kv/codec';
 export type { KvCodecOptions } from './kv/codec';
 export type { Admission } from './kv/pages';
+export { QUANT_BITS, QUANT_FORMAT_BYTES, checkQuantFormat, encodeQuantFormat, decodeQuantFormat, groupCount, effectiveGroup } from './quant/format';
+export type { QuantBits, QuantFormat, QTensor, CheckpointFormat } from './quant/format';
+export { quantizeRtn, dequantize, makeSequential, restoreOrder } from './quant/quantize';
+export type { QuantizeOptions, DequantDType } from './quant/quantize';
+export { readQuantizeConfig, isQuantized, loadQTensor, parseQuantizeConfig } from './quant/checkpoint';
+export type { QuantizeConfig } from './quant/checkpoint';

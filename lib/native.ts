@@ -102,6 +102,15 @@ export interface NativeBinding {
     pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
     pageTable: RawStorage, pto: number, ptb: number, maxPages: number, seqLens: RawStorage, slo: number, slb: number,
     layout: RawStorage, lyo: number, lyb: number, isa?: number): void;
+  quantFormatLayout(): { size: number; offsets: { bits: number; groupSize: number; sym: number; zeroFormat: number; K: number; N: number } };
+  quantEncodeFormat(bits: number, groupSize: number, sym: boolean, zeroFormat: number, K: number, N: number): Uint8Array;
+  quantRtn(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, qw: RawStorage, qwo: number, qwb: number,
+    qz: RawStorage, qzo: number, qzb: number, sc: RawStorage, sco: number, scb: number): void;
+  quantDequant(fmt: Uint8Array, qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number,
+    sc: RawStorage, sco: number, scb: number, gIdx: RawStorage | null, gio: number, gib: number, perm: RawStorage | null, po: number, pb: number,
+    out: RawStorage, oo: number, ob: number, outDtype: number, isa?: number): void;
+  quantMakeSequential(fmt: Uint8Array, qw: RawStorage, qwo: number, qwb: number, gIdx: RawStorage, gio: number, gib: number,
+    perm: RawStorage, po: number, pb: number, out: RawStorage, oo: number, ob: number, forward: boolean): void;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;
