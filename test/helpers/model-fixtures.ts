@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Checkpoint } from '../../lib/io/checkpoint';
+import { Tensor } from '../../lib/tensor';
 import { makeModel } from '../../lib/models/deepseek-v2/make-model';
 import { RefWeight, WeightGetter } from './reference-forward';
 
@@ -73,3 +74,51 @@ export function bf16Round(v: number): number {
 
 /** v rounded to f32. */
 export const f32Round = (v: number): number => Math.fround(v);
+
+/**
+ * A test-only latent "cache" that keeps every row exactly (f32, as the forward computed it) and
+ * runs the absorbed attention in f64: the forward functions' cache IO with no storage rounding,
+ * so their results can be held to the f32 bound against the plain reference.
+ */
+export class ExactLatentStore {
+  private readonly rows: Float32Array[][]; // [layer][token] -> row
+  constructor(layers: number, private readonly width: number, private readonly latent: number) {
+    this.rows = Array.from({ length: layers }, () => []);
+  }
+  append(layer: number, rows: Tensor): void {
+    const d = rows.data() as Float32Array;
+    for (let t = 0; t < rows.shape[0]; t++) this.rows[layer].push(d.slice(t * this.width, (t + 1) * this.width));
+  }
+  all(layer: number): Tensor {
+    const out = Tensor.zeros([this.rows[layer].length, this.width], 'f32');
+    const d = out.data() as Float32Array;
+    this.rows[layer].forEach((r, t) => d.set(r, t * this.width));
+    return out;
+  }
+  /** q [1, H, L+R] -> out [1, H, L] over every stored row (one sequence). */
+  attend(layer: number, q: Tensor, scale: number): Tensor {
+    const [B, H, W] = q.shape;
+    if (B !== 1 || W !== this.width) throw new Error('ExactLatentStore holds one sequence');
+    const L = this.latent;
+    const qd = q.data() as Float32Array;
+    const out = Tensor.zeros([1, H, L], 'f32');
+    const od = out.data() as Float32Array;
+    const rows = this.rows[layer];
+    for (let h = 0; h < H; h++) {
+      const s = rows.map((r) => {
+        let a = 0;
+        for (let i = 0; i < W; i++) a += qd[h * W + i] * r[i];
+        return a * scale;
+      });
+      const m = Math.max(...s);
+      const p = s.map((v) => Math.exp(v - m));
+      const z = p.reduce((a, b) => a + b, 0);
+      for (let i = 0; i < L; i++) {
+        let o = 0;
+        rows.forEach((r, t) => (o += (p[t] / z) * r[i]));
+        od[h * L + i] = o;
+      }
+    }
+    return out;
+  }
+}
