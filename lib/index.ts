@@ -13,3 +13,5 @@ export { backendInfo, setThreads, getThreads, resolveBackend, cudaInfo } from '.
 export type { BackendInfo, BackendName, CudaStatus } from './backend';
 export { allocateNative, mapFile } from './memory';
 export type { NativeMemoryHandle, RawStorage } from './native';
+export { qlinear, moeMlp } from './ops/qlinear';
+export type { QLinearOptions, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';
