@@ -3,8 +3,9 @@
 #include "gemm_q.h"
 
 #include <cmath>
+#include <climits>
+#include <cstdint>
 #include <cstring>
-#include <vector>
 
 #include "gemm.h"
 #include "kvant/half.h"
@@ -166,30 +167,31 @@ constexpr size_t kAccumCols = 256;        // columns per task of the final accum
 
 }  // namespace
 
-static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H, std::vector<size_t>* perE) {
-  // perE (when given) receives, for each e: [gateOut, upOut, gatePrep, upPrep, downPrep] float offsets.
+// perE (when given; 5 per MLP) receives the float offsets of [gate out, up out, gate prep,
+// up prep, down prep]. The scratch starts with perE (as 64-bit slots), then the int arrays,
+// then the 64-byte aligned float buffers. No allocation: counts are recounted per MLP.
+static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H, uint64_t* perE) {
   MoeLayout L;
-  L.cnt = 0;
-  L.off = E;
-  L.pos = 2 * E + 1;
+  const size_t head = E * 5 * 2;  // perE in float-sized slots
+  L.cnt = head;
+  L.off = L.cnt + E;
+  L.pos = L.off + E + 1;
   L.tasksA = L.pos + P;
   L.tasksB = L.tasksA + E + 1;
   L.ints = L.tasksB + E + 1;
-  std::vector<size_t> cnt(E, 0);
-  for (size_t i = 0; i < P; ++i) ++cnt[size_t(mlp[i])];
-  size_t f = (L.ints + 15) / 16 * 16;  // ints first (as 4-byte slots), then 64-byte aligned floats
+  size_t f = (L.ints + 15) / 16 * 16;
   L.xg = f;
   f += P * H;
   L.d = f;
   f += P * H;
-  if (perE) perE->assign(E * 5, 0);
   for (size_t e = 0; e < E; ++e) {
-    const size_t m = cnt[e], I = mlps[e].gate.N;
-    if (m == 0) continue;
+    size_t m = 0;
+    for (size_t i = 0; i < P; ++i) m += size_t(mlp[i]) == e;
+    const size_t I = mlps[e].gate.N;
     const size_t sizes[5] = {m * I, m * I, prepFloats(mlps[e].gate, m), prepFloats(mlps[e].up, m), prepFloats(mlps[e].down, m)};
     for (int j = 0; j < 5; ++j) {
-      if (perE) (*perE)[e * 5 + j] = f;
-      f += (sizes[j] + 15) / 16 * 16;
+      if (perE) perE[e * 5 + j] = f;
+      f += m ? (sizes[j] + 15) / 16 * 16 : 0;
     }
   }
   L.total = f;
@@ -249,9 +251,11 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
   }
   for (size_t i = 0; i < P; ++i)
     if (mlp[i] < 0 || size_t(mlp[i]) >= E || row[i] < 0 || size_t(row[i]) >= M) return Status::kRange;
-  std::vector<size_t> perE;
-  const MoeLayout L = moeLayout(mlps, E, mlp, P, H, &perE);
-  if (scratchFloats < L.total) return Status::kShape;
+  if (P > size_t(INT32_MAX) / 2) return Status::kRange;
+  if (scratchFloats < moeLayout(mlps, E, mlp, P, H, nullptr).total) return Status::kShape;
+  if (reinterpret_cast<uintptr_t>(scratch) % 8 != 0) return Status::kRange;  // perE holds 64-bit slots
+  uint64_t* perE = reinterpret_cast<uint64_t*>(scratch);
+  const MoeLayout L = moeLayout(mlps, E, mlp, P, H, perE);
   int32_t* ints = reinterpret_cast<int32_t*>(scratch);
   int32_t* cnt = ints + L.cnt;
   int32_t* off = ints + L.off;

@@ -102,7 +102,7 @@ struct MlpDesc {
   MlpProj gate, up, down;
 };
 
-// Floats of scratch moeMlp needs.
+// Floats of scratch moeMlp needs (the buffer must be 8-byte aligned).
 size_t moeScratchFloats(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H);
 
 // out[M, H] = Σ_i weight[i] · mlps[mlp[i]](x[row[i]]), accumulated in pair order
