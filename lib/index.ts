@@ -26,3 +26,5 @@ export { quantizeRtn, dequantize, makeSequential, restoreOrder } from './quant/q
 export type { QuantizeOptions, DequantDType } from './quant/quantize';
 export { readQuantizeConfig, isQuantized, loadQTensor, parseQuantizeConfig } from './quant/checkpoint';
 export type { QuantizeConfig } from './quant/checkpoint';
+export { qlinear, moeMlp } from './ops/qlinear';
+export type { QLinearOptions, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';
