@@ -16,6 +16,7 @@
  */
 import { linear } from '../../ops/linear';
 import { flashAttention } from '../../ops/attention';
+import { MlpWeights as KernelMlp, moeMlp } from '../../ops/qlinear';
 import { axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate } from '../../ops/small';
 import { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
@@ -161,16 +162,19 @@ function mlpForward(m: MlpWeights, x: Tensor): Tensor {
   return applyLinear(siluGate(g, u), m.down);
 }
 
+const kernelMlp = (m: MlpWeights): KernelMlp => ({ gate: m.gate.w, up: m.up.w, down: m.down.w });
+
 /**
  * MoE FFN for rows x [T, H]: router logits (f32), softmax + greedy or group-limited top-k
- * (ties to the lower expert index), then each selected expert runs once on the rows routed to
- * it — only those experts' weights are read — and each row sums shared + Σ_j w_j·expert_j in
- * its own top-k order j = 0..k-1 (a fixed order, whatever the batch).
+ * (ties to the lower expert index), then one grouped moeMlp call over the shared experts and
+ * the selected routed experts only (each runs once on the rows routed to it, so only those
+ * experts' weights are read). Pairs are listed row by row — shared expert (weight 1) first,
+ * then the row's experts in top-k order j = 0..k-1 — and moeMlp accumulates in that order, so
+ * a row's sum never depends on the other rows of the batch.
  */
 function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
   const cfg = k.cfg;
   const T = x.shape[0];
-  const H = cfg.hiddenSize;
   const K = cfg.numExpertsPerTok;
   const logits = linear(x, m.router);
   const { idx, weights } = routeTopK(logits, {
@@ -183,32 +187,29 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
   });
   const id = idx.data() as Int32Array;
   const wd = f32(weights);
-  const byExpert = new Map<number, number[]>(); // expert -> slots t*K + j
-  for (let s = 0; s < T * K; s++) {
-    const list = byExpert.get(id[s]);
-    if (list) list.push(s);
-    else byExpert.set(id[s], [s]);
+  const selected = [...new Set(id)].sort((a, b) => a - b);
+  const mlps: KernelMlp[] = m.shared ? [kernelMlp(m.shared)] : [];
+  const local = new Map<number, number>();
+  for (const e of selected) {
+    local.set(e, mlps.length);
+    mlps.push(kernelMlp(m.experts[e]));
   }
-  const xd = f32(x);
-  const slotOut = new Float32Array(T * K * H);
-  for (const e of [...byExpert.keys()].sort((a, b) => a - b)) {
-    const slots = byExpert.get(e)!;
-    const xe = Tensor.zeros([slots.length, H], 'f32');
-    const xed = f32(xe);
-    slots.forEach((s, r) => xed.set(xd.subarray(Math.floor(s / K) * H, (Math.floor(s / K) + 1) * H), r * H));
-    const ye = f32(mlpForward(m.experts[e], xe));
-    slots.forEach((s, r) => slotOut.set(ye.subarray(r * H, (r + 1) * H), s * H));
-  }
-  const y = m.shared ? mlpForward(m.shared, x) : Tensor.zeros([T, H], 'f32');
-  const yd = f32(y);
+  const per = K + (m.shared ? 1 : 0);
+  const routes = { mlp: new Int32Array(T * per), row: new Int32Array(T * per), weight: new Float32Array(T * per) };
+  let i = 0;
   for (let t = 0; t < T; t++) {
+    if (m.shared) {
+      routes.mlp[i] = 0;
+      routes.row[i] = t;
+      routes.weight[i++] = 1;
+    }
     for (let j = 0; j < K; j++) {
-      const w = wd[t * K + j];
-      const src = (t * K + j) * H;
-      for (let i = 0; i < H; i++) yd[t * H + i] = Math.fround(yd[t * H + i] + Math.fround(w * slotOut[src + i]));
+      routes.mlp[i] = local.get(id[t * K + j])!;
+      routes.row[i] = t;
+      routes.weight[i++] = wd[t * K + j];
     }
   }
-  return y;
+  return moeMlp(x, mlps, routes);
 }
 
 function ffn(layer: LayerWeights, k: ForwardConsts, x: Tensor): Tensor {
