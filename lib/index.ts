@@ -28,3 +28,8 @@ export { readQuantizeConfig, isQuantized, loadQTensor, parseQuantizeConfig } fro
 export type { QuantizeConfig } from './quant/checkpoint';
 export { qlinear, moeMlp } from './ops/qlinear';
 export type { QLinearOptions, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';
+export { DeepSeekV2Model } from './models/deepseek-v2/model';
+export type { LoadOptions, PrefillOptions } from './models/deepseek-v2/model';
+export type { LoadProgress } from './models/deepseek-v2/weights';
+export { parseConfig } from './models/deepseek-v2/config';
+export type { DeepSeekV2Config, YarnScaling } from './models/deepseek-v2/config';

@@ -141,6 +141,23 @@ describe('DeepSeekV2Model: bad arguments', () => {
     m.cache.close(seq);
   });
 
+  it('running out of the KV budget mid-prefill is KVANT_OOM and leaves the sequence as it was', () => {
+    const small = DeepSeekV2Model.load(tinyModel('bf16'), { pageSize: 16, kvBudgetBytes: 1 });
+    expect(code(() => small.cache.open(1)).code).toBe('KVANT_OOM');
+    small.dispose();
+    const probe = DeepSeekV2Model.load(tinyModel('bf16'), { pageSize: 16 });
+    const pageBytes = probe.cache.bytesPerToken * 16;
+    probe.dispose();
+    const m1 = DeepSeekV2Model.load(tinyModel('bf16'), { pageSize: 16, kvBudgetBytes: pageBytes });
+    const seq = m1.cache.open(4);
+    const e = code(() => m1.prefill(seq, Array.from({ length: 20 }, (_, i) => i), { chunkSize: 8 }));
+    expect(e.code).toBe('KVANT_OOM');
+    for (let l = 0; l < m1.config.numLayers; l++) expect(m1.cache.length(seq, l)).toBe(0);
+    expect(m1.prefill(seq, [1, 2, 3]).length).toBe(m1.vocabSize);
+    for (let l = 0; l < m1.config.numLayers; l++) expect(m1.cache.length(seq, l)).toBe(3);
+    m1.dispose();
+  });
+
   it('a disposed model refuses work (KVANT_RANGE)', () => {
     const m2 = DeepSeekV2Model.load(tinyModel('bf16'));
     m2.dispose();

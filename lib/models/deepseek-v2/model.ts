@@ -116,16 +116,22 @@ export class DeepSeekV2Model {
     const V = this.vocabSize;
     const out = new Float32Array(o.allLogits ? ids.length * V : V);
     const cache = this.cache;
-    for (let s = 0; s < ids.length; s += chunk) {
-      const part = ids.subarray(s, Math.min(ids.length, s + chunk));
-      const pos = start + s;
-      const last = s + chunk >= ids.length;
-      const logits = prefillChunk(w, this.k, part, pos, {
-        append: (layer, rows) => cache.append(seq, layer, rows),
-        rows: (layer) => cache.gather(seq, layer, 0, pos + part.length),
-      }, o.allLogits === true);
-      if (o.allLogits) out.set(logits.data() as Float32Array, s * V);
-      else if (last) out.set(logits.data() as Float32Array);
+    try {
+      for (let s = 0; s < ids.length; s += chunk) {
+        const part = ids.subarray(s, Math.min(ids.length, s + chunk));
+        const pos = start + s;
+        const logits = prefillChunk(w, this.k, part, pos, {
+          append: (layer, rows) => cache.append(seq, layer, rows),
+          rows: (layer) => cache.gather(seq, layer, 0, pos + part.length),
+        }, o.allLogits === true);
+        if (o.allLogits) out.set(logits.data() as Float32Array, s * V);
+        else if (s + chunk >= ids.length) out.set(logits.data() as Float32Array);
+      }
+    } catch (e) {
+      // A failure part-way (e.g. KVANT_OOM from the cache budget) must not leave some layers
+      // holding rows the others lack: roll the sequence back to where it started.
+      cache.truncate(seq, start);
+      throw e;
     }
     return out;
   }
@@ -142,10 +148,16 @@ export class DeepSeekV2Model {
     if (new Set(seqs).size !== seqs.length) throw expected('KVANT_RANGE', 'distinct sequence ids', 'seqs', seqs);
     const positions = Int32Array.from(seqs, (s, b) => this.checkRoom(s, 1, `tokens[${b}]`));
     const cache = this.cache;
-    const logits = decodeStep(w, this.k, ids, positions, {
-      append: (layer, rows) => seqs.forEach((s, b) => cache.append(s, layer, rows.slice(b, b + 1))),
-      attend: (layer, q, scale) => cache.decode(layer, seqs, q, scale).out,
-    });
+    let logits;
+    try {
+      logits = decodeStep(w, this.k, ids, positions, {
+        append: (layer, rows) => seqs.forEach((s, b) => cache.append(s, layer, rows.slice(b, b + 1))),
+        attend: (layer, q, scale) => cache.decode(layer, seqs, q, scale).out,
+      });
+    } catch (e) {
+      seqs.forEach((s, b) => cache.truncate(s, positions[b])); // all or nothing, as in prefill
+      throw e;
+    }
     const V = this.vocabSize;
     const all = logits.data() as Float32Array;
     return seqs.map((_, b) => all.slice(b * V, (b + 1) * V));
