@@ -16,7 +16,10 @@
  * the reference in test/model-forward.test.ts. Expected ε: bf16 ~2^-9/sqrt(3) ≈ 1.1e-3 (RNE),
  * q8 a few 1e-3, q4 a few 1e-2 (15 levels per group).
  */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { getThreads, setThreads } from '../lib/backend';
 import { DeepSeekV2Model } from '../lib/models/deepseek-v2/model';
 import { KvCacheType, MlaKVCache } from '../lib/kv/mla-cache';
 import { Tensor } from '../lib/tensor';
@@ -80,6 +83,30 @@ describe('DeepSeekV2Model over its latent cache vs the f64 reference', () => {
     });
   }
 
+  it('the scalar ISA level (KVANT_ISA=scalar, in a child process over dist/) meets the same bf16-cache bound', () => {
+    const m = DeepSeekV2Model.load(dir);
+    const bound = GAIN * rowError(m, 'bf16');
+    m.dispose();
+    const script = `
+      const { DeepSeekV2Model, backendInfo } = require(${JSON.stringify(path.join(__dirname, '..', 'dist', 'index.js'))});
+      const m = DeepSeekV2Model.load(${JSON.stringify(dir)});
+      const toks = ${JSON.stringify(ref.tokens)};
+      const s = m.cache.open(toks.length);
+      const pre = m.prefill(s, toks, { allLogits: true });
+      const s2 = m.cache.open(toks.length);
+      const dec = [Array.from(m.prefill(s2, toks.slice(0, 1)))];
+      for (let t = 1; t < toks.length; t++) dec.push(Array.from(m.decode([s2], [toks[t]])[0]));
+      process.stdout.write(JSON.stringify({ isa: backendInfo().isa, pre: Array.from(pre), dec }));`;
+    const r = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, KVANT_ISA: 'scalar' }, encoding: 'utf8', maxBuffer: 1 << 26 });
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { isa: string; pre: number[]; dec: number[][] };
+    expect(out.isa).toBe('scalar');
+    const V = ref.logits[0].length;
+    const errs = ref.logits.flatMap((lr, t) => [relErr(out.pre.slice(t * V, (t + 1) * V), lr), relErr(out.dec[t], lr)]);
+    console.log(`scalar ISA, bf16 cache: max error ${Math.max(...errs).toExponential(2)}`);
+    for (const e of errs) expect(e).toBeLessThanOrEqual(bound);
+  });
+
   // Invariance tests on the default routing (top-2 of 8): expert row groups differ per batch.
   const routed = tinyModel('bf16', {}, 5);
 
@@ -93,6 +120,28 @@ describe('DeepSeekV2Model over its latent cache vs the f64 reference', () => {
       }
       m.dispose();
     }
+  });
+
+  it('prefill and decode logits are bit-identical with 1 and 2 threads', () => {
+    const m = DeepSeekV2Model.load(routed);
+    const before = getThreads();
+    const run = () => {
+      const s = m.cache.open(T + 1);
+      const a = m.prefill(s, ref.tokens, { allLogits: true });
+      const b = m.decode([s], [7])[0];
+      m.cache.close(s);
+      return [a, b];
+    };
+    try {
+      setThreads(1);
+      const one = run();
+      setThreads(2);
+      const two = run();
+      one.forEach((x, i) => expect(same(x, two[i])).toBe(true));
+    } finally {
+      setThreads(before);
+    }
+    m.dispose();
   });
 
   it('a batch of 9 decode rows is bit-identical to each sequence decoded alone', () => {
