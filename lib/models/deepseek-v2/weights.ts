@@ -13,7 +13,7 @@ import { QuantizeConfig, isQuantized, loadQTensor, readQuantizeConfig } from '..
 import { QTensor } from '../../quant/format';
 import { dequantize } from '../../quant/quantize';
 import { Tensor } from '../../tensor';
-import { DeepSeekV2Config, isMoeLayer, parseConfig, qkHeadDim } from './config';
+import { DeepSeekV2Config, isMoeLayer, parseConfig } from './config';
 import { TensorSpec, expectedTensors } from './tensors';
 
 /** Float dtypes a weight may have in the checkpoint. */
@@ -193,7 +193,6 @@ export function loadWeights(dir: string, onProgress?: (p: LoadProgress) => void)
     const P = cfg.qkNopeHeadDim;
     const Dv = cfg.vHeadDim;
     const L = cfg.kvLoraRank;
-    void qkHeadDim;
     const layers: LayerWeights[] = [];
     for (let l = 0; l < cfg.numLayers; l++) {
       const p = `model.layers.${l}`;
@@ -201,17 +200,21 @@ export function loadWeights(dir: string, onProgress?: (p: LoadProgress) => void)
       const kvB = lin(`${a}.kv_b_proj.weight`);
       // The absorbed form needs kv_b's per-head slices as dense matrices: a quantized kv_b is
       // dequantized once here (f32, [nh·(P+Dv), L]; the explicit form keeps using the QTensor).
-      let kvBDense: Tensor;
-      if (kvB.w instanceof Tensor) {
-        kvBDense = kvB.w;
-      } else {
-        kvBDense = dequantize(kvB.w, 'f32');
-        bytes += kvBDense.byteLength;
-      }
+      const quantKvB = !(kvB.w instanceof Tensor);
+      const kvBDense = kvB.w instanceof Tensor ? kvB.w : dequantize(kvB.w, 'f32');
       const wUkT = transposeKeyHeads(kvBDense, nh, P, Dv, L);
       for (const t of wUkT) bytes += t.byteLength;
-      // W_UV(h) rows are contiguous in kv_b_proj: a view, no copy.
-      const wUv = Array.from({ length: nh }, (_, h) => kvBDense.slice(h * (P + Dv) + P, (h + 1) * (P + Dv)));
+      // W_UV(h) rows are contiguous in kv_b_proj: a view of the mapped tensor, no copy. From a
+      // dequantized kv_b they are copied out so the temporary [nh·(P+Dv), L] matrix is freed:
+      // the absorbed form then holds exactly kv_b's values once, in f32 (what plan counts).
+      const wUv = Array.from({ length: nh }, (_, h) => {
+        const v = kvBDense.slice(h * (P + Dv) + P, (h + 1) * (P + Dv));
+        return quantKvB ? v.to('f32') : v;
+      });
+      if (quantKvB) {
+        for (const t of wUv) bytes += t.byteLength;
+        kvBDense.dispose(); // frees it now if it is native memory (a no-op for JS memory)
+      }
       const attn: AttentionWeights = {
         qProj: cfg.qLoraRank === null ? lin(`${a}.q_proj.weight`) : null,
         qA: cfg.qLoraRank === null ? null : lin(`${a}.q_a_proj.weight`),
