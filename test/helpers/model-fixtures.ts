@@ -68,18 +68,6 @@ export function randomTokens(n: number, vocab: number, seed: number): number[] {
   });
 }
 
-const f32buf = new Float32Array(1);
-const u32buf = new Uint32Array(f32buf.buffer);
-/** v rounded to f32, then to bf16 with round-to-nearest-even (what a bf16 cache stores). */
-export function bf16Round(v: number): number {
-  f32buf[0] = v;
-  const b = u32buf[0];
-  u32buf[0] = (b + 0x7fff + ((b >>> 16) & 1)) & 0xffff0000;
-  return f32buf[0];
-}
-
-/** v rounded to f32. */
-export const f32Round = (v: number): number => Math.fround(v);
 
 /**
  * A test-only latent "cache" that keeps every row exactly (f32, as the forward computed it) and
