@@ -21,3 +21,6 @@ export { syntheticActivations } from './quant/calibration';
 export type { SyntheticOptions } from './quant/calibration';
 export { readQuantizeConfig, isQuantized, loadQTensor, parseQuantizeConfig } from './quant/checkpoint';
 export type { QuantizeConfig } from './quant/checkpoint';
+export { quantizeModel, isLinearWeight } from './quant/quantize-model';
+export type { QuantizeModelOptions, QuantizeReport, QuantizedTensorReport, CalibrationSource, CalibrationRequest } from './quant/quantize-model';
+export { configFor, dynamicRuleFor } from './quant/checkpoint';
