@@ -13,3 +13,14 @@ export { backendInfo, setThreads, getThreads, resolveBackend, cudaInfo } from '.
 export type { BackendInfo, BackendName, CudaStatus } from './backend';
 export { allocateNative, mapFile } from './memory';
 export type { NativeMemoryHandle, RawStorage } from './native';
+export { QUANT_BITS, QUANT_FORMAT_BYTES, checkQuantFormat, encodeQuantFormat, decodeQuantFormat, groupCount, effectiveGroup } from './quant/format';
+export type { QuantBits, QuantFormat, QTensor, CheckpointFormat } from './quant/format';
+export { quantizeRtn, quantizeGptq, quantizeGptqAsync, Hessian, dequantize, makeSequential, restoreOrder } from './quant/quantize';
+export type { QuantizeOptions, DequantDType, GptqStats } from './quant/quantize';
+export { syntheticActivations } from './quant/calibration';
+export type { SyntheticOptions } from './quant/calibration';
+export { readQuantizeConfig, isQuantized, loadQTensor, parseQuantizeConfig } from './quant/checkpoint';
+export type { QuantizeConfig } from './quant/checkpoint';
+export { quantizeModel, isLinearWeight } from './quant/quantize-model';
+export type { QuantizeModelOptions, QuantizeReport, QuantizedTensorReport, CalibrationSource, CalibrationRequest } from './quant/quantize-model';
+export { configFor, dynamicRuleFor } from './quant/checkpoint';

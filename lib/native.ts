@@ -44,6 +44,22 @@ export interface ProbeResult {
   check: number;
 }
 
+/** Statistics returned by the native GPTQ solve (csrc/cpu/gptq.h GptqStats). */
+export interface NativeGptqStats {
+  dampPercent: number;
+  retries: number;
+  deadColumns: number;
+  loss: number;
+  errNum: number;
+  errDen: number;
+  secondsFactor: number;
+  secondsQuant: number;
+  secondsUpdate: number;
+  secondsError: number;
+  flopsFactor: number;
+  flopsUpdate: number;
+}
+
 /** The raw addon, as csrc/napi registers it. Arguments are validated again natively. */
 export interface NativeBinding {
   NativeMemory: new (mode: 'alloc' | 'map', arg: number | string) => NativeMemoryHandle;
@@ -89,6 +105,25 @@ export interface NativeBinding {
     numPages: number, pageSize: number, maxPages: number, pageTable: RawStorage, pto: number, ptb: number,
     seqLens: RawStorage, slo: number, slb: number, isa?: number): void;
   flashScratchBytes(reset?: boolean): number;
+  gptqHessianAdd(H: RawStorage, ho: number, hb: number, K: number, x: RawStorage, xo: number, xb: number, tokens: number,
+    n: number, b: number, isa?: number): void;
+  gptqQuantize(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, H: RawStorage, ho: number, hb: number,
+    dampPercent: number, blockSize: number, actOrder: boolean, staticGroups: boolean, errorStats: boolean,
+    qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number, sc: RawStorage, sco: number, scb: number,
+    gIdx: RawStorage, gio: number, gib: number, isa?: number): NativeGptqStats;
+  gptqQuantizeAsync(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, H: RawStorage, ho: number, hb: number,
+    dampPercent: number, blockSize: number, actOrder: boolean, staticGroups: boolean, errorStats: boolean,
+    qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number, sc: RawStorage, sco: number, scb: number,
+    gIdx: RawStorage, gio: number, gib: number, isa: number | undefined, cancel: CancelTokenHandle | undefined): Promise<NativeGptqStats>;
+  quantFormatLayout(): { size: number; offsets: { bits: number; groupSize: number; sym: number; zeroFormat: number; K: number; N: number } };
+  quantEncodeFormat(bits: number, groupSize: number, sym: boolean, zeroFormat: number, K: number, N: number): Uint8Array;
+  quantRtn(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, qw: RawStorage, qwo: number, qwb: number,
+    qz: RawStorage, qzo: number, qzb: number, sc: RawStorage, sco: number, scb: number): void;
+  quantDequant(fmt: Uint8Array, qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number,
+    sc: RawStorage, sco: number, scb: number, gIdx: RawStorage | null, gio: number, gib: number, perm: RawStorage | null, po: number, pb: number,
+    out: RawStorage, oo: number, ob: number, outDtype: number, isa?: number): void;
+  quantMakeSequential(fmt: Uint8Array, qw: RawStorage, qwo: number, qwb: number, gIdx: RawStorage, gio: number, gib: number,
+    perm: RawStorage, po: number, pb: number, out: RawStorage, oo: number, ob: number, forward: boolean): void;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;

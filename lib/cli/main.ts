@@ -11,6 +11,7 @@ import { formatMachine, formatTable, measureMachine, runBenchmarks } from '../be
 import { Tensor } from '../tensor';
 import { planCommand } from './plan';
 import { makeModelCommand } from './make-model';
+import { quantizeCommand } from './quantize';
 
 const HELP = `kvant — quantized LLM inference for Node.js
 
@@ -25,6 +26,9 @@ Commands:
                             measure machine ceilings, then run the kernel benchmarks
   make-model --preset tiny|lite [--layers N] [--seed S] [--dtype f32|bf16] [--config-override JSON] --out DIR
                             write a random DeepSeek-V2 checkpoint in the real file layout
+  quantize --model IN --out OUT --bits B --group-size G [--act-order] [--asym] [--method gptq|rtn]
+           [--rules FILE|JSON] [--calib-tokens N] [--seed S] [--json]
+                            GPTQ/RTN group quantization into an AutoGPTQ-compatible folder
   help                      this text
 `;
 
@@ -117,6 +121,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'info': return infoCmd(rest);
       case 'plan': return planCommand(rest);
       case 'make-model': return makeModelCommand(rest);
+      case 'quantize': return await quantizeCommand(rest);
       case undefined:
       case 'help':
       case '--help':
