@@ -24,3 +24,5 @@ export type { QuantizeConfig } from './quant/checkpoint';
 export { quantizeModel, isLinearWeight } from './quant/quantize-model';
 export type { QuantizeModelOptions, QuantizeReport, QuantizedTensorReport, CalibrationSource, CalibrationRequest } from './quant/quantize-model';
 export { configFor, dynamicRuleFor } from './quant/checkpoint';
+export { qlinear, moeMlp } from './ops/qlinear';
+export type { QLinearOptions, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';
