@@ -20,3 +20,5 @@ export type { KvCacheType, KvCacheDescriptor, KvSegmentDesc } from './kv/format'
 export { kvQuantize, kvDequantize } from './kv/codec';
 export type { KvCodecOptions } from './kv/codec';
 export type { Admission } from './kv/pages';
+export { PagedKVCache } from './kv/paged-cache';
+export type { PagedCacheOptions } from './kv/paged-cache';
