@@ -83,7 +83,7 @@ export interface NativeBinding {
   flashAttention(q: RawStorage, qo: number, qb: number, k: RawStorage, ko: number, kb: number, v: RawStorage, vo: number, vb: number,
     out: RawStorage, oo: number, ob: number, lse: RawStorage, lo: number, lb: number,
     B: number, Sq: number, Sk: number, Hq: number, Hkv: number, Dqk: number, Dv: number, scale: number, causal: boolean,
-    cuQ: RawStorage | null, cqo: number, cqb: number, cuK: RawStorage | null, cko: number, ckb: number, isa?: number): void;
+    cuQ: RawStorage | null, cqo: number, cqb: number, cuK: RawStorage | null, cko: number, ckb: number, isa?: number, naive?: boolean): void;
   mlaDecode(q: RawStorage, qo: number, qb: number, out: RawStorage, oo: number, ob: number, lse: RawStorage, lo: number, lb: number,
     B: number, H: number, L: number, R: number, scale: number, pool: RawStorage, po: number, pb: number,
     numPages: number, pageSize: number, maxPages: number, pageTable: RawStorage, pto: number, ptb: number,

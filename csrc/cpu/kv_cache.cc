@@ -150,11 +150,14 @@ const KvKernels* kvKernelsFor(Isa isa) {
 namespace {
 
 bool segmentsFit(const KvPages& p, const KvSegment* segs, size_t nSegs, size_t width) {
+  if (p.pageSize == 0) return false;
+  // Every byte a segment can touch, for any slot of any page, must lie inside its page.
+  const size_t lastRow = p.layerOffset + (p.pageSize - 1) * p.rowBytes;
   for (size_t s = 0; s < nSegs; ++s) {
     const size_t bytes = kvSegmentBytes(segs[s].type, segs[s].n);
-    if ((bytes == 0 && segs[s].n != 0) || segs[s].offset + bytes > p.rowBytes || segs[s].src + segs[s].n > width) return false;
+    if ((bytes == 0 && segs[s].n != 0) || lastRow + segs[s].offset + bytes > p.pageBytes || segs[s].src + segs[s].n > width) return false;
   }
-  return p.pageSize != 0 && p.layerOffset + p.pageSize * p.rowBytes <= p.pageBytes;
+  return true;
 }
 
 }  // namespace

@@ -72,7 +72,10 @@ struct KvSegment {
   size_t src;     // floats into the dense row
 };
 
-// Where the rows of one layer live.
+// Where the rows of one layer live: token slot t of page P starts at
+// pool + P·pageBytes + layerOffset + t·rowBytes. Segment offsets may exceed rowBytes (a
+// head-major layout puts head h at h·pageSize·rowBytes); the kernels check that every byte a
+// segment can reach stays inside its page.
 struct KvPages {
   uint8_t* pool;
   size_t numPages, pageSize, pageBytes, layerOffset, rowBytes;

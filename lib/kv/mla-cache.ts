@@ -63,7 +63,15 @@ export abstract class PagedCacheBase {
   protected readonly seqs: SequenceTable;
   protected readonly isa?: IsaLevel;
 
-  protected constructor(layers: number, type: KvCacheType, pageSize: number, budgetBytes: number | undefined, hadamard: boolean, rowBytes: number, segments: KvSegmentDesc[], isa?: IsaLevel) {
+  /** Byte distance between consecutive tokens inside a layer's block of a page. */
+  protected readonly rowStride: number;
+
+  /**
+   * rowBytes: one token of one layer (all heads); rowStride: token stride inside a layer's
+   * block of pageSize·rowBytes (= rowBytes token-major; smaller for a head-major layout).
+   */
+  protected constructor(layers: number, type: KvCacheType, pageSize: number, budgetBytes: number | undefined, hadamard: boolean, rowBytes: number, segments: KvSegmentDesc[], isa?: IsaLevel, rowStride = rowBytes) {
+    this.rowStride = rowStride;
     this.layers = layers;
     this.type = type;
     this.pageSize = pageSize;
@@ -76,8 +84,8 @@ export abstract class PagedCacheBase {
 
   protected pages(layer: number): LayerPages {
     const pool = this.pool.storage();
-    const rowBytes = this.descriptor.rowBytes;
-    return { pool, numPages: this.pool.numPages, pageSize: this.pageSize, pageBytes: this.pool.pageBytes, layerOffset: layer * this.pageSize * rowBytes, rowBytes };
+    const layerBytes = this.pageSize * this.descriptor.rowBytes;
+    return { pool, numPages: this.pool.numPages, pageSize: this.pageSize, pageBytes: this.pool.pageBytes, layerOffset: layer * layerBytes, rowBytes: this.rowStride };
   }
 
   /** Can `tokens` more tokens be admitted now (ok), later (wait) or never within the budget? */

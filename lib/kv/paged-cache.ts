@@ -3,6 +3,11 @@
  * vector stored in the cache type (groups of 32 along the head dim for q8/q6/q4). Row layout:
  * [K head 0 | … | K head Hkv-1 | V head 0 | … | V head Hkv-1]. Decode attention reads the
  * quantized pages directly for a batch of sequences (continuous batching), GQA included.
+ *
+ * Inside a page, a layer's block is head-major (as vLLM's): head h holds pageSize consecutive
+ * token entries [K (headDim) | V (headDim)], so a decode task that walks one kv head over a
+ * run of tokens reads pageSize·2·headBytes contiguous bytes instead of 2·headBytes every
+ * rowBytes (a 16 KB stride defeats the hardware prefetcher: one DRAM latency per 256 bytes).
  */
 import { KvantError, expected } from '../errors';
 import { IsaLevel } from '../ops/small';
@@ -45,11 +50,12 @@ export class PagedKVCache extends PagedCacheBase {
     const headBytes = segmentBytes(type, headDim);
     const kSegs: KvSegmentDesc[] = [];
     const vSegs: KvSegmentDesc[] = [];
+    const headBlock = pageSize * 2 * headBytes; // one head's pageSize entries
     for (let h = 0; h < kvHeads; h++) {
-      kSegs.push({ type, n: headDim, hadamard, offset: h * headBytes, src: h * headDim });
-      vSegs.push({ type, n: headDim, hadamard, offset: (kvHeads + h) * headBytes, src: h * headDim });
+      kSegs.push({ type, n: headDim, hadamard, offset: h * headBlock, src: h * headDim });
+      vSegs.push({ type, n: headDim, hadamard, offset: h * headBlock + headBytes, src: h * headDim });
     }
-    super(layers, type, pageSize, o.budgetBytes, hadamard, 2 * kvHeads * headBytes, [...kSegs, ...vSegs], o.isa);
+    super(layers, type, pageSize, o.budgetBytes, hadamard, 2 * kvHeads * headBytes, [...kSegs, ...vSegs], o.isa, 2 * headBytes);
     this.kvHeads = kvHeads;
     this.headDim = headDim;
     this.kSegs = kSegs;
@@ -98,7 +104,7 @@ export class PagedKVCache extends PagedCacheBase {
     const out = Tensor.zeros([B, Hq, this.headDim], 'f32');
     const lse = Tensor.zeros([B, Hq], 'f32');
     const none: KvSegmentDesc = { type: 'bf16', n: 0, hadamard: false, offset: 0, src: 0 };
-    const layout: DecodeLayout = { k0: this.kSegs[0], k1: none, v: this.vSegs[0], headStride: this.headBytes, vFromKey: false };
+    const layout: DecodeLayout = { k0: this.kSegs[0], k1: none, v: this.vSegs[0], headStride: this.pageSize * 2 * this.headBytes, vFromKey: false };
     pagedDecodeRaw(q, out, lse, B, Hq, this.kvHeads, scale, this.pages(layer), pageTable, maxPages, seqLens, layout, this.isa);
     return { out, lse };
   }
