@@ -20,7 +20,7 @@ function kv(T: number, seed: number): Tensor {
 }
 
 /** f64 GQA decode of one sequence: q [HQ, D], k/v [T, HKV, D]. */
-function ref(q: Float32Array, k: Float32Array, v: Float32Array, T: number, scale: number) {
+function ref(q: Float32Array, k: Float32Array, v: Float32Array, T: number, scale: number, HQ = 6) {
   const out = new Float64Array(HQ * D);
   const lse = new Float64Array(HQ);
   let bound = 0;
@@ -101,6 +101,14 @@ describe.each(levels)('PagedKVCache decode at ISA level %s', (isa) => {
       expect(maxDiff(got, w.out)).toBeLessThanOrEqual(dv + Math.expm1(2 * delta) * maxV + r.bound + 1e-30);
     });
     expect(Array.from(lse.toFloat32Array().subarray(2 * HQ))).toEqual(new Array(HQ).fill(Infinity));
+    // One query head per kv head takes the fused decode-in-registers path: same bound.
+    const q1 = Tensor.random([3, HKV, D], 'f32', { seed: 6, dist: 'normal' });
+    const r1 = cache.decode(1, seqs, q1, scale);
+    seqs.forEach((s, b) => {
+      const { k, v } = cache.gather(s, 1, 0, lens[b]);
+      const r = ref(q1.toFloat32Array().subarray(b * HKV * D, (b + 1) * HKV * D), k.toFloat32Array(), v.toFloat32Array(), lens[b], scale, HKV);
+      expect(maxDiff(r1.out.toFloat32Array().subarray(b * HKV * D, (b + 1) * HKV * D), r.out)).toBeLessThanOrEqual(r.bound + 1e-30);
+    });
     cache.dispose();
   });
 });

@@ -325,15 +325,56 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     float* acc = pacc.data() + (sidx * a.Hq + hk * group) * Dv;
     for (size_t j = 0; j < group; ++j) m[j] = kNegInf, l[j] = 0;
     std::fill(acc, acc + group * Dv, 0.f);
+    auto rowAt = [&](size_t t) {
+      return P.pool + size_t(a.pageTable[b * a.maxPages + t / P.pageSize]) * P.pageBytes + P.layerOffset + t % P.pageSize * P.rowBytes;
+    };
+    // Bytes of this kv head's part of a row: from its first segment to the end of its last.
+    const size_t segEnd[3] = {a.k0.offset + kvSegmentBytes(a.k0.type, a.k0.n), a.k1.n ? a.k1.offset + kvSegmentBytes(a.k1.type, a.k1.n) : 0,
+                              a.vFromKey ? 0 : a.v.offset + kvSegmentBytes(a.v.type, a.v.n)};
+    const size_t segBeg = std::min(a.k0.offset, a.vFromKey ? a.k0.offset : a.v.offset);
+    const size_t prefetchFrom = segBeg + hk * a.headStride;
+    const size_t prefetchBytes = std::max({segEnd[0], segEnd[1], segEnd[2]}) - segBeg;
+    constexpr size_t kAhead = 16;
     const float* vrows = a.vFromKey ? kbuf.data() : vbuf.data();
     const size_t ldv = a.vFromKey ? Dk : Dv;
     float* s = sbuf.data();
-    for (size_t c0 = t0; c0 < t1; c0 += kRows) {
+    // One query head per kv head (standard-cache decode without GQA): nothing would reuse a
+    // decoded row, so decode it in registers straight into the dot and the accumulation.
+    const bool fused = group == 1 && !a.vFromKey && a.k1.n == 0;
+    for (size_t c0 = t0; fused && c0 < t1; c0 += kRows) {
+      const size_t n = std::min(kRows, t1 - c0);
+      const uint8_t* rp[kRows];
+      float bm = kNegInf;
+      for (size_t r = 0; r < n; ++r) {
+        const size_t t = c0 + r;
+        rp[r] = rowAt(t) + hk * a.headStride;
+        if (t + kAhead < t1) {
+          const uint8_t* ahead = rowAt(t + kAhead);
+          for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(ahead + prefetchFrom + off, 0, 0);
+        }
+        s[r] = kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk) * a.scale;
+        bm = s[r] > bm ? s[r] : bm;
+      }
+      const float mNew = m[0] > bm ? m[0] : bm;
+      const float corr = m[0] == kNegInf ? 0.f : std::exp(m[0] - mNew);
+      l[0] = l[0] * corr + float(so->expShift(s, mNew, s, n));
+      if (corr != 1.f)
+        for (size_t d = 0; d < Dv; ++d) acc[d] *= corr;
+      m[0] = mNew;
+      for (size_t r = 0; r < n; ++r) kv->axpy(a.v.type, rp[r] + a.v.offset, s[r], acc, Dv);
+    }
+    for (size_t c0 = t0; !fused && c0 < t1; c0 += kRows) {
       const size_t n = std::min(kRows, t1 - c0);
       // Dequantize each row once (into this L1-sized tile), then use it for all heads.
       for (size_t r = 0; r < n; ++r) {
         const size_t t = c0 + r;
-        const uint8_t* row = P.pool + size_t(a.pageTable[b * a.maxPages + t / P.pageSize]) * P.pageBytes + P.layerOffset + t % P.pageSize * P.rowBytes;
+        const uint8_t* row = rowAt(t);
+        // Software prefetch kAhead rows ahead: a head's run of rows is contiguous only within
+        // a page (pages are scattered), and the kernel is a pure stream otherwise.
+        if (t + kAhead < t1) {
+          const uint8_t* ahead = rowAt(t + kAhead);
+          for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(ahead + prefetchFrom + off, 0, 0);
+        }
         kv->decode(a.k0.type, row + a.k0.offset + hk * a.headStride, a.k0.n, kbuf.data() + r * Dk);
         if (a.k1.n) kv->decode(a.k1.type, row + a.k1.offset + hk * a.headStride, a.k1.n, kbuf.data() + r * Dk + a.k0.n);
         if (!a.vFromKey) kv->decode(a.v.type, row + a.v.offset + hk * a.headStride, Dv, vbuf.data() + r * Dv);

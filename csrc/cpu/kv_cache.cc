@@ -134,8 +134,30 @@ void decode(KvType t, const uint8_t* src, size_t n, float* y) {
   }
 }
 
+// Reference fused forms: decode a group at a time into a small stack buffer.
+float dot(KvType t, const uint8_t* src, const float* q, size_t n) {
+  const size_t step = kvQuantized(t) ? kKvGroup : 1;
+  const size_t bytes = kvSegmentBytes(t, step);
+  float s = 0, x[kKvGroup];
+  for (size_t g = 0; g < n; g += step) {
+    decode(t, src + g / step * bytes, step, x);
+    for (size_t i = 0; i < step; ++i) s += q[g + i] * x[i];
+  }
+  return s;
+}
+
+void axpy(KvType t, const uint8_t* src, float p, float* acc, size_t n) {
+  const size_t step = kvQuantized(t) ? kKvGroup : 1;
+  const size_t bytes = kvSegmentBytes(t, step);
+  float x[kKvGroup];
+  for (size_t g = 0; g < n; g += step) {
+    decode(t, src + g / step * bytes, step, x);
+    for (size_t i = 0; i < step; ++i) acc[g + i] += p * x[i];
+  }
+}
+
 }  // namespace
-const KvKernels kKvKernels = {encode, decode, hadamard32};
+const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy};
 }  // namespace scalar
 
 const KvKernels* kvKernelsFor(Isa isa) {

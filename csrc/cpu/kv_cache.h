@@ -56,6 +56,11 @@ struct KvKernels {
   void (*decode)(KvType t, const uint8_t* src, size_t n, float* y);
   // In-place unnormalized 32-point WHT on each group of 32 (n % 32 == 0).
   void (*hadamard32)(float* x, size_t n);
+  // Fused decode-and-use for attention rows that no other head shares (standard-cache decode
+  // with one query head per kv head): values are decoded in registers, never stored.
+  // dot returns Σ q[i]·x[i]; axpy does acc[i] += p·x[i] (x as stored, like decode).
+  float (*dot)(KvType t, const uint8_t* src, const float* q, size_t n);
+  void (*axpy)(KvType t, const uint8_t* src, float p, float* acc, size_t n);
 };
 
 namespace scalar { extern const KvKernels kKvKernels; }
