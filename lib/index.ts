@@ -26,3 +26,12 @@ export type { QuantizeModelOptions, QuantizeReport, QuantizedTensorReport, Calib
 export { configFor, dynamicRuleFor } from './quant/checkpoint';
 export { qlinear, moeMlp } from './ops/qlinear';
 export type { QLinearOptions, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';
+export { MlaKVCache } from './kv/mla-cache';
+export type { MlaCacheOptions } from './kv/mla-cache';
+export { KV_CACHE_TYPES, KV_BYTES_PER_VALUE, KV_DEFAULT_HADAMARD } from './kv/format';
+export type { KvCacheType, KvCacheDescriptor, KvSegmentDesc } from './kv/format';
+export { kvQuantize, kvDequantize } from './kv/codec';
+export type { KvCodecOptions } from './kv/codec';
+export type { Admission } from './kv/pages';
+export { PagedKVCache } from './kv/paged-cache';
+export type { PagedCacheOptions } from './kv/paged-cache';

@@ -99,7 +99,7 @@ export interface NativeBinding {
   flashAttention(q: RawStorage, qo: number, qb: number, k: RawStorage, ko: number, kb: number, v: RawStorage, vo: number, vb: number,
     out: RawStorage, oo: number, ob: number, lse: RawStorage, lo: number, lb: number,
     B: number, Sq: number, Sk: number, Hq: number, Hkv: number, Dqk: number, Dv: number, scale: number, causal: boolean,
-    cuQ: RawStorage | null, cqo: number, cqb: number, cuK: RawStorage | null, cko: number, ckb: number, isa?: number): void;
+    cuQ: RawStorage | null, cqo: number, cqb: number, cuK: RawStorage | null, cko: number, ckb: number, isa?: number, naive?: boolean): void;
   mlaDecode(q: RawStorage, qo: number, qb: number, out: RawStorage, oo: number, ob: number, lse: RawStorage, lo: number, lb: number,
     B: number, H: number, L: number, R: number, scale: number, pool: RawStorage, po: number, pb: number,
     numPages: number, pageSize: number, maxPages: number, pageTable: RawStorage, pto: number, ptb: number,
@@ -133,6 +133,19 @@ export interface NativeBinding {
   moeMlp(x: RawStorage, xo: number, xb: number, M: number, H: number, E: number,
     mlp: RawStorage, mo: number, mb: number, row: RawStorage, ro: number, rb: number, weight: RawStorage, wo: number, wb: number,
     out: RawStorage, oo: number, ob: number, isa: number | undefined, ...projections: (RawStorage | Uint8Array | number | null)[]): void;
+  kvEncode(type: number, hadamard: boolean, x: RawStorage, xo: number, xb: number, n: number, dst: RawStorage, dso: number, dsb: number, isa?: number): void;
+  kvDecode(type: number, src: RawStorage, so: number, sb: number, n: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
+  kvWrite(pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
+    segs: RawStorage, sgo: number, sgb: number, nSegs: number, rows: RawStorage, ro: number, rb: number, width: number, T: number,
+    slots: RawStorage, slo: number, slb: number, isa?: number): void;
+  kvRead(pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
+    segs: RawStorage, sgo: number, sgb: number, nSegs: number, out: RawStorage, oo: number, ob: number, width: number, T: number,
+    slots: RawStorage, slo: number, slb: number, isa?: number): void;
+  pagedDecode(q: RawStorage, qo: number, qb: number, out: RawStorage, oo: number, ob: number, lse: RawStorage, lo: number, lb: number,
+    B: number, Hq: number, Hkv: number, scale: number,
+    pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
+    pageTable: RawStorage, pto: number, ptb: number, maxPages: number, seqLens: RawStorage, slo: number, slb: number,
+    layout: RawStorage, lyo: number, lyb: number, isa?: number): void;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;
