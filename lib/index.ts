@@ -13,3 +13,6 @@ export { backendInfo, setThreads, getThreads, resolveBackend, cudaInfo } from '.
 export type { BackendInfo, BackendName, CudaStatus } from './backend';
 export { allocateNative, mapFile } from './memory';
 export type { NativeMemoryHandle, RawStorage } from './native';
+export { loadModel, Model } from './model';
+export type { LoadModelOptions, LoadProgress, LogitsOptions, ModelGenerateOptions, Prompt, GenerateOptions, GenerationChunk, GenerationResult, GenerationStream, FinishReason, SamplingOptions, ChatMessage, KvCacheType } from './model';
+export { TextTokenizer } from './text/tokenizer';

@@ -12,14 +12,27 @@
 import { KvantError, expected } from '../errors';
 import { Sampler, SamplingOptions, checkSampling, logSoftmaxAt } from './sampler';
 
-/** What a model must offer the scheduler. */
+/** The KV cache's answer to "can `tokens` tokens be reserved?". */
+export interface Admission {
+  verdict: 'ok' | 'wait' | 'never';
+  /** Bytes the request needs. */
+  needed: number;
+  /** Bytes of the whole budget. */
+  available: number;
+}
+
+/**
+ * What a model must offer the scheduler. admission() and open() may answer through a promise
+ * (the model lives in a worker thread); close() is fire-and-forget, and an engine must apply
+ * it before any later admission()/open() (a worker's message queue is FIFO, which gives this).
+ */
 export interface DecodeEngine<S> {
   readonly vocabSize: number;
   readonly maxContext: number;
   /** 'ok' if KV memory for `tokens` tokens can be reserved now, 'wait' if only after others finish, 'never' if it exceeds the budget. */
-  admission(tokens: number): { verdict: 'ok' | 'wait' | 'never'; needed: number; available: number };
+  admission(tokens: number): Admission | Promise<Admission>;
   /** Opens a sequence with KV memory reserved for `tokens` tokens. */
-  open(tokens: number): S;
+  open(tokens: number): S | Promise<S>;
   /** Runs the prompt through the model (chunked as the engine likes); logits of the last position. */
   prefill(seq: S, tokens: readonly number[]): Promise<Float32Array>;
   /** One decode step: each sequence consumes one token; logits per sequence. */
@@ -43,8 +56,17 @@ export interface GenerateOptions extends SamplingOptions {
 export type FinishReason = 'stop' | 'length' | 'abort';
 
 export interface GenerationChunk {
+  /**
+   * The token generated, or -1 for a trailing text-only chunk: text held back while it could
+   * still have been the start of a stop string (or an incomplete UTF-8 character) and released
+   * when generation ended on a stop token or an abort.
+   */
   token: number;
-  /** Text added by this token (when a detokenizer is set). */
+  /**
+   * Text added by this token (when a detokenizer is set). Text that may turn out to begin a
+   * stop string, or that ends in an incomplete UTF-8 character, is held back until it is
+   * decided, so the chunks' texts always concatenate to the result's text.
+   */
   text?: string;
   logprob?: number;
 }
@@ -75,7 +97,8 @@ interface Request<S> {
   seq?: S;
   out: number[];
   logprobs: number[];
-  text: string;
+  text: string; // decoded and released so far (chunks' texts concatenated)
+  pending: string; // decoded but held back (may start a stop string or end mid-character)
   last: number;
   buffer: GenerationChunk[];
   limit: number; // Infinity for generate(): nothing consumes incrementally
@@ -106,6 +129,7 @@ export class Scheduler<S> {
   private readonly waiting: Request<S>[] = [];
   private readonly active: Request<S>[] = [];
   private running = false;
+  private closed = false;
   private wake?: () => void;
   /** Decode steps run so far and the largest batch seen (for tests and stats). */
   readonly stats = { steps: 0, maxBatch: 0, prefills: 0 };
@@ -145,6 +169,7 @@ export class Scheduler<S> {
     if (opts.stopStrings?.length && !this.detokenize) throw new KvantError('KVANT_RANGE', 'stopStrings need a tokenizer (this model was loaded without one)');
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw expected('KVANT_DTYPE', 'an AbortSignal', 'signal', opts.signal);
     checkSampling(opts);
+    if (this.closed) throw new KvantError('KVANT_ABORTED', 'The model is closed');
     let resolve!: (r: GenerationResult) => void;
     let reject!: (e: unknown) => void;
     const result = new Promise<GenerationResult>((res, rej) => {
@@ -159,6 +184,7 @@ export class Scheduler<S> {
       out: [],
       logprobs: [],
       text: '',
+      pending: '',
       last: -1,
       buffer: [],
       limit,
@@ -229,8 +255,28 @@ export class Scheduler<S> {
     void this.loop();
   }
 
+  /**
+   * Ends every waiting and running request (finish reason 'abort'), e.g. when the model is
+   * closed. Resolves once the loop has stopped touching the engine.
+   */
+  async shutdown(): Promise<void> {
+    this.closed = true;
+    for (const r of [...this.waiting, ...this.active]) {
+      r.aborted = true;
+      this.poke(r);
+    }
+    while (this.running) await new Promise((r) => setTimeout(r, 1));
+    for (const r of this.waiting.splice(0)) this.finish(r, 'abort');
+  }
+
   private finish(req: Request<S>, reason: FinishReason): void {
     if (req.done) return;
+    if (req.pending) {
+      // Held-back text is decided now: nothing more will follow it.
+      req.text += req.pending;
+      if (req.limit !== Infinity) req.buffer.push({ token: -1, text: req.pending });
+      req.pending = '';
+    }
     req.done = true;
     if (req.seq !== undefined) this.engine.close(req.seq);
     req.opts.signal?.removeEventListener('abort', req.onAbort!);
@@ -251,6 +297,7 @@ export class Scheduler<S> {
     if (req.done) return;
     req.done = true;
     if (req.seq !== undefined) this.engine.close(req.seq);
+    req.opts.signal?.removeEventListener('abort', req.onAbort!);
     const i = this.active.indexOf(req);
     if (i >= 0) this.active.splice(i, 1);
     req.reject(e);
@@ -273,23 +320,41 @@ export class Scheduler<S> {
     req.last = token;
     if (this.detokenize) {
       const text = this.detokenize(req.out);
-      const stop = req.opts.stopStrings?.map((s) => text.indexOf(s, Math.max(0, req.text.length - s.length))).filter((i) => i >= 0);
-      if (stop && stop.length) {
-        const cut = text.slice(0, Math.min(...stop));
-        chunk.text = cut.slice(req.text.length);
+      const stops = req.opts.stopStrings ?? [];
+      // A stop string can only newly appear in the part not yet released (plus the released
+      // text's tail it may straddle: released text never ends with a stop string's prefix).
+      const from = req.text.length;
+      let cutAt = -1;
+      for (const s of stops) {
+        const i = text.indexOf(s, Math.max(0, from - s.length + 1));
+        if (i >= 0 && (cutAt < 0 || i < cutAt)) cutAt = i;
+      }
+      if (cutAt >= 0) {
+        const cut = text.slice(0, Math.max(cutAt, from));
+        chunk.text = cut.slice(from);
         req.text = cut;
-        if (chunk.text) this.emit(req, chunk);
+        req.pending = '';
+        this.emit(req, chunk);
         this.finish(req, 'stop');
         return false;
       }
-      chunk.text = text.slice(req.text.length);
-      req.text = text;
+      const release = releasable(text, from, stops);
+      chunk.text = text.slice(from, release);
+      req.text = text.slice(0, release);
+      req.pending = text.slice(release);
     }
-    this.emit(req, chunk);
     if (req.out.length >= req.maxTokens) {
+      // The last token: everything decoded is final.
+      if (req.pending) {
+        chunk.text = (chunk.text ?? '') + req.pending;
+        req.text += req.pending;
+        req.pending = '';
+      }
+      this.emit(req, chunk);
       this.finish(req, 'length');
       return false;
     }
+    this.emit(req, chunk);
     return true;
   }
 
@@ -321,7 +386,8 @@ export class Scheduler<S> {
         continue;
       }
       const need = req.prompt.length + req.maxTokens;
-      const a = this.engine.admission(need);
+      const a = await this.engine.admission(need);
+      if (req.aborted) continue; // aborted while the engine answered: finished next turn
       if (a.verdict === 'never' || (a.verdict === 'wait' && this.active.length === 0)) {
         this.waiting.shift();
         this.fail(req, new KvantError('KVANT_OOM', `KV cache budget exceeded: this request needs ${a.needed} bytes for ${need} tokens but the budget is ${a.available} bytes`));
@@ -331,7 +397,7 @@ export class Scheduler<S> {
       this.waiting.shift();
       req.tAdmit = performance.now();
       try {
-        req.seq = this.engine.open(need);
+        req.seq = await this.engine.open(need);
         const t0 = performance.now();
         const logits = await this.engine.prefill(req.seq, req.prompt);
         this.stats.prefills++;
@@ -383,4 +449,24 @@ export class Scheduler<S> {
       if (this.waiting.length > 0) this.kick();
     }
   }
+}
+
+/**
+ * How much of `text` (from `from` on) can be released to a stream: everything except an
+ * incomplete UTF-8 character at the end (decoders render it as U+FFFD until its last byte
+ * arrives) and the longest tail that is a proper prefix of a stop string (it may yet become one).
+ */
+export function releasable(text: string, from: number, stops: readonly string[]): number {
+  let end = text.length;
+  while (end > from && text.charCodeAt(end - 1) === 0xfffd) end--;
+  let hold = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, end - from); k > hold; k--) {
+      if (text.endsWith(s.slice(0, k), end)) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  return end - hold;
 }
