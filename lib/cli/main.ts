@@ -11,6 +11,8 @@ import { formatMachine, formatTable, measureMachine, runBenchmarks } from '../be
 import { Tensor } from '../tensor';
 import { planCommand } from './plan';
 import { makeModelCommand } from './make-model';
+import { generateCommand } from './generate';
+import { logitsCommand } from './logits';
 
 const HELP = `kvant — quantized LLM inference for Node.js
 
@@ -23,6 +25,12 @@ Commands:
                             memory for weights and KV cache, and whether it fits here
   bench [--json FILE] [--filter REGEX] [--quick]
                             measure machine ceilings, then run the kernel benchmarks
+  generate --model DIR (--prompt TEXT [--chat] | --tokens 1,2,3) [--max-tokens N] [--temperature T]
+           [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--ignore-eos]
+           [--kv-cache f16|bf16|q8|q6|q4] [--json]
+                            generate text (streamed to stdout) or, with --json, one JSON result
+  logits --model DIR --tokens 1,2,3 [--mode prefill|decode] [--kv-cache TYPE] [--json]
+                            logits at every position ({"logits": [[...], ...]} with --json)
   make-model --preset tiny|lite [--layers N] [--seed S] [--dtype f32|bf16] [--config-override JSON] --out DIR
                             write a random DeepSeek-V2 checkpoint in the real file layout
   help                      this text
@@ -117,6 +125,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'info': return infoCmd(rest);
       case 'plan': return planCommand(rest);
       case 'make-model': return makeModelCommand(rest);
+      case 'generate': return await generateCommand(rest);
+      case 'logits': return await logitsCommand(rest);
       case undefined:
       case 'help':
       case '--help':

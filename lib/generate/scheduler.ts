@@ -77,7 +77,11 @@ export interface GenerationResult {
   finishReason: FinishReason;
   usage: { promptTokens: number; completionTokens: number };
   logprobs?: number[];
-  timing: { prefillMs: number; decodeMs: number; queuedMs: number };
+  /**
+   * Milliseconds in prefill, in decode steps (each step shared with the rest of its batch) and
+   * waiting in the queue; decodeSteps is how many decode steps this sequence took part in.
+   */
+  timing: { prefillMs: number; decodeMs: number; queuedMs: number; decodeSteps: number };
 }
 
 export interface SchedulerOptions {
@@ -112,6 +116,7 @@ interface Request<S> {
   tAdmit: number;
   prefillMs: number;
   decodeMs: number;
+  decodeSteps: number;
   onAbort?: () => void;
 }
 
@@ -197,6 +202,7 @@ export class Scheduler<S> {
       tAdmit: 0,
       prefillMs: 0,
       decodeMs: 0,
+      decodeSteps: 0,
     };
     if (opts.signal) {
       if (opts.signal.aborted) req.aborted = true;
@@ -288,7 +294,7 @@ export class Scheduler<S> {
       finishReason: reason,
       usage: { promptTokens: req.prompt.length, completionTokens: req.out.length },
       logprobs: req.opts.logprobs ? req.logprobs : undefined,
-      timing: { prefillMs: req.prefillMs, decodeMs: req.decodeMs, queuedMs: req.tAdmit - req.t0 },
+      timing: { prefillMs: req.prefillMs, decodeMs: req.decodeMs, decodeSteps: req.decodeSteps, queuedMs: (req.tAdmit || performance.now()) - req.t0 },
     });
     this.poke(req);
   }
@@ -440,6 +446,7 @@ export class Scheduler<S> {
         const ms = performance.now() - t0;
         batch.forEach((r, i) => {
           r.decodeMs += ms;
+          r.decodeSteps++;
           if (!r.done) this.accept(r, logits[i]);
         });
       }
