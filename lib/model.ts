@@ -38,7 +38,7 @@ export interface LoadModelOptions {
   maxWaitMs?: number;
   /** Tokens a stream may buffer before its sequence is paused (default 64). */
   streamBuffer?: number;
-  /** Prefill chunk size in tokens (default: the model's). */
+  /** Prompt tokens per prefill call (default 256); running sequences take a decode step between chunks. */
   prefillChunkSize?: number;
   onProgress?: (p: LoadProgress) => void;
   /** Aborts loading (rejects with KVANT_ABORTED). */
@@ -103,6 +103,7 @@ export class Model {
       maxBatchSize: o.maxBatchSize,
       maxWaitMs: o.maxWaitMs,
       streamBuffer: o.streamBuffer,
+      prefillChunk: o.prefillChunkSize,
       detokenize: tok ? (ids) => tok.decode(ids) : undefined,
     });
   }

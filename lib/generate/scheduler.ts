@@ -89,6 +89,8 @@ export interface SchedulerOptions {
   maxWaitMs?: number;
   /** Tokens a stream may buffer before its sequence is paused (default 64). */
   streamBuffer?: number;
+  /** Prompt tokens per prefill call; decode steps of running sequences interleave between chunks (default 256). */
+  prefillChunk?: number;
   /** token ids -> text, for stop strings and chunk text. */
   detokenize?: (tokens: readonly number[]) => string;
 }
@@ -117,6 +119,7 @@ interface Request<S> {
   prefillMs: number;
   decodeMs: number;
   decodeSteps: number;
+  prefilled: number;
   onAbort?: () => void;
 }
 
@@ -133,6 +136,9 @@ export class Scheduler<S> {
   private readonly detokenize?: (tokens: readonly number[]) => string;
   private readonly waiting: Request<S>[] = [];
   private readonly active: Request<S>[] = [];
+  /** Admitted (sequence open) but prompt not fully prefilled yet, oldest first. */
+  private readonly prefilling: Request<S>[] = [];
+  private readonly prefillChunk: number;
   private running = false;
   private closed = false;
   private wake?: () => void;
@@ -145,6 +151,8 @@ export class Scheduler<S> {
     this.maxWaitMs = opts.maxWaitMs ?? 2;
     this.streamBuffer = opts.streamBuffer ?? 64;
     this.detokenize = opts.detokenize;
+    this.prefillChunk = opts.prefillChunk ?? 256;
+    if (!Number.isInteger(this.prefillChunk) || this.prefillChunk < 1) throw expected('KVANT_RANGE', 'an integer >= 1', 'prefillChunk', this.prefillChunk);
     if (!Number.isInteger(this.maxBatchSize) || this.maxBatchSize < 1) throw expected('KVANT_RANGE', 'an integer >= 1', 'maxBatchSize', this.maxBatchSize);
     if (!(this.maxWaitMs >= 0)) throw expected('KVANT_RANGE', 'a number >= 0', 'maxWaitMs', this.maxWaitMs);
     if (!Number.isInteger(this.streamBuffer) || this.streamBuffer < 1) throw expected('KVANT_RANGE', 'an integer >= 1', 'streamBuffer', this.streamBuffer);
@@ -203,6 +211,7 @@ export class Scheduler<S> {
       prefillMs: 0,
       decodeMs: 0,
       decodeSteps: 0,
+      prefilled: 0,
     };
     if (opts.signal) {
       if (opts.signal.aborted) req.aborted = true;
@@ -267,7 +276,7 @@ export class Scheduler<S> {
    */
   async shutdown(): Promise<void> {
     this.closed = true;
-    for (const r of [...this.waiting, ...this.active]) {
+    for (const r of [...this.waiting, ...this.prefilling, ...this.active]) {
       r.aborted = true;
       this.poke(r);
     }
@@ -286,8 +295,7 @@ export class Scheduler<S> {
     req.done = true;
     if (req.seq !== undefined) this.engine.close(req.seq);
     req.opts.signal?.removeEventListener('abort', req.onAbort!);
-    const i = this.active.indexOf(req);
-    if (i >= 0) this.active.splice(i, 1);
+    this.unlist(req);
     req.resolve({
       tokens: req.out,
       text: this.detokenize ? req.text : undefined,
@@ -299,13 +307,19 @@ export class Scheduler<S> {
     this.poke(req);
   }
 
+  private unlist(req: Request<S>): void {
+    for (const list of [this.active, this.prefilling]) {
+      const i = list.indexOf(req);
+      if (i >= 0) list.splice(i, 1);
+    }
+  }
+
   private fail(req: Request<S>, e: unknown): void {
     if (req.done) return;
     req.done = true;
     if (req.seq !== undefined) this.engine.close(req.seq);
     req.opts.signal?.removeEventListener('abort', req.onAbort!);
-    const i = this.active.indexOf(req);
-    if (i >= 0) this.active.splice(i, 1);
+    this.unlist(req);
     req.reject(e);
     this.poke(req);
   }
@@ -383,8 +397,9 @@ export class Scheduler<S> {
     });
   }
 
+  /** Admits waiting requests in FIFO order while KV memory and batch room allow: reserves and opens their sequences. */
   private async admit(): Promise<void> {
-    while (this.waiting.length > 0 && this.active.length < this.maxBatchSize) {
+    while (this.waiting.length > 0 && this.active.length + this.prefilling.length < this.maxBatchSize) {
       const req = this.waiting[0];
       if (req.aborted) {
         this.waiting.shift();
@@ -394,7 +409,7 @@ export class Scheduler<S> {
       const need = req.prompt.length + req.maxTokens;
       const a = await this.engine.admission(need);
       if (req.aborted) continue; // aborted while the engine answered: finished next turn
-      if (a.verdict === 'never' || (a.verdict === 'wait' && this.active.length === 0)) {
+      if (a.verdict === 'never' || (a.verdict === 'wait' && this.active.length + this.prefilling.length === 0)) {
         this.waiting.shift();
         this.fail(req, new KvantError('KVANT_OOM', `KV cache budget exceeded: this request needs ${a.needed} bytes for ${need} tokens but the budget is ${a.available} bytes`));
         continue;
@@ -404,17 +419,38 @@ export class Scheduler<S> {
       req.tAdmit = performance.now();
       try {
         req.seq = await this.engine.open(need);
-        const t0 = performance.now();
-        const logits = await this.engine.prefill(req.seq, req.prompt);
-        this.stats.prefills++;
-        req.prefillMs = performance.now() - t0;
-        this.active.push(req);
-        if (req.aborted) this.finish(req, 'abort');
-        else this.accept(req, logits);
+        this.prefilling.push(req);
       } catch (e) {
         this.fail(req, e);
       }
     }
+  }
+
+  /**
+   * Runs one prefill chunk of the oldest admitted request. Chunking bounds how long a long
+   * prompt holds up the running batch: one chunk, then one decode step, and so on. The
+   * engine's logits do not depend on how a prompt is split, so neither do the tokens.
+   */
+  private async prefillStep(): Promise<void> {
+    const req = this.prefilling[0];
+    const part = req.prompt.slice(req.prefilled, req.prefilled + this.prefillChunk);
+    const t0 = performance.now();
+    let logits: Float32Array;
+    try {
+      logits = await this.engine.prefill(req.seq as S, part);
+    } catch (e) {
+      this.fail(req, e);
+      return;
+    }
+    req.prefillMs += performance.now() - t0;
+    req.prefilled += part.length;
+    if (req.done) return;
+    if (req.prefilled < req.prompt.length) return;
+    this.prefilling.shift();
+    this.stats.prefills++;
+    this.active.push(req);
+    if (req.aborted) this.finish(req, 'abort');
+    else this.accept(req, logits);
   }
 
   private async loop(): Promise<void> {
@@ -423,9 +459,11 @@ export class Scheduler<S> {
       if (this.maxWaitMs > 0 && this.active.length === 0 && this.waiting.length < this.maxBatchSize) await this.sleep(this.maxWaitMs);
       for (;;) {
         await this.admit();
-        for (const r of [...this.active]) if (r.aborted) this.finish(r, 'abort');
+        for (const r of [...this.active, ...this.prefilling]) if (r.aborted) this.finish(r, 'abort');
+        if (this.prefilling.length > 0) await this.prefillStep();
         const batch = this.active.filter((r) => !r.paused && !r.done);
         if (batch.length === 0) {
+          if (this.prefilling.length > 0) continue;
           if (this.active.length === 0 && this.waiting.length === 0) break;
           await this.sleep(1000); // paused consumers, or KV memory to be freed: woken by a pull, an abort or an arrival
           continue;
