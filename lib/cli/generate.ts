@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { KvantError } from '../errors';
 import { GenerationResult } from '../generate/scheduler';
 import { loadModel, Model, Prompt } from '../model';
-import { cliLoadOptions, parseKvCache, parseNumber, parseTokenList } from './model-args';
+import { cliLoadOptions, quietEpipe, parseKvCache, parseNumber, parseTokenList } from './model-args';
 
 /** The --json output. */
 export interface GenerateJson {
@@ -69,6 +69,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
     ignoreEos: values['ignore-eos'] ?? false,
   };
   const kvCache = parseKvCache(values['kv-cache']);
+  quietEpipe();
   const model: Model = await loadModel(values.model, { ...cliLoadOptions('loading'), kvCache });
   try {
     const prompt: Prompt = tokens ?? (values.chat ? { messages: [{ role: 'user', content: values.prompt! }] } : values.prompt!);

@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { KvantError } from '../errors';
 import { topKIndices } from '../generate/sampler';
 import { loadModel } from '../model';
-import { cliLoadOptions, f32ToJson, parseKvCache, parseTokenList } from './model-args';
+import { cliLoadOptions, quietEpipe, f32ToJson, parseKvCache, parseTokenList } from './model-args';
 
 export async function logitsCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -26,6 +26,7 @@ export async function logitsCommand(argv: string[]): Promise<number> {
   const mode = values.mode ?? 'prefill';
   if (mode !== 'prefill' && mode !== 'decode') throw new KvantError('KVANT_RANGE', `Expected --mode prefill or decode but received ${JSON.stringify(mode)}`);
   const kvCache = parseKvCache(values['kv-cache']);
+  quietEpipe();
   const model = await loadModel(values.model, { ...cliLoadOptions('loading'), kvCache });
   try {
     const rows = await model.logits(tokens, { mode });

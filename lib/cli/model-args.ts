@@ -61,3 +61,11 @@ export function f32ToJson(v: number): string {
   }
   return String(Number(v.toPrecision(9)));
 }
+
+/** `kvant logits ... | head`: a reader that leaves early is not an error. */
+export function quietEpipe(): void {
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
+}
