@@ -206,6 +206,14 @@ describe('loadModel / Model over the worker', () => {
     await m.close(); // twice is fine
   });
 
+  it('a dying worker rejects pending and later calls with KVANT_BACKEND, never hangs', async () => {
+    const m = await load({ implementation: { ...FAKE, export: 'CrashingModel' } });
+    expect(await code(m.generate([1], { maxTokens: 50, ignoreEos: true }))).toBe('KVANT_BACKEND');
+    expect(await code(m.generate([2], { maxTokens: 5 }))).toBe('KVANT_BACKEND');
+    expect(await code(m.logits([1]))).toBe('KVANT_BACKEND');
+    await m.close();
+  });
+
   it('bad input ends in typed errors', async () => {
     const m = await load();
     expect(await code(m.generate([512]))).toBe('KVANT_RANGE');

@@ -407,7 +407,14 @@ export class Scheduler<S> {
         continue;
       }
       const need = req.prompt.length + req.maxTokens;
-      const a = await this.engine.admission(need);
+      let a: Admission;
+      try {
+        a = await this.engine.admission(need);
+      } catch (e) {
+        this.waiting.shift();
+        this.fail(req, e); // e.g. the model's worker has died
+        continue;
+      }
       if (req.aborted) continue; // aborted while the engine answered: finished next turn
       if (a.verdict === 'never' || (a.verdict === 'wait' && this.active.length + this.prefilling.length === 0)) {
         this.waiting.shift();

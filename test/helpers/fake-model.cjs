@@ -123,3 +123,18 @@ class BrokenModel {
 }
 
 module.exports = { FakeModel, BrokenModel };
+
+/** A model whose worker dies in the middle of a decode step (as a native crash would end it). */
+class CrashingModel extends FakeModel {
+  static load(dir, o = {}) {
+    const m = FakeModel.load(dir, o);
+    Object.setPrototypeOf(m, CrashingModel.prototype);
+    return m;
+  }
+  decode(seqs, tokens) {
+    if (this.decodeCalls++ >= 3) process.exit(7);
+    return FakeModel.prototype.decode.call(this, seqs, tokens);
+  }
+}
+
+module.exports.CrashingModel = CrashingModel;
