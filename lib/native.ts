@@ -89,6 +89,28 @@ export interface NativeBinding {
     numPages: number, pageSize: number, maxPages: number, pageTable: RawStorage, pto: number, ptb: number,
     seqLens: RawStorage, slo: number, slb: number, isa?: number): void;
   flashScratchBytes(reset?: boolean): number;
+  kvEncode(type: number, hadamard: boolean, x: RawStorage, xo: number, xb: number, n: number, dst: RawStorage, dso: number, dsb: number, isa?: number): void;
+  kvDecode(type: number, src: RawStorage, so: number, sb: number, n: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
+  kvWrite(pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
+    segs: RawStorage, sgo: number, sgb: number, nSegs: number, rows: RawStorage, ro: number, rb: number, width: number, T: number,
+    slots: RawStorage, slo: number, slb: number, isa?: number): void;
+  kvRead(pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
+    segs: RawStorage, sgo: number, sgb: number, nSegs: number, out: RawStorage, oo: number, ob: number, width: number, T: number,
+    slots: RawStorage, slo: number, slb: number, isa?: number): void;
+  pagedDecode(q: RawStorage, qo: number, qb: number, out: RawStorage, oo: number, ob: number, lse: RawStorage, lo: number, lb: number,
+    B: number, Hq: number, Hkv: number, scale: number,
+    pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
+    pageTable: RawStorage, pto: number, ptb: number, maxPages: number, seqLens: RawStorage, slo: number, slb: number,
+    layout: RawStorage, lyo: number, lyb: number, isa?: number): void;
+  quantFormatLayout(): { size: number; offsets: { bits: number; groupSize: number; sym: number; zeroFormat: number; K: number; N: number } };
+  quantEncodeFormat(bits: number, groupSize: number, sym: boolean, zeroFormat: number, K: number, N: number): Uint8Array;
+  quantRtn(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, qw: RawStorage, qwo: number, qwb: number,
+    qz: RawStorage, qzo: number, qzb: number, sc: RawStorage, sco: number, scb: number): void;
+  quantDequant(fmt: Uint8Array, qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number,
+    sc: RawStorage, sco: number, scb: number, gIdx: RawStorage | null, gio: number, gib: number, perm: RawStorage | null, po: number, pb: number,
+    out: RawStorage, oo: number, ob: number, outDtype: number, isa?: number): void;
+  quantMakeSequential(fmt: Uint8Array, qw: RawStorage, qwo: number, qwb: number, gIdx: RawStorage, gio: number, gib: number,
+    perm: RawStorage, po: number, pb: number, out: RawStorage, oo: number, ob: number, forward: boolean): void;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;

@@ -1,5 +1,6 @@
 #include "attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -201,6 +202,125 @@ Status mlaDecode(const MlaDecodeArgs& a, Isa isa) {
     const float inv = 1.f / denom;
     for (size_t d = 0; d < L; ++d) o[d] *= inv;
     if (a.lse) a.lse[b * H + h] = M + std::log(denom);
+  });
+  return Status::kOk;
+}
+
+}  // namespace kvant
+
+namespace kvant {
+
+Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
+  const GemmKernels* g = gemmKernelsFor(isa);
+  const SmallOpsKernels* so = smallOpsKernelsFor(isa);
+  const KvKernels* kv = kvKernelsFor(isa);
+  if (!g || !so || !kv) return Status::kBackend;
+  if (a.Hkv == 0 || a.Hq % a.Hkv != 0) return Status::kShape;
+  const KvPages& P = a.pages;
+  const size_t Dk = a.k0.n + a.k1.n, Dv = a.v.n, group = a.Hq / a.Hkv;
+  if (Dk == 0 || Dv == 0 || P.pageSize == 0 || P.layerOffset + P.pageSize * P.rowBytes > P.pageBytes) return Status::kShape;
+  if (a.vFromKey && (a.Hkv != 1 || a.v.n > a.k0.n || a.v.type != a.k0.type || a.v.hadamard != a.k0.hadamard)) return Status::kShape;
+  for (const KvSegment* s : {&a.k0, &a.k1, &a.v}) {
+    const size_t bytes = kvSegmentBytes(s->type, s->n);
+    if ((bytes == 0 && s->n != 0) || s->offset + (a.Hkv - 1) * a.headStride + bytes > P.rowBytes) return Status::kShape;
+  }
+  for (size_t b = 0; b < a.B; ++b) {
+    if (a.seqLens[b] < 0) return Status::kRange;
+    const size_t pages = (size_t(a.seqLens[b]) + P.pageSize - 1) / P.pageSize;
+    if (pages > a.maxPages) return Status::kRange;
+    for (size_t p = 0; p < pages; ++p) {
+      const int32_t page = a.pageTable[b * a.maxPages + p];
+      if (page < 0 || size_t(page) >= P.numPages) return Status::kRange;
+    }
+  }
+  const bool rotK = a.k0.hadamard && kvQuantized(a.k0.type), rotV = a.v.hadamard && kvQuantized(a.v.type);
+  std::vector<size_t> splitStart(a.B + 1, 0);
+  for (size_t b = 0; b < a.B; ++b) splitStart[b + 1] = splitStart[b] + std::max<size_t>(1, (size_t(a.seqLens[b]) + kDecodeSplit - 1) / kDecodeSplit);
+  const size_t nSplits = splitStart[a.B];
+  std::vector<float> pm(nSplits * a.Hq), pl(nSplits * a.Hq), pacc(nSplits * a.Hq * Dv);
+  // Rows decoded per step: 16 rows of up to 576 f32 (36 KB) stay in L1/L2 while every query
+  // head of the kv head uses them.
+  constexpr size_t kRows = 16;
+  threadPool().parallelFor(nSplits * a.Hkv, [&](size_t task) {
+    const size_t sidx = task / a.Hkv, hk = task % a.Hkv;
+    size_t b = 0;
+    while (splitStart[b + 1] <= sidx) ++b;
+    const size_t len = size_t(a.seqLens[b]);
+    const size_t t0 = (sidx - splitStart[b]) * kDecodeSplit, t1 = std::min(len, t0 + kDecodeSplit);
+    thread_local std::vector<float> qbuf, kbuf, vbuf, sbuf;
+    qbuf.resize(group * Dk), kbuf.resize(kRows * Dk), vbuf.resize(kRows * Dv), sbuf.resize(group * kRows);
+    // The query heads of this kv head, with the rotated part of the key pre-transformed:
+    // q·x = (H·q)·y / 32 where y = H·x is what the cache stores (1/32 is exact).
+    for (size_t j = 0; j < group; ++j) {
+      float* qr = qbuf.data() + j * Dk;
+      std::copy(a.q + (b * a.Hq + hk * group + j) * Dk, a.q + (b * a.Hq + hk * group + j + 1) * Dk, qr);
+      if (rotK) {
+        kv->hadamard32(qr, a.k0.n);
+        for (size_t d = 0; d < a.k0.n; ++d) qr[d] *= 1.0f / 32;
+      }
+    }
+    float* m = pm.data() + sidx * a.Hq + hk * group;
+    float* l = pl.data() + sidx * a.Hq + hk * group;
+    float* acc = pacc.data() + (sidx * a.Hq + hk * group) * Dv;
+    for (size_t j = 0; j < group; ++j) m[j] = kNegInf, l[j] = 0;
+    std::fill(acc, acc + group * Dv, 0.f);
+    const float* vrows = a.vFromKey ? kbuf.data() : vbuf.data();
+    const size_t ldv = a.vFromKey ? Dk : Dv;
+    float* s = sbuf.data();
+    for (size_t c0 = t0; c0 < t1; c0 += kRows) {
+      const size_t n = std::min(kRows, t1 - c0);
+      // Dequantize each row once (into this L1-sized tile), then use it for all heads.
+      for (size_t r = 0; r < n; ++r) {
+        const size_t t = c0 + r;
+        const uint8_t* row = P.pool + size_t(a.pageTable[b * a.maxPages + t / P.pageSize]) * P.pageBytes + P.layerOffset + t % P.pageSize * P.rowBytes;
+        kv->decode(a.k0.type, row + a.k0.offset + hk * a.headStride, a.k0.n, kbuf.data() + r * Dk);
+        if (a.k1.n) kv->decode(a.k1.type, row + a.k1.offset + hk * a.headStride, a.k1.n, kbuf.data() + r * Dk + a.k0.n);
+        if (!a.vFromKey) kv->decode(a.v.type, row + a.v.offset + hk * a.headStride, Dv, vbuf.data() + r * Dv);
+      }
+      for (size_t i = 0; i < group; i += 4)
+        for (size_t r = 0; r < n; r += 4)
+          g->tileF32(qbuf.data() + i * Dk, Dk, std::min<size_t>(4, group - i), kbuf.data() + r * Dk, Dk, std::min<size_t>(4, n - r), Dk, s + i * kRows + r, kRows);
+      for (size_t j = 0; j < group; ++j) {
+        float* sj = s + j * kRows;
+        float bm = kNegInf;
+        for (size_t r = 0; r < n; ++r) {
+          sj[r] *= a.scale;
+          bm = sj[r] > bm ? sj[r] : bm;
+        }
+        const float mNew = m[j] > bm ? m[j] : bm;
+        const float corr = m[j] == kNegInf ? 0.f : std::exp(m[j] - mNew);
+        l[j] = l[j] * corr + float(so->expShift(sj, mNew, sj, n));
+        float* aj = acc + j * Dv;
+        if (corr != 1.f)
+          for (size_t d = 0; d < Dv; ++d) aj[d] *= corr;
+        for (size_t r = 0; r < n; ++r) so->axpy(sj[r], vrows + r * ldv, aj, Dv);
+        m[j] = mNew;
+      }
+    }
+  });
+  // Merge each sequence's splits in order: out = Σ_s e^{m_s - M} acc_s / Σ_s e^{m_s - M} l_s,
+  // then undo the value rotation once: x = H·y / 32.
+  threadPool().parallelFor(a.B * a.Hq, [&](size_t bh) {
+    const size_t b = bh / a.Hq, h = bh % a.Hq;
+    float M = kNegInf;
+    for (size_t s = splitStart[b]; s < splitStart[b + 1]; ++s) M = pm[s * a.Hq + h] > M ? pm[s * a.Hq + h] : M;
+    float* o = a.out + bh * Dv;
+    for (size_t d = 0; d < Dv; ++d) o[d] = 0;
+    if (M == kNegInf) {  // empty sequence: output 0, lse +inf
+      if (a.lse) a.lse[bh] = std::numeric_limits<float>::infinity();
+      return;
+    }
+    float denom = 0;
+    for (size_t s = splitStart[b]; s < splitStart[b + 1]; ++s) {
+      if (pm[s * a.Hq + h] == kNegInf) continue;
+      const float w = std::exp(pm[s * a.Hq + h] - M);
+      denom += w * pl[s * a.Hq + h];
+      so->axpy(w, pacc.data() + (s * a.Hq + h) * Dv, o, Dv);
+    }
+    const float inv = (rotV ? 1.0f / 32 : 1.0f) / denom;
+    if (rotV) kv->hadamard32(o, Dv);
+    for (size_t d = 0; d < Dv; ++d) o[d] *= inv;
+    if (a.lse) a.lse[bh] = M + std::log(denom);
   });
   return Status::kOk;
 }

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "isa.h"
+#include "kv_cache.h"
 #include "kvant/status.h"
 
 namespace kvant {
@@ -63,5 +64,36 @@ struct MlaDecodeArgs {
 constexpr size_t kMlaSplit = 512;
 
 Status mlaDecode(const MlaDecodeArgs& a, Isa isa = Isa(-1));
+
+// Batched decode attention over a paged, possibly quantized cache (both the standard K/V cache
+// and the MLA latent cache). q [B, Hq, Dk] f32 with Dk = k0.n + k1.n; out [B, Hq, Dv]; lse [B, Hq].
+// The key of kv head h is [k0 | k1] at row offsets k0.offset + h·headStride (k1 likewise);
+// the value is segment v at v.offset + h·headStride, or, with vFromKey (MLA: V is the latent
+// c, the first Dv values of the key), the first v.n values of the decoded key.
+// Sequence b has seqLens[b] rows, row t at page pageTable[b·maxPages + t / pageSize].
+// GQA: query head j uses kv head j / (Hq / Hkv). All query heads of a kv head are processed
+// per cache row read; splits of kDecodeSplit rows (a function of the length alone) are
+// merged by LSE in split order, so results are bit-identical for any thread count and
+// independent of the other sequences of the batch.
+struct PagedDecodeArgs {
+  const float* q;
+  float* out;
+  float* lse;
+  size_t B, Hq, Hkv;
+  KvSegment k0, k1, v;
+  size_t headStride;
+  bool vFromKey;
+  float scale;
+  KvPages pages;
+  const int32_t* pageTable;
+  size_t maxPages;
+  const int32_t* seqLens;
+};
+
+constexpr size_t kDecodeSplit = 512;
+
+// kShape: head counts that do not divide, segments that do not fit the row or pages;
+// kRange: a sequence length beyond its page table or a page index outside the pool.
+Status pagedDecode(const PagedDecodeArgs& a, Isa isa = Isa(-1));
 
 }  // namespace kvant
