@@ -18,8 +18,14 @@ import { throughput } from './generate';
 import { cliLoadOptions, parseKvCache } from './model-args';
 import { progressBar } from './progress';
 
+/** The part of the GPTQ checkpoint quantizer's report (lib/quant/quantize-model.ts) the demo prints. */
+interface QuantizeSummary {
+  quantized?: Array<{ method: string; relError: number }>;
+  bytesIn?: number;
+  bytesOut?: number;
+}
 /** The GPTQ checkpoint quantizer (branch `quant`), when this build has it. */
-type QuantizeModel = (o: Record<string, unknown>) => unknown;
+type QuantizeModel = (o: Record<string, unknown>) => Promise<QuantizeSummary>;
 
 function findQuantizer(): QuantizeModel | null {
   try {
@@ -127,9 +133,15 @@ export async function demoCommand(argv: string[]): Promise<number> {
       runDir = path.join(tmp, 'gptq4');
       const bar = progressBar('quantize');
       const t0 = performance.now();
-      await quantize({ input: floatDir, output: runDir, bits: 4, groupSize: 128, method: 'gptq', onProgress: (p: { done: number; total: number; what?: string }) => bar.update(p.done, p.total, p.what) });
+      const rep = await quantize({ input: floatDir, output: runDir, bits: 4, groupSize: 128, method: 'gptq', onProgress: (p: { done: number; total: number; tensor?: string }) => bar.update(p.done, p.total, p.tensor) });
       bar.done();
       out(`quantized with GPTQ 4-bit, group size 128, in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
+      const q = rep?.quantized ?? [];
+      const gptq = q.filter((t) => t.method === 'gptq' && Number.isFinite(t.relError));
+      if (q.length > 0) {
+        const mean = gptq.reduce((a, t) => a + t.relError, 0) / Math.max(1, gptq.length);
+        out(`  ${q.length} linear layers quantized (${gptq.length} by GPTQ, ${q.length - gptq.length} fell back to round-to-nearest); mean relative layer output error ${mean.toExponential(2)}`);
+      }
       compareWith = floatDir;
     }
     // 3. Load.
