@@ -137,6 +137,17 @@ describe('loadModel / Model over the worker', () => {
     expect((await m.memory()).cacheBytes).toBe(0);
   });
 
+  it('leaving a stream loop early aborts that sequence and frees its pages', async () => {
+    const m = await load();
+    const s = m.stream([9], { maxTokens: 300, ignoreEos: true });
+    let n = 0;
+    for await (const _ of s) if (++n === 2) break;
+    const r = await s.result;
+    expect(r.finishReason).toBe('abort');
+    expect(r.tokens.length).toBeLessThan(300);
+    expect((await m.memory()).cacheBytes).toBe(0);
+  });
+
   it('a slow stream consumer is paused and does not stall another request', async () => {
     const m = await load({ streamBuffer: 4, maxWaitMs: 1 });
     const slow = m.stream([4], { maxTokens: 60, ignoreEos: true });
