@@ -29,4 +29,4 @@ export type { QuantizeConfig } from './quant/checkpoint';
 export { loadModel, Model } from './model';
 export type { LoadModelOptions, LoadProgress, LogitsOptions, ModelGenerateOptions, Prompt, GenerateOptions, GenerationChunk, GenerationResult, GenerationStream, FinishReason, SamplingOptions, ChatMessage } from './model';
 export { TextTokenizer } from './text/tokenizer';
-export type { DeepSeekV2Config } from './models/deepseek-v2/config';
+export type { DeepSeekV2Config, YarnScaling } from './models/deepseek-v2/config';
