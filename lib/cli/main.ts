@@ -13,6 +13,7 @@ import { makeModelCommand } from './make-model';
 import { generateCommand } from './generate';
 import { logitsCommand } from './logits';
 import { demoCommand } from './demo';
+import { quantizeCommand } from './quantize';
 
 const HELP = `kvant — quantized LLM inference for Node.js
 
@@ -35,6 +36,9 @@ Commands:
                             logits at every position ({"logits": [[...], ...]} with --json)
   make-model --preset tiny|lite [--layers N] [--seed S] [--dtype f32|bf16] [--config-override JSON] --out DIR
                             write a random DeepSeek-V2 checkpoint in the real file layout
+  quantize --model IN --out OUT --bits B --group-size G [--act-order] [--asym] [--method gptq|rtn]
+           [--rules FILE|JSON] [--calib-tokens N] [--seed S] [--json]
+                            GPTQ/RTN group quantization into an AutoGPTQ-compatible folder
   help                      this text
 `;
 
@@ -86,6 +90,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'make-model': return makeModelCommand(rest);
       case 'generate': return await generateCommand(rest);
       case 'logits': return await logitsCommand(rest);
+      case 'quantize': return await quantizeCommand(rest);
       case undefined:
       case 'help':
       case '--help':
