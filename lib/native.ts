@@ -146,6 +146,16 @@ export interface NativeBinding {
     pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
     pageTable: RawStorage, pto: number, ptb: number, maxPages: number, seqLens: RawStorage, slo: number, slb: number,
     layout: RawStorage, lyo: number, lyb: number, isa?: number): void;
+  gptqHessianAdd(H: RawStorage, ho: number, hb: number, K: number, x: RawStorage, xo: number, xb: number, tokens: number,
+    n: number, b: number, isa?: number): void;
+  gptqQuantize(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, H: RawStorage, ho: number, hb: number,
+    dampPercent: number, blockSize: number, actOrder: boolean, staticGroups: boolean, errorStats: boolean,
+    qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number, sc: RawStorage, sco: number, scb: number,
+    gIdx: RawStorage, gio: number, gib: number, isa?: number): NativeGptqStats;
+  gptqQuantizeAsync(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, H: RawStorage, ho: number, hb: number,
+    dampPercent: number, blockSize: number, actOrder: boolean, staticGroups: boolean, errorStats: boolean,
+    qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number, sc: RawStorage, sco: number, scb: number,
+    gIdx: RawStorage, gio: number, gib: number, isa: number | undefined, cancel: CancelTokenHandle | undefined): Promise<NativeGptqStats>;
   quantFormatLayout(): { size: number; offsets: { bits: number; groupSize: number; sym: number; zeroFormat: number; K: number; N: number } };
   quantEncodeFormat(bits: number, groupSize: number, sym: boolean, zeroFormat: number, K: number, N: number): Uint8Array;
   quantRtn(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, qw: RawStorage, qwo: number, qwb: number,
