@@ -18,7 +18,7 @@ fs.mkdirSync(out, { recursive: true });
 const SAN = ['-fsanitize=address,undefined', '-fno-sanitize-recover=all', '-fno-omit-frame-pointer'];
 // -fno-strict-aliasing: kernels read packed words through uint4 (128-bit loads) as CUDA code does.
 const BASE = ['-std=c++17', '-O1', '-g', '-pthread', '-fno-strict-aliasing', '-Wall', '-Wextra', '-Wno-unused-parameter',
-  '-Wno-missing-field-initializers', '-Icsrc/include', '-Icsrc/cpu', '-Icsrc/cuda', '-Itest/native', '-Itest/simt', ...SAN];
+  '-Wno-missing-field-initializers', '-Wno-unknown-pragmas', '-Icsrc/include', '-Icsrc/cpu', '-Icsrc/cuda', '-Itest/native', '-Itest/simt', ...SAN];
 const ISA_FLAGS = {
   avx2: ['-mavx2', '-mfma', '-mf16c'],
   avx512: ['-mavx2', '-mfma', '-mf16c', '-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-Wno-uninitialized', '-Wno-maybe-uninitialized'],
