@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,12 @@ inline bool expectClose(const char* what, const float* got, const double* want, 
       if (want[i] != 0) maxRel = std::fmax(maxRel, e / std::fabs(want[i]));
     }
   }
+  if (std::getenv("KVANT_SIMT_VERBOSE"))
+    std::fprintf(stderr, "  %s: n %zu, max abs err %.3g, max rel err %.3g, max bound %.3g\n", what, n, maxAbs, maxRel, [&] {
+      double t = 0;
+      for (size_t i = 0; i < n; ++i) t = std::fmax(t, double(tol(i)));
+      return t;
+    }());
   if (nbad) {
     char buf[512];
     std::snprintf(buf, sizeof buf, "%s: %zu of %zu outside the bound; first [%zu] got %.9g want %.9g tol %.3g; max abs %.3g rel %.3g (%s)",
