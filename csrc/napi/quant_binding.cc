@@ -6,6 +6,7 @@
 
 #include "addon.h"
 #include "args.h"
+#include "gptq.h"
 #include "quant.h"
 
 namespace kvant::napi {
@@ -170,7 +171,138 @@ Napi::Value makeSequentialB(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// gptqHessianAdd(H, ho, hb, K, X, xo, xb, T, n, b, isa)
+Napi::Value hessianB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Span h = getSpan(info, 0, "H", 4);
+  const uint64_t K = getSize(info, 3, "K");
+  const Span x = getSpan(info, 4, "x", 4);
+  const uint64_t T = getSize(info, 7, "tokens");
+  need(env, h, K * K * 4, "H");
+  need(env, x, T * K * 4, "x");
+  if (overlaps(h, x)) throwKvant(env, "KVANT_RANGE", "Expected x not to overlap H");
+  const double n = info[8].As<Napi::Number>().DoubleValue(), b = info[9].As<Napi::Number>().DoubleValue();
+  if (!(b > 0) || !(n >= 0)) throwKvant(env, "KVANT_RANGE", "Expected a positive sequence count for the batch");
+  const Isa isa = info[10].IsNumber() ? Isa(info[10].As<Napi::Number>().Int32Value()) : Isa(-1);
+  if (int(isa) >= 0 && !gptqKernelsFor(isa)) throwKvant(env, "KVANT_BACKEND", std::string("ISA level ") + isaName(isa) + " is not supported on this CPU");
+  int64_t bad = -1;
+  const Status s = hessianAdd(reinterpret_cast<float*>(h.data), int64_t(K), reinterpret_cast<const float*>(x.data), int64_t(T), n, b, &bad, isa);
+  if (s == Status::kRange && bad >= 0)
+    throwKvant(env, "KVANT_RANGE", "Expected finite calibration activations but x[" + std::to_string(bad / int64_t(K)) + ", " +
+                                       std::to_string(bad % int64_t(K)) + "] is " + std::to_string(reinterpret_cast<const float*>(x.data)[bad]));
+  if (s != Status::kOk) throwStatus(env, s, "Hessian accumulation failed");
+  return env.Undefined();
+}
+
+struct GptqArgs {
+  QuantFormat f;
+  Span w, h, qw, qz, sc, gi;
+  GptqOptions o;
+  Isa isa;
+};
+
+// (fmt, w.., H.., damp, blockSize, actOrder, staticGroups, errorStats, qw.., qz.., sc.., gIdx.., isa, cancel)
+GptqArgs parseGptq(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  GptqArgs a;
+  a.f = getFormat(info, 0);
+  const QuantFormat& f = a.f;
+  a.w = getSpan(info, 1, "w", 4);
+  a.h = getSpan(info, 4, "H", 4);
+  a.o.dampPercent = info[7].As<Napi::Number>().DoubleValue();
+  a.o.blockSize = int64_t(getSize(info, 8, "blockSize"));
+  a.o.actOrder = info[9].ToBoolean();
+  a.o.staticGroups = info[10].ToBoolean();
+  a.o.errorStats = info[11].ToBoolean();
+  a.qw = getSpan(info, 12, "qweight", 4);
+  a.qz = getSpan(info, 15, "qzeros", 4);
+  a.sc = getSpan(info, 18, "scales", 2);
+  a.gi = getSpan(info, 21, "gIdx", 4);
+  need(env, a.w, uint64_t(f.N * f.K) * 4, "w");
+  need(env, a.h, uint64_t(f.K * f.K) * 4, "H");
+  need(env, a.qw, qweightBytes(f), "qweight");
+  need(env, a.qz, qzerosBytes(f), "qzeros");
+  need(env, a.sc, scalesBytes(f), "scales");
+  need(env, a.gi, uint64_t(f.K) * 4, "gIdx");
+  if (!(a.o.dampPercent > 0 && a.o.dampPercent < 1))
+    throwKvant(env, "KVANT_RANGE", "Expected dampPercent in (0, 1) but received " + std::to_string(a.o.dampPercent));
+  if (a.o.blockSize < 1 || a.o.blockSize > 4096) throwKvant(env, "KVANT_RANGE", "Expected blockSize in 1..4096 but received " + std::to_string(a.o.blockSize));
+  const Span outs[] = {a.qw, a.qz, a.sc, a.gi};
+  for (const Span& o : outs)
+    if (overlaps(o, a.w) || overlaps(o, a.h)) throwKvant(env, "KVANT_RANGE", "Expected the outputs not to overlap w or H");
+  a.isa = info[24].IsNumber() ? Isa(info[24].As<Napi::Number>().Int32Value()) : Isa(-1);
+  if (int(a.isa) >= 0 && !gptqKernelsFor(a.isa)) throwKvant(env, "KVANT_BACKEND", std::string("ISA level ") + isaName(a.isa) + " is not supported on this CPU");
+  return a;
+}
+
+AsyncResult runGptq(const GptqArgs& a, GptqStats* st, const std::atomic<bool>* cancel) {
+  GptqWorkspace ws;
+  ws.reserve(a.f, a.o);  // std::bad_alloc -> KVANT_OOM (caught by the callers)
+  int64_t bad = 0;
+  const Status s = gptqQuantize(a.f, reinterpret_cast<const float*>(a.w.data), reinterpret_cast<const float*>(a.h.data), a.o, ws,
+                                reinterpret_cast<uint32_t*>(a.qw.data), reinterpret_cast<uint32_t*>(a.qz.data),
+                                reinterpret_cast<uint16_t*>(a.sc.data), reinterpret_cast<int32_t*>(a.gi.data), st, cancel, &bad, a.isa);
+  if (s == Status::kOk) return {};
+  if (s == Status::kAborted) return {s, "GPTQ was aborted"};
+  if (s == Status::kRange && bad > 0)
+    return {s, "Expected finite weights but w[" + std::to_string(bad / a.f.K) + ", " + std::to_string(bad % a.f.K) + "] is not"};
+  if (s == Status::kRange && bad < 0)
+    return {s, "Expected a finite Hessian but H[" + std::to_string((-1 - bad) / a.f.K) + ", " + std::to_string((-1 - bad) % a.f.K) + "] is not"};
+  if (s == Status::kRange)
+    return {s, "GPTQ: the Hessian is all zero, is not positive definite even with 64% damping, or a scale overflows f16"};
+  return {s, "GPTQ failed"};
+}
+
+Napi::Object statsObject(Napi::Env env, const GptqStats& s) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("dampPercent", s.dampPercent);
+  o.Set("retries", s.retries);
+  o.Set("deadColumns", double(s.deadColumns));
+  o.Set("loss", s.loss);
+  o.Set("errNum", s.errNum);
+  o.Set("errDen", s.errDen);
+  o.Set("secondsFactor", s.secondsFactor);
+  o.Set("secondsQuant", s.secondsQuant);
+  o.Set("secondsUpdate", s.secondsUpdate);
+  o.Set("secondsError", s.secondsError);
+  o.Set("flopsFactor", s.flopsFactor);
+  o.Set("flopsUpdate", s.flopsUpdate);
+  return o;
+}
+
+Napi::Value gptqSyncB(const Napi::CallbackInfo& info) {
+  const GptqArgs a = parseGptq(info);
+  GptqStats st;
+  AsyncResult r;
+  try {
+    r = runGptq(a, &st, nullptr);
+  } catch (const std::bad_alloc&) {
+    r = {Status::kOom, "GPTQ: could not allocate its workspace (about 12 K^2 + 4 N K bytes)"};
+  }
+  if (r.status != Status::kOk) throwKvant(info.Env(), statusCode(r.status), r.message);
+  return statsObject(info.Env(), st);
+}
+
+Napi::Value gptqAsyncB(const Napi::CallbackInfo& info) {
+  const GptqArgs a = parseGptq(info);
+  CancelFlag cancel = getCancelFlag(info, 25);
+  auto st = std::make_shared<GptqStats>();
+  return runAsync(
+      info.Env(), "kvant.gptq", {info[1], info[4], info[12], info[15], info[18], info[21]},
+      [a, st, cancel]() -> AsyncResult {
+        try {
+          return runGptq(a, st.get(), cancel.get());
+        } catch (const std::bad_alloc&) {
+          return {Status::kOom, "GPTQ: could not allocate its workspace (about 12 K^2 + 4 N K bytes)"};
+        }
+      },
+      [st](Napi::Env env) -> Napi::Value { return statsObject(env, *st); });
+}
+
 void registerQuant(Napi::Env env, Napi::Object exports) {
+  exports.Set("gptqHessianAdd", Napi::Function::New(env, hessianB, "gptqHessianAdd"));
+  exports.Set("gptqQuantize", Napi::Function::New(env, gptqSyncB, "gptqQuantize"));
+  exports.Set("gptqQuantizeAsync", Napi::Function::New(env, gptqAsyncB, "gptqQuantizeAsync"));
   exports.Set("quantFormatLayout", Napi::Function::New(env, layoutB, "quantFormatLayout"));
   exports.Set("quantEncodeFormat", Napi::Function::New(env, encodeB, "quantEncodeFormat"));
   exports.Set("quantRtn", Napi::Function::New(env, rtnB, "quantRtn"));

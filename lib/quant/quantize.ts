@@ -6,8 +6,8 @@
  */
 import { dtypeCode } from '../dtype';
 import { KvantError, callNative, expected } from '../errors';
-import { RawStorage, native } from '../native';
-import { Tensor, checkTensor } from '../tensor';
+import { NativeGptqStats, RawStorage, native } from '../native';
+import { Tensor, checkTensor, runAbortable } from '../tensor';
 import { CheckpointFormat, QTensor, QuantBits, QuantFormat, checkQuantFormat, effectiveGroup, encodeQuantFormat, groupCount, qweightRows, qzerosCols } from './format';
 
 /** How to quantize a matrix. */
@@ -29,6 +29,12 @@ export interface QuantizeOptions {
   checkpointFormat?: CheckpointFormat;
   /** Tensor name used in error messages. */
   name?: string;
+  /** GPTQ only: fall back to round-to-nearest below this many calibration tokens (default 16; MoE experts). */
+  minCalibTokens?: number;
+  /** GPTQ only: compute the relative output error from H (costs 2·N·K² FLOPs more); default true. */
+  errorStats?: boolean;
+  /** ISA level of the native kernels (tests compare levels). */
+  isa?: 'scalar' | 'avx2' | 'avx512';
 }
 
 /** (storage, byteOffset, byteLength) of a tensor, as the bindings take it. */
@@ -194,4 +200,174 @@ export function nativeQuantFormat(f: QuantFormat): { layout: ReturnType<ReturnTy
     layout: native().quantFormatLayout(),
     bytes: native().quantEncodeFormat(f.bits, f.groupSize, f.sym, f.checkpointFormat === 'gptq_v2' ? 1 : 0, f.K, f.N),
   };
+}
+
+const ISA_CODES = { scalar: 0, avx2: 1, avx512: 2 } as const;
+function isaCode(isa: QuantizeOptions['isa']): number | undefined {
+  if (isa === undefined) return undefined;
+  if (!(isa in ISA_CODES)) throw expected('KVANT_BACKEND', "'scalar', 'avx2' or 'avx512'", 'isa', isa);
+  return ISA_CODES[isa];
+}
+
+/**
+ * Calibration statistics of one Linear's input: H = (2/n) Σ x xᵀ over n sequences (SPEC §2.1),
+ * accumulated natively in f32 batch by batch. The absolute scale is irrelevant to GPTQ.
+ */
+export class Hessian {
+  /** Input channels. */
+  readonly K: number;
+  /** f32 [K, K] in native memory. */
+  readonly H: Tensor;
+  private nSamples = 0;
+  private nTokens = 0;
+
+  constructor(K: number) {
+    if (!Number.isSafeInteger(K) || K <= 0) throw expected('KVANT_SHAPE', 'a positive integer', 'K', K);
+    this.K = K;
+    this.H = Tensor.zeros([K, K], 'f32', { native: true });
+  }
+
+  /** Sequences seen so far (the n of the running average). */
+  get samples(): number {
+    return this.nSamples;
+  }
+
+  /** Token rows seen so far. */
+  get tokens(): number {
+    return this.nTokens;
+  }
+
+  /**
+   * Adds a batch: x [tokens, K] holding `sequences` sequences (default 1), or [b, s, K] holding
+   * b. f16/bf16 are converted to f32 once. NaN/Inf is KVANT_RANGE naming the index.
+   */
+  add(x: Tensor, sequences?: number, opts: { isa?: QuantizeOptions['isa'] } = {}): void {
+    checkTensor(x, 'x');
+    if (x.ndim < 2 || x.shape[x.ndim - 1] !== this.K)
+      throw new KvantError('KVANT_SHAPE', `Expected calibration activations [tokens, ${this.K}] but x is [${x.shape.join(', ')}]`);
+    const b = sequences ?? (x.ndim === 3 ? x.shape[0] : 1);
+    if (!Number.isSafeInteger(b) || b <= 0) throw expected('KVANT_RANGE', 'a positive integer', 'sequences', b);
+    let xf = x;
+    if (x.dtype === 'f16' || x.dtype === 'bf16') xf = x.to('f32');
+    else if (x.dtype !== 'f32') throw expected('KVANT_DTYPE', 'f32, f16 or bf16 activations', 'x.dtype', x.dtype);
+    const T = x.numel / this.K;
+    if (T === 0) return;
+    callNative(() => native().gptqHessianAdd(...rawSpan(this.H), this.K, ...rawSpan(xf), T, this.nSamples, b, isaCode(opts.isa)));
+    this.nSamples += b;
+    this.nTokens += T;
+  }
+
+  /** Frees the native matrix now. */
+  dispose(): void {
+    this.H.dispose();
+  }
+}
+
+/** What GPTQ did to one matrix. */
+export interface GptqStats {
+  /** 'rtn' when the matrix fell back to round-to-nearest (too few calibration tokens). */
+  method: 'gptq' | 'rtn';
+  fallbackReason: string | null;
+  /** ‖(W − Ŵ)X‖ / ‖WX‖ over the calibration set (from H); NaN when not computed. */
+  relError: number;
+  /** GPTQ's objective Σ (w − q)² / [H⁻¹]cc / 2. */
+  loss: number;
+  /** Damping finally used (fraction of the mean diagonal) and how many Cholesky failures preceded it. */
+  dampPercent: number;
+  retries: number;
+  /** Input channels with diag(H) = 0 (zeroed, as AutoGPTQ does). */
+  deadColumns: number;
+  samples: number;
+  tokens: number;
+  seconds: { factor: number; quant: number; update: number; error: number; total: number };
+  /** FLOPs of the factorization (Cholesky + triangular inverse) and of the lazy block updates. */
+  flops: { factor: number; update: number };
+}
+
+interface Prepared {
+  f: QuantFormat;
+  wf: Tensor;
+  q: QTensor;
+  args: Parameters<ReturnType<typeof native>['gptqQuantize']>;
+  fallback: string | null;
+}
+
+function prepareGptq(w: Tensor, h: Hessian, o: QuantizeOptions): Prepared {
+  const name = o?.name ?? 'w';
+  if (!(h instanceof Hessian)) throw expected('KVANT_DTYPE', 'a Hessian', 'h', h);
+  const wf = weightF32(w, name);
+  const [N, K] = wf.shape;
+  const f = formatFor(N, K, o);
+  if (h.K !== K) throw new KvantError('KVANT_SHAPE', `Expected a Hessian of ${K} channels for ${name} [${N}, ${K}] but it has ${h.K}`);
+  const damp = o.dampPercent ?? 0.01;
+  if (typeof damp !== 'number' || !(damp > 0 && damp < 1)) throw expected('KVANT_RANGE', 'a number in (0, 1)', 'dampPercent', damp);
+  const block = o.blockSize ?? 128;
+  if (!Number.isInteger(block) || block < 1 || block > 4096) throw expected('KVANT_RANGE', 'an integer in 1..4096', 'blockSize', block);
+  const minTokens = o.minCalibTokens ?? 16;
+  const q = emptyQTensor(f);
+  const fallback = h.tokens < minTokens ? `${h.tokens} calibration tokens (< ${minTokens})` : null;
+  const args: Prepared['args'] = [
+    encodeQuantFormat(f), ...rawSpan(wf), ...rawSpan(h.H), damp, block, o.actOrder ?? false, o.staticGroups ?? false, o.errorStats ?? true,
+    ...rawSpan(q.qweight), ...rawSpan(q.qzeros), ...rawSpan(q.scales), ...rawSpan(q.gIdx!), isaCode(o.isa),
+  ];
+  return { f, wf, q, args, fallback };
+}
+
+function statsOf(s: NativeGptqStats, h: Hessian, total: number): GptqStats {
+  return {
+    method: 'gptq',
+    fallbackReason: null,
+    relError: s.errDen > 0 ? Math.sqrt(Math.max(0, s.errNum) / s.errDen) : NaN,
+    loss: s.loss,
+    dampPercent: s.dampPercent,
+    retries: s.retries,
+    deadColumns: s.deadColumns,
+    samples: h.samples,
+    tokens: h.tokens,
+    seconds: { factor: s.secondsFactor, quant: s.secondsQuant, update: s.secondsUpdate, error: s.secondsError, total },
+    flops: { factor: s.flopsFactor, update: s.flopsUpdate },
+  };
+}
+
+function rtnFallback(w: Tensor, h: Hessian, o: QuantizeOptions, reason: string, t0: number): { q: QTensor; stats: GptqStats } {
+  const q = quantizeRtn(w, o);
+  const total = (performance.now() - t0) / 1e3;
+  return {
+    q,
+    stats: {
+      method: 'rtn', fallbackReason: reason, relError: NaN, loss: NaN, dampPercent: 0, retries: 0, deadColumns: 0,
+      samples: h.samples, tokens: h.tokens, seconds: { factor: 0, quant: total, update: 0, error: 0, total }, flops: { factor: 0, update: 0 },
+    },
+  };
+}
+
+/**
+ * GPTQ (SPEC §2.2) of W [N, K] given its input Hessian: columns quantized one by one with the
+ * error spread onto the columns not yet quantized through U = chol(H⁻¹)ᵀ, lazy block updates,
+ * optional act-order and static groups. Falls back to round-to-nearest (reported in stats)
+ * below `minCalibTokens` tokens. Runs on the calling thread; see {@link quantizeGptqAsync}.
+ */
+export function quantizeGptq(w: Tensor, h: Hessian, o: QuantizeOptions): { q: QTensor; stats: GptqStats } {
+  const t0 = performance.now();
+  const p = prepareGptq(w, h, o);
+  if (p.fallback) return rtnFallback(w, h, o, p.fallback, t0);
+  const s = named(o.name, () => native().gptqQuantize(...p.args));
+  if (p.wf !== w) p.wf.dispose();
+  return { q: p.q, stats: statsOf(s, h, (performance.now() - t0) / 1e3) };
+}
+
+/** {@link quantizeGptq} off the event loop on kvant's job queue; abortable between column blocks. */
+export async function quantizeGptqAsync(w: Tensor, h: Hessian, o: QuantizeOptions, opts: { signal?: AbortSignal } = {}): Promise<{ q: QTensor; stats: GptqStats }> {
+  const t0 = performance.now();
+  const p = prepareGptq(w, h, o);
+  if (p.fallback) return rtnFallback(w, h, o, p.fallback, t0);
+  let s: NativeGptqStats;
+  try {
+    s = await runAbortable(opts.signal, 'GPTQ', (token) => native().gptqQuantizeAsync(...p.args, token));
+  } catch (e) {
+    if (o.name && e instanceof KvantError) throw new KvantError(e.code, `${o.name}: ${e.message}`);
+    throw e;
+  }
+  if (p.wf !== w) p.wf.dispose();
+  return { q: p.q, stats: statsOf(s, h, (performance.now() - t0) / 1e3) };
 }
