@@ -15,15 +15,21 @@
 import { describe, expect, it } from 'vitest';
 import { decodeStep, forwardConsts, prefillChunk } from '../lib/models/deepseek-v2/forward';
 import { loadWeights } from '../lib/models/deepseek-v2/weights';
-import { ExactLatentStore, f64Weights, randomTokens, relErr, tinyModel } from './helpers/model-fixtures';
+import { ExactLatentStore, f64Weights, randomTokens, relErr, rewriteCopy, tinyModel } from './helpers/model-fixtures';
 import { referenceForward } from './helpers/reference-forward';
 
 const T = 11;
 const BOUND = 1e-4;
 
-const variants: [string, 'f32' | 'bf16', Record<string, unknown>][] = [
+const f16Copy = (() => {
+  let dir: string | undefined;
+  return () => (dir ??= rewriteCopy(tinyModel('f32', {}, 7), (_, t) => t.to('f16')));
+})();
+
+const variants: [string, 'f32' | 'bf16' | 'f16', Record<string, unknown>][] = [
   ['f32 weights (q_lora, YaRN, greedy)', 'f32', {}],
   ['bf16 weights', 'bf16', {}],
+  ['f16 weights', 'f16', {}],
   ['no q_lora_rank (plain q_proj)', 'f32', { q_lora_rank: null }],
   ['no YaRN', 'f32', { rope_scaling: null }],
   ['YaRN with mscale != mscale_all_dim (amplitude != 1)', 'f32', { rope_scaling: { type: 'yarn', factor: 8, original_max_position_embeddings: 128, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 0.5 } }],
@@ -35,7 +41,7 @@ const variants: [string, 'f32' | 'bf16', Record<string, unknown>][] = [
 describe('forward vs the f64 reference (exact latent store)', () => {
   for (const [name, dtype, override] of variants) {
     it(`${name}: one-shot prefill, chunked prefill and token-by-token decode <= ${BOUND}`, () => {
-      const dir = tinyModel(dtype, override, 7);
+      const dir = dtype === 'f16' ? f16Copy() : tinyModel(dtype, override, 7);
       const w = loadWeights(dir);
       const cfg = w.config;
       const k = forwardConsts(cfg);

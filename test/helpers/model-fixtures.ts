@@ -165,3 +165,18 @@ export function f64WeightsDequantized(dir: string): WeightGetter {
     return w;
   };
 }
+
+/** A copy of a checkpoint with every tensor passed through `edit` (undefined drops it). */
+export function rewriteCopy(src: string, edit: (name: string, t: Tensor) => Tensor | undefined): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvant-rw-'));
+  for (const f of fs.readdirSync(src)) if (!f.endsWith('.safetensors') && !f.endsWith('.index.json')) fs.copyFileSync(path.join(src, f), path.join(dir, f));
+  const ck = Checkpoint.open(src);
+  const out: [string, Tensor][] = [];
+  for (const n of ck.names().sort()) {
+    const t = edit(n, ck.tensor(n));
+    if (t) out.push([n, t]);
+  }
+  writeSafetensors(path.join(dir, 'model.safetensors'), out);
+  ck.close();
+  return dir;
+}
