@@ -10,12 +10,15 @@
  * dequantized at load: the same values again.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { KvantError } from '../lib/errors';
 import { decodeStep, forwardConsts, prefillChunk } from '../lib/models/deepseek-v2/forward';
 import { DeepSeekV2Model } from '../lib/models/deepseek-v2/model';
 import { loadWeights } from '../lib/models/deepseek-v2/weights';
+import { QTensor } from '../lib/quant/format';
+import { quantizeModel } from '../lib/quant/quantize-model';
 import { ExactLatentStore, f64WeightsDequantized, gptqCopy, randomTokens, relErr, tinyModel } from './helpers/model-fixtures';
 import { referenceForward } from './helpers/reference-forward';
 
@@ -69,6 +72,18 @@ describe('GPTQ checkpoints', () => {
     const mixed = gptqCopy(src, { bits: 4, groupSize: 32, quantize: (n) => n.includes('self_attn') || n.includes('.experts.') });
     const errs = check(mixed);
     console.log(`gptq 4-bit mixed: max error ${Math.max(...errs).toExponential(2)}`);
+    for (const e of errs) expect(e).toBeLessThanOrEqual(BOUND);
+  });
+
+  it(`GPTQ (Hessian, act-order, 3-bit g32, sharded) from quantizeModel: non-monotonic g_idx through qlinear/moeMlp perm <= ${BOUND}`, async () => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'kvant-gptq-ao-'));
+    await quantizeModel({ input: float, output: out, bits: 3, groupSize: 32, actOrder: true, method: 'gptq', calibTokens: 64, seed: 1, maxShardBytes: 1 << 19 });
+    const w = loadWeights(out);
+    const q = w.layers[0].attn.kvA.w as QTensor;
+    expect(q.perm).not.toBeNull(); // act-order rows were made sequential at load
+    w.checkpoint.close();
+    const errs = check(out);
+    console.log(`gptq 3-bit act-order: max error ${Math.max(...errs).toExponential(2)}`);
     for (const e of errs) expect(e).toBeLessThanOrEqual(BOUND);
   });
 
