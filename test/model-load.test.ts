@@ -182,5 +182,8 @@ describe('DeepSeekV2Model: bad arguments', () => {
     const m2 = DeepSeekV2Model.load(tinyModel('bf16'));
     m2.dispose();
     expect(code(() => m2.prefill(0, [1])).code).toBe('KVANT_RANGE');
+    expect(code(() => m2.decode([0], [1])).code).toBe('KVANT_RANGE');
+    expect(m2.memory()).toEqual({ weightsBytes: 0, cacheBytes: 0 });
+    m2.dispose(); // idempotent
   });
 });

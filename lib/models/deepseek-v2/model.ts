@@ -10,6 +10,7 @@
  */
 import { KvantError, expected } from '../../errors';
 import { KvCacheType, MlaKVCache } from '../../kv/mla-cache';
+import type { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
 import { ForwardConsts, decodeStep, forwardConsts, prefillChunk } from './forward';
 import { LoadProgress, ModelWeights, loadWeights } from './weights';
@@ -148,7 +149,7 @@ export class DeepSeekV2Model {
     if (new Set(seqs).size !== seqs.length) throw expected('KVANT_RANGE', 'distinct sequence ids', 'seqs', seqs);
     const positions = Int32Array.from(seqs, (s, b) => this.checkRoom(s, 1, `tokens[${b}]`));
     const cache = this.cache;
-    let logits;
+    let logits: Tensor;
     try {
       logits = decodeStep(w, this.k, ids, positions, {
         append: (layer, rows) => seqs.forEach((s, b) => cache.append(s, layer, rows.slice(b, b + 1))),
@@ -165,7 +166,8 @@ export class DeepSeekV2Model {
 
   /** Bytes of the weights the forward reads and of the cache pages in use. */
   memory(): { weightsBytes: number; cacheBytes: number } {
-    return { weightsBytes: this.weights?.bytes ?? 0, cacheBytes: this.cache.usedBytes() };
+    if (!this.weights) return { weightsBytes: 0, cacheBytes: 0 };
+    return { weightsBytes: this.weights.bytes, cacheBytes: this.cache.usedBytes() };
   }
 
   /** Unmaps the checkpoint and frees the cache; the model is unusable afterwards. */
