@@ -42,3 +42,4 @@ export type { PagedCacheOptions } from './kv/paged-cache';
 export { DeepSeekV2Model } from './models/deepseek-v2/model';
 export type { LoadOptions, PrefillOptions } from './models/deepseek-v2/model';
 export { parseConfig } from './models/deepseek-v2/config';
+export type { ForwardProfile, ForwardComponent } from './models/deepseek-v2/forward';

@@ -144,6 +144,36 @@ describe('DeepSeekV2Model over its latent cache vs the f64 reference', () => {
     m.dispose();
   });
 
+  it('profiling splits a decode step into components with the weight bytes each read', () => {
+    const m = DeepSeekV2Model.load(routed);
+    expect(m.profile()).toBeNull();
+    const s = m.cache.open(4);
+    m.prefill(s, [1, 2, 3]);
+    m.setProfiling(true);
+    const plain = m.decode([s], [4])[0];
+    const p = m.profile()!;
+    expect(p.calls).toBe(1);
+    const cfg = m.config;
+    const H = cfg.hiddenSize;
+    // bf16 checkpoint: lm_head [V, H]; one MoE layer reads router + shared + 2 distinct experts per token.
+    expect(p.bytes.lm_head).toBe(cfg.vocabSize * H * 2);
+    const expert = 3 * cfg.moeIntermediateSize * H * 2;
+    const moeLayers = cfg.numLayers - cfg.firstKDenseReplace;
+    expect(p.bytes.experts).toBe(moeLayers * (cfg.nRoutedExperts * H * 2 + cfg.nSharedExperts * expert + cfg.numExpertsPerTok * expert));
+    expect(p.bytes.dense_mlp).toBe(cfg.firstKDenseReplace * 3 * cfg.intermediateSize * H * 2);
+    expect(p.bytes.attention).toBeGreaterThan(0);
+    const parts = Object.values(p.ms).reduce((a, b) => a + b, 0);
+    expect(parts).toBeLessThanOrEqual(p.total_ms);
+    m.setProfiling(false);
+    expect(m.profile()).toBeNull();
+    m.cache.close(s);
+    // Profiling does not change results.
+    const s2 = m.cache.open(4);
+    m.prefill(s2, [1, 2, 3]);
+    expect(same(m.decode([s2], [4])[0], plain)).toBe(true);
+    m.dispose();
+  });
+
   it('a batch of 9 decode rows is bit-identical to each sequence decoded alone', () => {
     const m = DeepSeekV2Model.load(routed);
     const prompts = Array.from({ length: 9 }, (_, i) => randomTokens(1 + ((i * 5) % 9), m.vocabSize, 100 + i));

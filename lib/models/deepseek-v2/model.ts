@@ -12,7 +12,7 @@ import { KvantError, expected } from '../../errors';
 import { KvCacheType, MlaKVCache } from '../../kv/mla-cache';
 import type { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
-import { ForwardConsts, decodeStep, forwardConsts, prefillChunk } from './forward';
+import { ForwardConsts, ForwardProfile, decodeStep, emptyProfile, forwardConsts, prefillChunk } from './forward';
 import { LoadProgress, ModelWeights, loadWeights } from './weights';
 
 export interface LoadOptions {
@@ -162,6 +162,20 @@ export class DeepSeekV2Model {
     const V = this.vocabSize;
     const all = logits.data() as Float32Array;
     return seqs.map((_, b) => all.slice(b * V, (b + 1) * V));
+  }
+
+  /**
+   * Turns per-component profiling (attention, experts, dense MLP, lm_head: wall time and weight
+   * bytes read) on or off; turning it on resets the counters. Off by default (no timers run).
+   */
+  setProfiling(on: boolean): void {
+    this.k.profile = on ? emptyProfile() : undefined;
+  }
+
+  /** A copy of the profile accumulated since setProfiling(true), or null when profiling is off. */
+  profile(): ForwardProfile | null {
+    const p = this.k.profile;
+    return p ? { calls: p.calls, total_ms: p.total_ms, ms: { ...p.ms }, bytes: { ...p.bytes } } : null;
   }
 
   /** Bytes of the weights the forward reads and of the cache pages in use. */
