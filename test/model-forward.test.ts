@@ -32,6 +32,7 @@ const variants: [string, 'f32' | 'bf16' | 'f16', Record<string, unknown>][] = [
   ['f16 weights', 'f16', {}],
   ['no q_lora_rank (plain q_proj)', 'f32', { q_lora_rank: null }],
   ['no YaRN', 'f32', { rope_scaling: null }],
+  ['tied embeddings, moe_layer_freq 2 (layers 0 and 2 MoE, layer 1 dense)', 'f32', { tie_word_embeddings: true, moe_layer_freq: 2, first_k_dense_replace: 0 }],
   ['YaRN with mscale != mscale_all_dim (amplitude != 1)', 'f32', { rope_scaling: { type: 'yarn', factor: 8, original_max_position_embeddings: 128, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 0.5 } }],
   // topk_group 1: both experts must come from the best group (k = 2 experts always span <= 2 groups, so topk_group >= 2 would equal greedy).
   ['group-limited routing, norm_topk_prob', 'f32', { topk_method: 'group_limited_greedy', n_group: 4, topk_group: 1, norm_topk_prob: true }],
