@@ -46,7 +46,7 @@ export interface GenerateOptions extends SamplingOptions {
   maxTokens?: number;
   /** Token ids that end generation (not included in the output). */
   stopTokens?: readonly number[];
-  /** Strings that end generation (needs a detokenizer; the text is cut before them). */
+  /** Strings that end generation (needs a detokenizer). The text is cut before the stop string; `tokens` keeps the token that completed it. */
   stopStrings?: readonly string[];
   signal?: AbortSignal;
   /** Report the log-probability (natural log, under the unmodified model distribution) of each token. */
