@@ -247,8 +247,8 @@ describe('top-p over the whole vocabulary', () => {
 
   it('keeps exactly the shortest sorted prefix (ties to the lower id) and never draws outside it', () => {
     const rnd = new SeededRandom(17);
-    for (let trial = 0; trial < 12; trial++) {
-      const V = 2000 + Math.floor(rnd.next() * 3000);
+    for (let trial = 0; trial < 6; trial++) {
+      const V = 2500 + Math.floor(rnd.next() * 2000);
       // Flat, tie-rich logits (so the 256-best fast path is not enough), some negative and NaN.
       const logits = Float32Array.from({ length: V }, () => (rnd.next() < 0.01 ? NaN : Math.round((rnd.next() - 0.5) * 40) / 8));
       const T = 0.5 + rnd.next();
@@ -256,7 +256,7 @@ describe('top-p over the whole vocabulary', () => {
       const want = keptByDefinition(logits, T, p);
       expect(want.size).toBeGreaterThan(256);
       const s = new Sampler({ temperature: T, topP: p, seed: trial });
-      for (let k = 0; k < 200; k++) expect(want.has(s.sample(logits))).toBe(true);
+      for (let k = 0; k < 50; k++) expect(want.has(s.sample(logits))).toBe(true);
       // The boundary itself: the kept set's weakest member by (logit desc, id asc).
       const m = Math.max(...Array.from(logits).filter((v) => !Number.isNaN(v)));
       const e = Float64Array.from(logits, (v) => (Number.isNaN(v) ? 0 : Math.exp((v - m) / T)));
