@@ -15,17 +15,24 @@
 import { describe, expect, it } from 'vitest';
 import { decodeStep, forwardConsts, prefillChunk } from '../lib/models/deepseek-v2/forward';
 import { loadWeights } from '../lib/models/deepseek-v2/weights';
-import { ExactLatentStore, f64Weights, randomTokens, relErr, tinyModel } from './helpers/model-fixtures';
+import { ExactLatentStore, f64Weights, randomTokens, relErr, rewriteCopy, tinyModel } from './helpers/model-fixtures';
 import { referenceForward } from './helpers/reference-forward';
 
 const T = 11;
 const BOUND = 1e-4;
 
-const variants: [string, 'f32' | 'bf16', Record<string, unknown>][] = [
+const f16Copy = (() => {
+  let dir: string | undefined;
+  return () => (dir ??= rewriteCopy(tinyModel('f32', {}, 7), (_, t) => t.to('f16')));
+})();
+
+const variants: [string, 'f32' | 'bf16' | 'f16', Record<string, unknown>][] = [
   ['f32 weights (q_lora, YaRN, greedy)', 'f32', {}],
   ['bf16 weights', 'bf16', {}],
+  ['f16 weights', 'f16', {}],
   ['no q_lora_rank (plain q_proj)', 'f32', { q_lora_rank: null }],
   ['no YaRN', 'f32', { rope_scaling: null }],
+  ['tied embeddings, moe_layer_freq 2 (layers 0 and 2 MoE, layer 1 dense)', 'f32', { tie_word_embeddings: true, moe_layer_freq: 2, first_k_dense_replace: 0 }],
   ['YaRN with mscale != mscale_all_dim (amplitude != 1)', 'f32', { rope_scaling: { type: 'yarn', factor: 8, original_max_position_embeddings: 128, beta_fast: 32, beta_slow: 1, mscale: 1, mscale_all_dim: 0.5 } }],
   // topk_group 1: both experts must come from the best group (k = 2 experts always span <= 2 groups, so topk_group >= 2 would equal greedy).
   ['group-limited routing, norm_topk_prob', 'f32', { topk_method: 'group_limited_greedy', n_group: 4, topk_group: 1, norm_topk_prob: true }],
@@ -35,7 +42,7 @@ const variants: [string, 'f32' | 'bf16', Record<string, unknown>][] = [
 describe('forward vs the f64 reference (exact latent store)', () => {
   for (const [name, dtype, override] of variants) {
     it(`${name}: one-shot prefill, chunked prefill and token-by-token decode <= ${BOUND}`, () => {
-      const dir = tinyModel(dtype, override, 7);
+      const dir = dtype === 'f16' ? f16Copy() : tinyModel(dtype, override, 7);
       const w = loadWeights(dir);
       const cfg = w.config;
       const k = forwardConsts(cfg);

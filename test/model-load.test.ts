@@ -9,7 +9,9 @@ import { describe, expect, it } from 'vitest';
 import { KvantError } from '../lib/errors';
 import { Checkpoint } from '../lib/io/checkpoint';
 import { writeSafetensors } from '../lib/io/safetensors';
+import { makeModel } from '../lib/models/deepseek-v2/make-model';
 import { DeepSeekV2Model } from '../lib/models/deepseek-v2/model';
+import { loadWeights } from '../lib/models/deepseek-v2/weights';
 import { Tensor } from '../lib/tensor';
 import { tinyModel } from './helpers/model-fixtures';
 
@@ -61,6 +63,24 @@ describe('DeepSeekV2Model.load: bad checkpoints', () => {
     expect(seen.some((p) => p.what.includes('model.layers.2'))).toBe(true);
     expect(m.memory().weightsBytes).toBeGreaterThan(0);
     m.dispose();
+  });
+
+  it('weights are views of the mapped files; a sharded checkpoint (index + shards) gives the same logits', () => {
+    const w = loadWeights(good);
+    for (const t of [w.embed, w.layers[0].attn.oProj.w as Tensor, w.layers[2].moe!.experts[5].down.w as Tensor, w.lmHead.w as Tensor])
+      expect(t.storage.kind).toBe('native');
+    w.checkpoint.close();
+    const sharded = fs.mkdtempSync(path.join(os.tmpdir(), 'kvant-shards-'));
+    makeModel({ preset: 'tiny', out: sharded, seed: 1, dtype: 'bf16', maxShardBytes: 1 << 20 });
+    expect(fs.existsSync(path.join(sharded, 'model.safetensors.index.json'))).toBe(true);
+    expect(fs.readdirSync(sharded).filter((f) => f.endsWith('.safetensors')).length).toBeGreaterThan(1);
+    const a = DeepSeekV2Model.load(good);
+    const b = DeepSeekV2Model.load(sharded);
+    const la = a.prefill(a.cache.open(5), [1, 2, 3, 4, 5]);
+    const lb = b.prefill(b.cache.open(5), [1, 2, 3, 4, 5]);
+    expect(lb).toEqual(la);
+    a.dispose();
+    b.dispose();
   });
 
   it('malformed or inconsistent config.json names the field (KVANT_FORMAT)', () => {
@@ -141,9 +161,29 @@ describe('DeepSeekV2Model: bad arguments', () => {
     m.cache.close(seq);
   });
 
+  it('running out of the KV budget mid-prefill is KVANT_OOM and leaves the sequence as it was', () => {
+    const small = DeepSeekV2Model.load(tinyModel('bf16'), { pageSize: 16, kvBudgetBytes: 1 });
+    expect(code(() => small.cache.open(1)).code).toBe('KVANT_OOM');
+    small.dispose();
+    const probe = DeepSeekV2Model.load(tinyModel('bf16'), { pageSize: 16 });
+    const pageBytes = probe.cache.bytesPerToken * 16;
+    probe.dispose();
+    const m1 = DeepSeekV2Model.load(tinyModel('bf16'), { pageSize: 16, kvBudgetBytes: pageBytes });
+    const seq = m1.cache.open(4);
+    const e = code(() => m1.prefill(seq, Array.from({ length: 20 }, (_, i) => i), { chunkSize: 8 }));
+    expect(e.code).toBe('KVANT_OOM');
+    for (let l = 0; l < m1.config.numLayers; l++) expect(m1.cache.length(seq, l)).toBe(0);
+    expect(m1.prefill(seq, [1, 2, 3]).length).toBe(m1.vocabSize);
+    for (let l = 0; l < m1.config.numLayers; l++) expect(m1.cache.length(seq, l)).toBe(3);
+    m1.dispose();
+  });
+
   it('a disposed model refuses work (KVANT_RANGE)', () => {
     const m2 = DeepSeekV2Model.load(tinyModel('bf16'));
     m2.dispose();
     expect(code(() => m2.prefill(0, [1])).code).toBe('KVANT_RANGE');
+    expect(code(() => m2.decode([0], [1])).code).toBe('KVANT_RANGE');
+    expect(m2.memory()).toEqual({ weightsBytes: 0, cacheBytes: 0 });
+    m2.dispose(); // idempotent
   });
 });

@@ -62,6 +62,14 @@ describe('npm package', () => {
     for (const tool of ['g++', 'cc', 'make', 'python3', 'nvcc']) {
       expect(spawnSync('sh', ['-c', `command -v ${tool}`], { env }).status).not.toBe(0);
     }
+    // The registry metadata of kvant's own dependencies must be in the local cache for an offline
+    // install (npm ci, which reads resolved URLs from the lockfile, never caches it): warm it once
+    // with an ordinary online install of those dependencies into a scratch project.
+    const warm = path.join(tmp, 'warm');
+    fs.mkdirSync(warm);
+    fs.writeFileSync(path.join(warm, 'package.json'), JSON.stringify({ name: 'warm', version: '1.0.0', private: true }));
+    const deps = Object.entries(JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).dependencies as Record<string, string>);
+    sh('npm', ['install', '--no-save', '--ignore-scripts', '--no-audit', '--no-fund', ...deps.map(([n, v]) => `${n}@${v}`)], warm, { ...process.env, ...{ npm_config_cache: env.npm_config_cache } });
     sh(path.join(bin, 'npm'), ['install', '--offline', '--no-audit', '--no-fund', path.join(tmp, tgz)], app, env);
     expect(fs.existsSync(path.join(app, 'node_modules', 'kvant', 'build'))).toBe(false); // nothing was compiled
 

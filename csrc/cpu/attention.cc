@@ -25,13 +25,36 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 }  // namespace
 
+namespace scalar {
+namespace {
+void pv(const float* p, size_t ldp, size_t m, size_t n, const float* v, size_t ldv, size_t dv, float* acc, size_t lda) {
+  for (size_t i = 0; i < m; ++i)
+    for (size_t j = 0; j < n; ++j) {
+      const float w = p[i * ldp + j];
+      for (size_t d = 0; d < dv; ++d) acc[i * lda + d] += w * v[j * ldv + d];
+    }
+}
+}  // namespace
+const AttnKernels kAttnKernels = {pv};
+}  // namespace scalar
+
+const AttnKernels* attnKernelsFor(Isa isa) {
+  if (int(isa) < 0) isa = isaChoice().isa;
+#if defined(__x86_64__) || defined(_M_X64)
+  return tableForIsa<AttnKernels>(isa, scalar::kAttnKernels, &avx2::kAttnKernels, nullptr);
+#else
+  return tableForIsa<AttnKernels>(isa, scalar::kAttnKernels, nullptr, nullptr);
+#endif
+}
+
 size_t flashScratchBytes() { return gFlashScratch.load(); }
 void resetFlashScratchBytes() { gFlashScratch.store(0); }
 
 Status flashAttention(const FlashArgs& a, Isa isa) {
   const GemmKernels* g = gemmKernelsFor(isa);
   const SmallOpsKernels* so = smallOpsKernelsFor(isa);
-  if (!g || !so) return Status::kBackend;
+  const AttnKernels* ak = attnKernelsFor(isa);
+  if (!g || !so || !ak) return Status::kBackend;
   if (a.Hkv == 0 || a.Hq % a.Hkv != 0) return Status::kShape;
   const bool varlen = a.cuQ != nullptr;
   const size_t B = a.B, Hq = a.Hq, Hkv = a.Hkv, Dqk = a.Dqk, Dv = a.Dv;
@@ -80,6 +103,7 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
         float* si = s + i * kFlashBc;
         const long visible = a.causal ? long(r0 + i) + shift + 1 - long(j0) : long(cols);  // keys j0.. visible to row i
         const size_t n = visible <= 0 ? 0 : size_t(visible) < cols ? size_t(visible) : cols;
+        for (size_t j = n; j < cols; ++j) si[j] = 0;  // masked: probability exactly 0 in the P·V block
         if (n == 0) continue;
         float bm = kNegInf;
         for (size_t j = 0; j < n; ++j) {
@@ -93,10 +117,10 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
         float* ai = acc.data() + i * Dv;
         if (corr != 1.f)
           for (size_t d = 0; d < Dv; ++d) ai[d] *= corr;
-        const float* vBase = a.v + ((k0 + j0) * Hkv + hk) * Dv;
-        for (size_t j = 0; j < n; ++j) so->axpy(si[j], vBase + j * ldv, ai, Dv);
         m[i] = mNew;
       }
+      // O_blk += P · V_blk for all rows at once (each V row loaded once per 4 query rows).
+      ak->pv(s, kFlashBc, rows, cols, a.v + ((k0 + j0) * Hkv + hk) * Dv, ldv, Dv, acc.data(), Dv);
     }
     for (size_t i = 0; i < rows; ++i) {
       float* o = a.out + ((q0 + r0 + i) * Hq + h) * Dv;
@@ -111,6 +135,40 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
       if (a.lse) a.lse[lseIdx] = m[i] + std::log(l[i]);
     }
   });
+  return Status::kOk;
+}
+
+Status naiveAttention(const FlashArgs& a, Isa isa) {
+  if (a.Hkv == 0 || a.Hq % a.Hkv != 0) return Status::kShape;
+  if (a.cuQ || a.cuK) return Status::kShape;
+  const size_t Sq = a.Sq, Sk = a.Sk, Dqk = a.Dqk, Dv = a.Dv, group = a.Hq / a.Hkv;
+  std::vector<float> q(Sq * Dqk), k(Sk * Dqk), vt(Dv * Sk), s(Sq * Sk), o(Sq * Dv);
+  for (size_t b = 0; b < a.B; ++b)
+    for (size_t h = 0; h < a.Hq; ++h) {
+      const size_t hk = h / group;
+      for (size_t i = 0; i < Sq; ++i) std::copy_n(a.q + ((b * Sq + i) * a.Hq + h) * Dqk, Dqk, q.data() + i * Dqk);
+      for (size_t j = 0; j < Sk; ++j) {
+        std::copy_n(a.k + ((b * Sk + j) * a.Hkv + hk) * Dqk, Dqk, k.data() + j * Dqk);
+        for (size_t d = 0; d < Dv; ++d) vt[d * Sk + j] = a.v[((b * Sk + j) * a.Hkv + hk) * Dv + d];
+      }
+      Status st = gemm(q.data(), Sq, Dqk, k.data(), DType::kF32, Sk, nullptr, s.data(), isa);
+      if (st != Status::kOk) return st;
+      const long shift = long(Sk) - long(Sq);
+      for (size_t i = 0; i < Sq; ++i) {
+        float* si = s.data() + i * Sk;
+        const long vis = a.causal ? std::max<long>(0, std::min<long>(long(Sk), long(i) + shift + 1)) : long(Sk);
+        for (size_t j = 0; j < Sk; ++j) si[j] = long(j) < vis ? si[j] * a.scale : kNegInf;
+        float m = kNegInf;
+        for (size_t j = 0; j < Sk; ++j) m = si[j] > m ? si[j] : m;
+        double z = 0;
+        for (size_t j = 0; j < Sk; ++j) z += si[j] = m == kNegInf ? 0.f : std::exp(si[j] - m);
+        for (size_t j = 0; j < Sk; ++j) si[j] = z > 0 ? float(si[j] / z) : 0.f;
+        if (a.lse) a.lse[(b * a.Hq + h) * Sq + i] = z > 0 ? float(m + std::log(z)) : std::numeric_limits<float>::infinity();
+      }
+      st = gemm(s.data(), Sq, Sk, vt.data(), DType::kF32, Dv, nullptr, o.data(), isa);
+      if (st != Status::kOk) return st;
+      for (size_t i = 0; i < Sq; ++i) std::copy_n(o.data() + i * Dv, Dv, a.out + ((b * Sq + i) * a.Hq + h) * Dv);
+    }
   return Status::kOk;
 }
 
@@ -214,15 +272,18 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
   const GemmKernels* g = gemmKernelsFor(isa);
   const SmallOpsKernels* so = smallOpsKernelsFor(isa);
   const KvKernels* kv = kvKernelsFor(isa);
-  if (!g || !so || !kv) return Status::kBackend;
+  const AttnKernels* ak = attnKernelsFor(isa);
+  if (!g || !so || !kv || !ak) return Status::kBackend;
   if (a.Hkv == 0 || a.Hq % a.Hkv != 0) return Status::kShape;
   const KvPages& P = a.pages;
   const size_t Dk = a.k0.n + a.k1.n, Dv = a.v.n, group = a.Hq / a.Hkv;
-  if (Dk == 0 || Dv == 0 || P.pageSize == 0 || P.layerOffset + P.pageSize * P.rowBytes > P.pageBytes) return Status::kShape;
+  if (Dk == 0 || Dv == 0 || P.pageSize == 0) return Status::kShape;
   if (a.vFromKey && (a.Hkv != 1 || a.v.n > a.k0.n || a.v.type != a.k0.type || a.v.hadamard != a.k0.hadamard)) return Status::kShape;
   for (const KvSegment* s : {&a.k0, &a.k1, &a.v}) {
     const size_t bytes = kvSegmentBytes(s->type, s->n);
-    if ((bytes == 0 && s->n != 0) || s->offset + (a.Hkv - 1) * a.headStride + bytes > P.rowBytes) return Status::kShape;
+    // The farthest byte this segment reaches (last slot, last head) must stay inside the page.
+    if ((bytes == 0 && s->n != 0) || P.layerOffset + (P.pageSize - 1) * P.rowBytes + s->offset + (a.Hkv - 1) * a.headStride + bytes > P.pageBytes)
+      return Status::kShape;
   }
   for (size_t b = 0; b < a.B; ++b) {
     if (a.seqLens[b] < 0) return Status::kRange;
@@ -264,15 +325,56 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     float* acc = pacc.data() + (sidx * a.Hq + hk * group) * Dv;
     for (size_t j = 0; j < group; ++j) m[j] = kNegInf, l[j] = 0;
     std::fill(acc, acc + group * Dv, 0.f);
+    auto rowAt = [&](size_t t) {
+      return P.pool + size_t(a.pageTable[b * a.maxPages + t / P.pageSize]) * P.pageBytes + P.layerOffset + t % P.pageSize * P.rowBytes;
+    };
+    // Bytes of this kv head's part of a row: from its first segment to the end of its last.
+    const size_t segEnd[3] = {a.k0.offset + kvSegmentBytes(a.k0.type, a.k0.n), a.k1.n ? a.k1.offset + kvSegmentBytes(a.k1.type, a.k1.n) : 0,
+                              a.vFromKey ? 0 : a.v.offset + kvSegmentBytes(a.v.type, a.v.n)};
+    const size_t segBeg = std::min(a.k0.offset, a.vFromKey ? a.k0.offset : a.v.offset);
+    const size_t prefetchFrom = segBeg + hk * a.headStride;
+    const size_t prefetchBytes = std::max({segEnd[0], segEnd[1], segEnd[2]}) - segBeg;
+    constexpr size_t kAhead = 16;
     const float* vrows = a.vFromKey ? kbuf.data() : vbuf.data();
     const size_t ldv = a.vFromKey ? Dk : Dv;
     float* s = sbuf.data();
-    for (size_t c0 = t0; c0 < t1; c0 += kRows) {
+    // One query head per kv head (standard-cache decode without GQA): nothing would reuse a
+    // decoded row, so decode it in registers straight into the dot and the accumulation.
+    const bool fused = group == 1 && !a.vFromKey && a.k1.n == 0;
+    for (size_t c0 = t0; fused && c0 < t1; c0 += kRows) {
+      const size_t n = std::min(kRows, t1 - c0);
+      const uint8_t* rp[kRows];
+      float bm = kNegInf;
+      for (size_t r = 0; r < n; ++r) {
+        const size_t t = c0 + r;
+        rp[r] = rowAt(t) + hk * a.headStride;
+        if (t + kAhead < t1) {
+          const uint8_t* ahead = rowAt(t + kAhead);
+          for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(ahead + prefetchFrom + off, 0, 0);
+        }
+        s[r] = kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk) * a.scale;
+        bm = s[r] > bm ? s[r] : bm;
+      }
+      const float mNew = m[0] > bm ? m[0] : bm;
+      const float corr = m[0] == kNegInf ? 0.f : std::exp(m[0] - mNew);
+      l[0] = l[0] * corr + float(so->expShift(s, mNew, s, n));
+      if (corr != 1.f)
+        for (size_t d = 0; d < Dv; ++d) acc[d] *= corr;
+      m[0] = mNew;
+      for (size_t r = 0; r < n; ++r) kv->axpy(a.v.type, rp[r] + a.v.offset, s[r], acc, Dv);
+    }
+    for (size_t c0 = t0; !fused && c0 < t1; c0 += kRows) {
       const size_t n = std::min(kRows, t1 - c0);
       // Dequantize each row once (into this L1-sized tile), then use it for all heads.
       for (size_t r = 0; r < n; ++r) {
         const size_t t = c0 + r;
-        const uint8_t* row = P.pool + size_t(a.pageTable[b * a.maxPages + t / P.pageSize]) * P.pageBytes + P.layerOffset + t % P.pageSize * P.rowBytes;
+        const uint8_t* row = rowAt(t);
+        // Software prefetch kAhead rows ahead: a head's run of rows is contiguous only within
+        // a page (pages are scattered), and the kernel is a pure stream otherwise.
+        if (t + kAhead < t1) {
+          const uint8_t* ahead = rowAt(t + kAhead);
+          for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(ahead + prefetchFrom + off, 0, 0);
+        }
         kv->decode(a.k0.type, row + a.k0.offset + hk * a.headStride, a.k0.n, kbuf.data() + r * Dk);
         if (a.k1.n) kv->decode(a.k1.type, row + a.k1.offset + hk * a.headStride, a.k1.n, kbuf.data() + r * Dk + a.k0.n);
         if (!a.vFromKey) kv->decode(a.v.type, row + a.v.offset + hk * a.headStride, Dv, vbuf.data() + r * Dv);
@@ -293,9 +395,9 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
         float* aj = acc + j * Dv;
         if (corr != 1.f)
           for (size_t d = 0; d < Dv; ++d) aj[d] *= corr;
-        for (size_t r = 0; r < n; ++r) so->axpy(sj[r], vrows + r * ldv, aj, Dv);
         m[j] = mNew;
       }
+      ak->pv(s, kRows, group, n, vrows, ldv, Dv, acc, Dv);  // all heads of the group per V row read
     }
   });
   // Merge each sequence's splits in order: out = Σ_s e^{m_s - M} acc_s / Σ_s e^{m_s - M} l_s,

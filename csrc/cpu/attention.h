@@ -16,6 +16,19 @@
 
 namespace kvant {
 
+// The P·V step of every attention loop, one table per ISA level:
+//   acc[i·lda + d] += Σ_j p[i·ldp + j] · v[j·ldv + d]   for i < m, j < n, d < dv,
+// j summed in order for every output element (so a result never depends on how callers
+// split rows among threads). The AVX2 version keeps a 4-row x 16-column block of acc in
+// registers across all n rows of V: each V vector loaded is used by 4 rows (query heads),
+// where a per-row axpy would reload and re-store acc for every j.
+struct AttnKernels {
+  void (*pv)(const float* p, size_t ldp, size_t m, size_t n, const float* v, size_t ldv, size_t dv, float* acc, size_t lda);
+};
+namespace scalar { extern const AttnKernels kAttnKernels; }
+namespace avx2 { extern const AttnKernels kAttnKernels; }
+const AttnKernels* attnKernelsFor(Isa isa);  // Isa(-1): chosen level; nullptr if unsupported
+
 struct FlashArgs {
   // Fixed-length: q [B, Sq, Hq, Dqk], k [B, Sk, Hkv, Dqk], v [B, Sk, Hkv, Dv],
   // out [B, Sq, Hq, Dv], lse [B, Hq, Sq]. Varlen (cuQ/cuK non-null, B+1 entries each):
@@ -37,6 +50,11 @@ struct FlashArgs {
 constexpr size_t kFlashBr = 16, kFlashBc = 64;
 
 Status flashAttention(const FlashArgs& a, Isa isa = Isa(-1));
+
+// The textbook baseline FlashAttention is measured against (benchmarks and tests only):
+// per head, materialize S = Q·Kᵀ [Sq, Sk] with the GEMM, mask + row softmax, then O = P·V
+// with the GEMM. O(Sq·Sk) extra memory, allocated here. Fixed-length batches only.
+Status naiveAttention(const FlashArgs& a, Isa isa = Isa(-1));
 
 // Peak scratch bytes any flashAttention task used since the last reset (tests check that it
 // depends on the tile sizes and head dims, never on Sk).

@@ -134,8 +134,30 @@ void decode(KvType t, const uint8_t* src, size_t n, float* y) {
   }
 }
 
+// Reference fused forms: decode a group at a time into a small stack buffer.
+float dot(KvType t, const uint8_t* src, const float* q, size_t n) {
+  const size_t step = kvQuantized(t) ? kKvGroup : 1;
+  const size_t bytes = kvSegmentBytes(t, step);
+  float s = 0, x[kKvGroup];
+  for (size_t g = 0; g < n; g += step) {
+    decode(t, src + g / step * bytes, step, x);
+    for (size_t i = 0; i < step; ++i) s += q[g + i] * x[i];
+  }
+  return s;
+}
+
+void axpy(KvType t, const uint8_t* src, float p, float* acc, size_t n) {
+  const size_t step = kvQuantized(t) ? kKvGroup : 1;
+  const size_t bytes = kvSegmentBytes(t, step);
+  float x[kKvGroup];
+  for (size_t g = 0; g < n; g += step) {
+    decode(t, src + g / step * bytes, step, x);
+    for (size_t i = 0; i < step; ++i) acc[g + i] += p * x[i];
+  }
+}
+
 }  // namespace
-const KvKernels kKvKernels = {encode, decode, hadamard32};
+const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy};
 }  // namespace scalar
 
 const KvKernels* kvKernelsFor(Isa isa) {
@@ -150,11 +172,14 @@ const KvKernels* kvKernelsFor(Isa isa) {
 namespace {
 
 bool segmentsFit(const KvPages& p, const KvSegment* segs, size_t nSegs, size_t width) {
+  if (p.pageSize == 0) return false;
+  // Every byte a segment can touch, for any slot of any page, must lie inside its page.
+  const size_t lastRow = p.layerOffset + (p.pageSize - 1) * p.rowBytes;
   for (size_t s = 0; s < nSegs; ++s) {
     const size_t bytes = kvSegmentBytes(segs[s].type, segs[s].n);
-    if ((bytes == 0 && segs[s].n != 0) || segs[s].offset + bytes > p.rowBytes || segs[s].src + segs[s].n > width) return false;
+    if ((bytes == 0 && segs[s].n != 0) || lastRow + segs[s].offset + bytes > p.pageBytes || segs[s].src + segs[s].n > width) return false;
   }
-  return p.pageSize != 0 && p.layerOffset + p.pageSize * p.rowBytes <= p.pageBytes;
+  return true;
 }
 
 }  // namespace

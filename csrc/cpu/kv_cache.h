@@ -56,6 +56,11 @@ struct KvKernels {
   void (*decode)(KvType t, const uint8_t* src, size_t n, float* y);
   // In-place unnormalized 32-point WHT on each group of 32 (n % 32 == 0).
   void (*hadamard32)(float* x, size_t n);
+  // Fused decode-and-use for attention rows that no other head shares (standard-cache decode
+  // with one query head per kv head): values are decoded in registers, never stored.
+  // dot returns Σ q[i]·x[i]; axpy does acc[i] += p·x[i] (x as stored, like decode).
+  float (*dot)(KvType t, const uint8_t* src, const float* q, size_t n);
+  void (*axpy)(KvType t, const uint8_t* src, float p, float* acc, size_t n);
 };
 
 namespace scalar { extern const KvKernels kKvKernels; }
@@ -72,7 +77,10 @@ struct KvSegment {
   size_t src;     // floats into the dense row
 };
 
-// Where the rows of one layer live.
+// Where the rows of one layer live: token slot t of page P starts at
+// pool + P·pageBytes + layerOffset + t·rowBytes. Segment offsets may exceed rowBytes (a
+// head-major layout puts head h at h·pageSize·rowBytes); the kernels check that every byte a
+// segment can reach stays inside its page.
 struct KvPages {
   uint8_t* pool;
   size_t numPages, pageSize, pageBytes, layerOffset, rowBytes;

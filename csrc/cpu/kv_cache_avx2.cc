@@ -182,7 +182,92 @@ void decode(KvType t, const uint8_t* src, size_t n, float* y) {
   }
 }
 
+// The 32 values of quantized block `blk` as four vectors (the same floats decode() stores).
+inline void block32(KvType t, const uint8_t* blk, __m256 v[4]) {
+  const __m256 d = _mm256_set1_ps(scaleOf(blk));
+  if (t == KvType::kQ8) {
+    for (int k = 0; k < 4; ++k)
+      v[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * k)))), d);
+  } else if (t == KvType::kQ6) {
+    const __m128i shLo = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+    const __m128i shHi = _mm_setr_epi8(4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
+    const __m256i m63 = _mm256_set1_epi32(63), off = _mm256_set1_epi32(32);
+    const __m256i w = _mm256_set_m128i(_mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 10)), shHi),
+                                       _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)), shLo));
+    v[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(w, m63), off)), d);
+    v[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 6), m63), off)), d);
+    v[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 12), m63), off)), d);
+    v[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 18), m63), off)), d);
+  } else {
+    const __m128i m15 = _mm_set1_epi8(15);
+    const __m256i off = _mm256_set1_epi32(8);
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m128i l = _mm_and_si128(raw, m15), h = _mm_and_si128(_mm_srli_epi16(raw, 4), m15);
+    const __m128i parts[4] = {l, _mm_srli_si128(l, 8), h, _mm_srli_si128(h, 8)};
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[k]), off)), d);
+  }
+}
+
+inline __m256 half8(KvType t, const uint8_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return t == KvType::kF16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+inline float hsum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 u = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
+}
+
+float dot(KvType t, const uint8_t* src, const float* q, size_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+  size_t i = 0;
+  if (kvQuantized(t)) {
+    const size_t bytes = kvSegmentBytes(t, kKvGroup);
+    for (; i < n; i += 32, src += bytes) {
+      __m256 v[4];
+      block32(t, src, v);
+      a0 = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(q + i), a0);
+      a1 = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(q + i + 8), a1);
+      a0 = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(q + i + 16), a0);
+      a1 = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(q + i + 24), a1);
+    }
+    return hsum(_mm256_add_ps(a0, a1));
+  }
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_fmadd_ps(half8(t, src + 2 * i), _mm256_loadu_ps(q + i), a0);
+    a1 = _mm256_fmadd_ps(half8(t, src + 2 * i + 16), _mm256_loadu_ps(q + i + 8), a1);
+  }
+  float s = hsum(_mm256_add_ps(a0, a1));
+  for (; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    s += q[i] * (t == KvType::kF16 ? f16ToF32(h) : bf16ToF32(h));
+  }
+  return s;
+}
+
+void axpy(KvType t, const uint8_t* src, float p, float* acc, size_t n) {
+  const __m256 vp = _mm256_set1_ps(p);
+  size_t i = 0;
+  if (kvQuantized(t)) {
+    const size_t bytes = kvSegmentBytes(t, kKvGroup);
+    for (; i < n; i += 32, src += bytes) {
+      __m256 v[4];
+      block32(t, src, v);
+      for (int k = 0; k < 4; ++k) _mm256_storeu_ps(acc + i + 8 * k, _mm256_fmadd_ps(vp, v[k], _mm256_loadu_ps(acc + i + 8 * k)));
+    }
+    return;
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(vp, half8(t, src + 2 * i), _mm256_loadu_ps(acc + i)));
+  for (; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    acc[i] += p * (t == KvType::kF16 ? f16ToF32(h) : bf16ToF32(h));
+  }
+}
+
 }  // namespace
-const KvKernels kKvKernels = {encode, decode, hadamard32};
+const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy};
 }  // namespace avx2
 }  // namespace kvant

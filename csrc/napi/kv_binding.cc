@@ -47,8 +47,10 @@ KvPages pagesAt(const Napi::CallbackInfo& info, size_t i) {
   p.pool = pool.data;
   p.numPages = getSize(info, i + 3, "numPages"), p.pageSize = getSize(info, i + 4, "pageSize"), p.pageBytes = getSize(info, i + 5, "pageBytes");
   p.layerOffset = getSize(info, i + 6, "layerOffset"), p.rowBytes = getSize(info, i + 7, "rowBytes");
-  if (p.pageSize == 0 || p.layerOffset + p.pageSize * p.rowBytes > p.pageBytes)
-    throwKvant(env, "KVANT_SHAPE", "Expected pageSize > 0 and layerOffset + pageSize * rowBytes <= pageBytes");
+  constexpr size_t kMax = size_t(1) << 40;  // keeps every product below 2^64
+  if (p.numPages > kMax || p.pageSize > kMax || p.pageBytes > kMax || p.layerOffset > kMax || p.rowBytes > kMax)
+    throwKvant(env, "KVANT_RANGE", "Expected page geometry values below 2^40");
+  if (p.pageSize == 0) throwKvant(env, "KVANT_SHAPE", "Expected pageSize > 0");
   need(env, pool, p.numPages * p.pageBytes, "pool");
   return p;
 }
@@ -136,6 +138,7 @@ Napi::Value decodeAttnB(const Napi::CallbackInfo& info) {
   const int32_t* lv = reinterpret_cast<const int32_t*>(lay.data);
   if (lv[15] < 0) throwKvant(env, "KVANT_RANGE", "Expected a non-negative head stride");
   a.k0 = segs[0], a.k1 = segs[1], a.v = segs[2], a.headStride = size_t(lv[15]), a.vFromKey = lv[16] != 0;
+  if (a.Hq > (1u << 20) || a.Hkv > (1u << 20) || a.B > (size_t(1) << 32)) throwKvant(env, "KVANT_RANGE", "Expected at most 2^20 heads and 2^32 sequences");
   if (a.Hkv == 0 || a.Hq % a.Hkv != 0)
     throwKvant(env, "KVANT_SHAPE", "Expected the query heads (" + std::to_string(a.Hq) + ") to be a multiple of the kv heads (" + std::to_string(a.Hkv) + ")");
   const size_t Dk = a.k0.n + a.k1.n, Dv = a.v.n;

@@ -47,53 +47,45 @@ export function checkDim(v: unknown, name: string, min = 1): number {
   return v;
 }
 
-/** Paged MLA latent cache with absorbed decode attention. */
-export class MlaKVCache {
+/**
+ * What every paged cache shares: the page pool, the sequence table and the page geometry.
+ * Subclasses define the row layout and the attention.
+ */
+export abstract class PagedCacheBase {
   readonly type: KvCacheType;
   readonly pageSize: number;
   /** Bytes per token over all layers, this cache type. */
   readonly bytesPerToken: number;
   readonly layers: number;
-  readonly latentDim: number;
-  readonly ropeDim: number;
   /** What the rows hold and how they are encoded. */
   readonly descriptor: KvCacheDescriptor;
-  private readonly pool: PagePool;
-  private readonly seqs: SequenceTable;
-  private readonly segs: KvSegmentDesc[];
-  private readonly isa?: IsaLevel;
+  protected readonly pool: PagePool;
+  protected readonly seqs: SequenceTable;
+  protected readonly isa?: IsaLevel;
 
-  constructor(o: MlaCacheOptions) {
-    if (typeof o !== 'object' || o === null) throw expected('KVANT_SHAPE', 'an options object', 'options', o);
-    this.layers = checkDim(o.layers, 'layers');
-    this.latentDim = checkDim(o.latentDim, 'latentDim');
-    this.ropeDim = checkDim(o.ropeDim, 'ropeDim', 0);
-    this.type = checkKvType(o.type ?? 'bf16');
-    this.pageSize = checkPaging(o.pageSize, o.budgetBytes);
-    if (isQuantized(this.type) && this.latentDim % 32 !== 0)
-      throw new KvantError('KVANT_SHAPE', `Expected latentDim to be a multiple of 32 for a ${this.type} cache but it is ${this.latentDim}`);
-    const hadamard = isQuantized(this.type) && (o.hadamard ?? KV_DEFAULT_HADAMARD[this.type]);
-    const latBytes = segmentBytes(this.type, this.latentDim);
-    this.segs = [
-      { type: this.type, n: this.latentDim, hadamard, offset: 0, src: 0 },
-      { type: 'bf16', n: this.ropeDim, hadamard: false, offset: latBytes, src: this.latentDim },
-    ];
-    const rowBytes = latBytes + 2 * this.ropeDim;
-    this.bytesPerToken = rowBytes * this.layers;
-    this.descriptor = Object.freeze({ type: this.type, hadamard, pageSize: this.pageSize, rowBytes, segments: Object.freeze(this.segs.map((s) => Object.freeze({ ...s }))) });
-    this.pool = new PagePool(rowBytes * this.pageSize * this.layers, o.budgetBytes);
-    this.seqs = new SequenceTable(this.pool, this.pageSize, this.layers);
-    this.isa = o.isa;
+  /** Byte distance between consecutive tokens inside a layer's block of a page. */
+  protected readonly rowStride: number;
+
+  /**
+   * rowBytes: one token of one layer (all heads); rowStride: token stride inside a layer's
+   * block of pageSize·rowBytes (= rowBytes token-major; smaller for a head-major layout).
+   */
+  protected constructor(layers: number, type: KvCacheType, pageSize: number, budgetBytes: number | undefined, hadamard: boolean, rowBytes: number, segments: KvSegmentDesc[], isa?: IsaLevel, rowStride = rowBytes) {
+    this.rowStride = rowStride;
+    this.layers = layers;
+    this.type = type;
+    this.pageSize = pageSize;
+    this.bytesPerToken = rowBytes * layers;
+    this.descriptor = Object.freeze({ type, hadamard, pageSize, rowBytes, segments: Object.freeze(segments.map((x) => Object.freeze({ ...x }))) });
+    this.pool = new PagePool(rowBytes * pageSize * layers, budgetBytes);
+    this.seqs = new SequenceTable(this.pool, pageSize, layers);
+    this.isa = isa;
   }
 
-  private get width(): number {
-    return this.latentDim + this.ropeDim;
-  }
-
-  private pages(layer: number): LayerPages {
+  protected pages(layer: number): LayerPages {
     const pool = this.pool.storage();
-    const rowBytes = this.descriptor.rowBytes;
-    return { pool, numPages: this.pool.numPages, pageSize: this.pageSize, pageBytes: this.pool.pageBytes, layerOffset: layer * this.pageSize * rowBytes, rowBytes };
+    const layerBytes = this.pageSize * this.descriptor.rowBytes;
+    return { pool, numPages: this.pool.numPages, pageSize: this.pageSize, pageBytes: this.pool.pageBytes, layerOffset: layer * layerBytes, rowBytes: this.rowStride };
   }
 
   /** Can `tokens` more tokens be admitted now (ok), later (wait) or never within the budget? */
@@ -110,6 +102,63 @@ export class MlaKVCache {
   /** Rows stored in `layer` (default 0) of a sequence. */
   length(seq: number, layer = 0): number {
     return this.seqs.get(seq).lengths[this.seqs.layer(layer)];
+  }
+
+  /** Keeps the first `tokens` rows of every layer; pages past them (and past the reservation) are freed. */
+  truncate(seq: number, tokens: number): void {
+    this.seqs.truncate(seq, tokens);
+  }
+
+  /** A new sequence sharing this one's rows (copy-on-write prefix sharing). */
+  fork(seq: number): number {
+    return this.seqs.fork(seq);
+  }
+
+  /** Closes a sequence and frees its pages. */
+  close(seq: number): void {
+    this.seqs.close(seq);
+  }
+
+  /** Bytes of the pages in use. */
+  usedBytes(): number {
+    return this.pool.usedPages * this.pool.pageBytes;
+  }
+
+  /** Frees the pool; the cache is unusable afterwards. */
+  dispose(): void {
+    this.pool.dispose();
+  }
+}
+
+/** Paged MLA latent cache with absorbed decode attention. */
+export class MlaKVCache extends PagedCacheBase {
+  readonly latentDim: number;
+  readonly ropeDim: number;
+  private readonly segs: KvSegmentDesc[];
+
+  constructor(o: MlaCacheOptions) {
+    if (typeof o !== 'object' || o === null) throw expected('KVANT_SHAPE', 'an options object', 'options', o);
+    const layers = checkDim(o.layers, 'layers');
+    const latentDim = checkDim(o.latentDim, 'latentDim');
+    const ropeDim = checkDim(o.ropeDim, 'ropeDim', 0);
+    const type = checkKvType(o.type ?? 'bf16');
+    const pageSize = checkPaging(o.pageSize, o.budgetBytes);
+    if (isQuantized(type) && latentDim % 32 !== 0)
+      throw new KvantError('KVANT_SHAPE', `Expected latentDim to be a multiple of 32 for a ${type} cache but it is ${latentDim}`);
+    const hadamard = isQuantized(type) && (o.hadamard ?? KV_DEFAULT_HADAMARD[type]);
+    const latBytes = segmentBytes(type, latentDim);
+    const segs: KvSegmentDesc[] = [
+      { type, n: latentDim, hadamard, offset: 0, src: 0 },
+      { type: 'bf16', n: ropeDim, hadamard: false, offset: latBytes, src: latentDim },
+    ];
+    super(layers, type, pageSize, o.budgetBytes, hadamard, latBytes + 2 * ropeDim, segs, o.isa);
+    this.latentDim = latentDim;
+    this.ropeDim = ropeDim;
+    this.segs = segs;
+  }
+
+  private get width(): number {
+    return this.latentDim + this.ropeDim;
   }
 
   /** rows f32 [T, latentDim + ropeDim] = [normalized latent c | k_pe after RoPE], written at positions length(seq, layer)..+T. */
@@ -155,30 +204,5 @@ export class MlaKVCache {
     const out = Tensor.zeros([end - start, this.width], 'f32');
     if (slots.length) readRows(this.pages(layer), this.segs, out, this.width, slots, this.isa);
     return out;
-  }
-
-  /** Keeps the first `tokens` rows of every layer; pages past them (and past the reservation) are freed. */
-  truncate(seq: number, tokens: number): void {
-    this.seqs.truncate(seq, tokens);
-  }
-
-  /** A new sequence sharing this one's rows (copy-on-write prefix sharing). */
-  fork(seq: number): number {
-    return this.seqs.fork(seq);
-  }
-
-  /** Closes a sequence and frees its pages. */
-  close(seq: number): void {
-    this.seqs.close(seq);
-  }
-
-  /** Bytes of the pages in use. */
-  usedBytes(): number {
-    return this.pool.usedPages * this.pool.pageBytes;
-  }
-
-  /** Frees the pool; the cache is unusable afterwards. */
-  dispose(): void {
-    this.pool.dispose();
   }
 }

@@ -8,7 +8,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Checkpoint } from '../../lib/io/checkpoint';
 import { Tensor } from '../../lib/tensor';
+import { writeSafetensors } from '../../lib/io/safetensors';
+import { parseConfig } from '../../lib/models/deepseek-v2/config';
 import { makeModel } from '../../lib/models/deepseek-v2/make-model';
+import { expectedTensors } from '../../lib/models/deepseek-v2/tensors';
+import { isQuantized, loadQTensor, readQuantizeConfig } from '../../lib/quant/checkpoint';
+import { QuantBits } from '../../lib/quant/format';
+import { dequantize, quantizeRtn } from '../../lib/quant/quantize';
 import { RefWeight, WeightGetter } from './reference-forward';
 
 const made = new Map<string, string>();
@@ -62,18 +68,6 @@ export function randomTokens(n: number, vocab: number, seed: number): number[] {
   });
 }
 
-const f32buf = new Float32Array(1);
-const u32buf = new Uint32Array(f32buf.buffer);
-/** v rounded to f32, then to bf16 with round-to-nearest-even (what a bf16 cache stores). */
-export function bf16Round(v: number): number {
-  f32buf[0] = v;
-  const b = u32buf[0];
-  u32buf[0] = (b + 0x7fff + ((b >>> 16) & 1)) & 0xffff0000;
-  return f32buf[0];
-}
-
-/** v rounded to f32. */
-export const f32Round = (v: number): number => Math.fround(v);
 
 /**
  * A test-only latent "cache" that keeps every row exactly (f32, as the forward computed it) and
@@ -121,4 +115,68 @@ export class ExactLatentStore {
     }
     return out;
   }
+}
+
+/**
+ * A GPTQ copy of a float checkpoint: every linear layer (role 'linear' / 'lm_head') for which
+ * `quantize(name)` holds is RTN-quantized into the AutoGPTQ tensor set (prefix.qweight, .qzeros,
+ * .scales, .g_idx); the rest is copied as is (a mixed checkpoint), plus quantize_config.json.
+ */
+export function gptqCopy(src: string, o: { bits: QuantBits; groupSize: number; quantize?: (name: string) => boolean; config?: Record<string, unknown> }): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvant-gptq-'));
+  for (const f of fs.readdirSync(src)) if (!f.endsWith('.safetensors') && !f.endsWith('.index.json')) fs.copyFileSync(path.join(src, f), path.join(dir, f));
+  const ck = Checkpoint.open(src);
+  const cfg = parseConfig(ck.config);
+  const out: [string, Tensor][] = [];
+  for (const s of expectedTensors(cfg)) {
+    const t = ck.tensor(s.name);
+    if ((s.role === 'linear' || s.role === 'lm_head') && (o.quantize?.(s.name) ?? true)) {
+      const q = quantizeRtn(t, { bits: o.bits, groupSize: o.groupSize, name: s.name });
+      const p = s.name.replace(/\.weight$/, '');
+      out.push([`${p}.qweight`, q.qweight], [`${p}.qzeros`, q.qzeros], [`${p}.scales`, q.scales], [`${p}.g_idx`, q.gIdx!]);
+    } else {
+      out.push([s.name, t]);
+    }
+  }
+  writeSafetensors(path.join(dir, 'model.safetensors'), out);
+  ck.close();
+  fs.writeFileSync(
+    path.join(dir, 'quantize_config.json'),
+    JSON.stringify({ bits: o.bits, group_size: o.groupSize, desc_act: false, sym: true, damp_percent: 0.01, static_groups: false, checkpoint_format: 'gptq', quant_method: 'gptq', ...(o.config ?? {}) }),
+  );
+  return dir;
+}
+
+/** f64 weights of a (possibly GPTQ) checkpoint: quantized linears dequantized by the library. */
+export function f64WeightsDequantized(dir: string): WeightGetter {
+  const ck = Checkpoint.open(dir);
+  const qc = readQuantizeConfig(ck);
+  const plain = f64Weights(dir);
+  const cache = new Map<string, RefWeight>();
+  return (name: string) => {
+    const p = name.replace(/\.weight$/, '');
+    if (!qc || !isQuantized(ck, p)) return plain(name);
+    let w = cache.get(name);
+    if (!w) {
+      const d = dequantize(loadQTensor(ck, p, qc), 'f32');
+      w = { shape: [...d.shape], data: Float64Array.from(d.data() as Float32Array) };
+      cache.set(name, w);
+    }
+    return w;
+  };
+}
+
+/** A copy of a checkpoint with every tensor passed through `edit` (undefined drops it). */
+export function rewriteCopy(src: string, edit: (name: string, t: Tensor) => Tensor | undefined): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvant-rw-'));
+  for (const f of fs.readdirSync(src)) if (!f.endsWith('.safetensors') && !f.endsWith('.index.json')) fs.copyFileSync(path.join(src, f), path.join(dir, f));
+  const ck = Checkpoint.open(src);
+  const out: [string, Tensor][] = [];
+  for (const n of ck.names().sort()) {
+    const t = edit(n, ck.tensor(n));
+    if (t) out.push([n, t]);
+  }
+  writeSafetensors(path.join(dir, 'model.safetensors'), out);
+  ck.close();
+  return dir;
 }

@@ -15,16 +15,6 @@ export type WeightGetter = (name: string) => RefWeight;
 
 type Mat = Float64Array[]; // rows
 
-/** Options of the reference forward. */
-export interface ReferenceOptions {
-  /**
-   * Applied to every element of each token's latent row [c_n | k_pe after RoPE] before attention
-   * uses it: models the storage precision of the KV cache (e.g. round to bf16), since kvant's
-   * attention reads the rows back from the cache. Identity by default.
-   */
-  roundLatent?: (v: number) => number;
-}
-
 /** y[t] = x[t] · Wᵀ for W [out, in]. */
 function linear(x: Mat, w: RefWeight): Mat {
   const [out, inn] = w.shape;
@@ -113,7 +103,7 @@ function moe(x: Mat, get: WeightGetter, cfg: DeepSeekV2Config, prefix: string): 
   });
 }
 
-function attention(x: Mat, get: WeightGetter, cfg: DeepSeekV2Config, prefix: string, positions: number[], opts: ReferenceOptions): Mat {
+function attention(x: Mat, get: WeightGetter, cfg: DeepSeekV2Config, prefix: string, positions: number[]): Mat {
   const T = x.length;
   const nh = cfg.numHeads;
   const P = cfg.qkNopeHeadDim;
@@ -125,8 +115,7 @@ function attention(x: Mat, get: WeightGetter, cfg: DeepSeekV2Config, prefix: str
       ? linear(x, get(`${prefix}.q_proj.weight`))
       : linear(rmsnorm(linear(x, get(`${prefix}.q_a_proj.weight`)), get(`${prefix}.q_a_layernorm.weight`), cfg.rmsNormEps), get(`${prefix}.q_b_proj.weight`));
   const a = linear(x, get(`${prefix}.kv_a_proj_with_mqa.weight`));
-  const round = opts.roundLatent ?? ((v: number) => v);
-  const c = rmsnorm(a.map((r) => r.slice(0, L)), get(`${prefix}.kv_a_layernorm.weight`), cfg.rmsNormEps).map((r) => r.map(round));
+  const c = rmsnorm(a.map((r) => r.slice(0, L)), get(`${prefix}.kv_a_layernorm.weight`), cfg.rmsNormEps);
   const kpe = a.map((r) => r.slice(L, L + R));
   const kv = linear(c, get(`${prefix}.kv_b_proj.weight`)); // [T, nh*(P+Dv)]
   const invFreq = ropeInvFreq(cfg);
@@ -134,7 +123,6 @@ function attention(x: Mat, get: WeightGetter, cfg: DeepSeekV2Config, prefix: str
   for (let t = 0; t < T; t++) {
     for (let h = 0; h < nh; h++) rope(q[t], h * (P + R) + P, positions[t], invFreq, amp);
     rope(kpe[t], 0, positions[t], invFreq, amp);
-    kpe[t] = kpe[t].map(round);
   }
   const scale = softmaxScale(cfg);
   const o = Array.from({ length: T }, () => new Float64Array(nh * Dv));
@@ -162,14 +150,14 @@ function attention(x: Mat, get: WeightGetter, cfg: DeepSeekV2Config, prefix: str
 }
 
 /** Logits [T][vocab] for a token sequence starting at position 0. */
-export function referenceForward(cfg: DeepSeekV2Config, get: WeightGetter, tokens: number[], opts: ReferenceOptions = {}): Float64Array[] {
+export function referenceForward(cfg: DeepSeekV2Config, get: WeightGetter, tokens: number[]): Float64Array[] {
   const embed = get('model.embed_tokens.weight');
   const H = cfg.hiddenSize;
   let h: Mat = tokens.map((tok) => embed.data.slice(tok * H, (tok + 1) * H));
   const positions = tokens.map((_, i) => i);
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}`;
-    const a = attention(rmsnorm(h, get(`${p}.input_layernorm.weight`), cfg.rmsNormEps), get, cfg, `${p}.self_attn`, positions, opts);
+    const a = attention(rmsnorm(h, get(`${p}.input_layernorm.weight`), cfg.rmsNormEps), get, cfg, `${p}.self_attn`, positions);
     h = h.map((row, t) => row.map((v, i) => v + a[t][i]));
     const xn = rmsnorm(h, get(`${p}.post_attention_layernorm.weight`), cfg.rmsNormEps);
     const f = isMoeLayer(cfg, l) ? moe(xn, get, cfg, `${p}.mlp`) : mlp(xn, get, `${p}.mlp`);

@@ -16,13 +16,35 @@
  */
 import { linear } from '../../ops/linear';
 import { flashAttention } from '../../ops/attention';
+import { MlpWeights as KernelMlp, moeMlp } from '../../ops/qlinear';
 import { axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate } from '../../ops/small';
 import { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
 import { ropeAmplitude, ropeInvFreq, softmaxScale } from './rope';
-import { AttentionWeights, LayerWeights, MlpWeights, ModelWeights, MoeWeights, applyLinear } from './weights';
+import { AttentionWeights, LayerWeights, MlpWeights, ModelWeights, MoeWeights, applyLinear, weightBytes } from './weights';
 
 const f32 = (t: Tensor): Float32Array => t.data() as Float32Array;
+
+/** The parts of the forward that profiling separates. */
+export type ForwardComponent = 'attention' | 'experts' | 'dense_mlp' | 'lm_head';
+
+/**
+ * Wall time (ms) and weight bytes read per component, accumulated over forward calls while
+ * profiling is on. Bytes count each weight once per call (for MoE: router, shared experts and
+ * the distinct experts selected in that call). `total_ms` covers whole calls; what the four
+ * components leave is embedding, norms, residual adds and JS glue.
+ */
+export interface ForwardProfile {
+  calls: number;
+  total_ms: number;
+  ms: Record<ForwardComponent, number>;
+  bytes: Record<ForwardComponent, number>;
+}
+
+export function emptyProfile(): ForwardProfile {
+  const z = (): Record<ForwardComponent, number> => ({ attention: 0, experts: 0, dense_mlp: 0, lm_head: 0 });
+  return { calls: 0, total_ms: 0, ms: z(), bytes: z() };
+}
 
 /** Constants of the forward derived once from the config. */
 export interface ForwardConsts {
@@ -30,6 +52,28 @@ export interface ForwardConsts {
   invFreq: Float32Array;
   amplitude: number;
   scale: number;
+  /** When set, every forward call adds its timings and bytes here. */
+  profile?: ForwardProfile;
+}
+
+function timed<T>(k: ForwardConsts, part: ForwardComponent, bytes: number, fn: () => T): T {
+  const p = k.profile;
+  if (!p) return fn();
+  const t0 = performance.now();
+  const r = fn();
+  p.ms[part] += performance.now() - t0;
+  p.bytes[part] += bytes;
+  return r;
+}
+
+function timedCall<T>(k: ForwardConsts, fn: () => T): T {
+  const p = k.profile;
+  if (!p) return fn();
+  const t0 = performance.now();
+  const r = fn();
+  p.total_ms += performance.now() - t0;
+  p.calls++;
+  return r;
 }
 
 export function forwardConsts(cfg: DeepSeekV2Config): ForwardConsts {
@@ -161,16 +205,19 @@ function mlpForward(m: MlpWeights, x: Tensor): Tensor {
   return applyLinear(siluGate(g, u), m.down);
 }
 
+const kernelMlp = (m: MlpWeights): KernelMlp => ({ gate: m.gate.w, up: m.up.w, down: m.down.w });
+
 /**
  * MoE FFN for rows x [T, H]: router logits (f32), softmax + greedy or group-limited top-k
- * (ties to the lower expert index), then each selected expert runs once on the rows routed to
- * it — only those experts' weights are read — and each row sums shared + Σ_j w_j·expert_j in
- * its own top-k order j = 0..k-1 (a fixed order, whatever the batch).
+ * (ties to the lower expert index), then one grouped moeMlp call over the shared experts and
+ * the selected routed experts only (each runs once on the rows routed to it, so only those
+ * experts' weights are read). Pairs are listed row by row — shared expert (weight 1) first,
+ * then the row's experts in top-k order j = 0..k-1 — and moeMlp accumulates in that order, so
+ * a row's sum never depends on the other rows of the batch.
  */
 function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
   const cfg = k.cfg;
   const T = x.shape[0];
-  const H = cfg.hiddenSize;
   const K = cfg.numExpertsPerTok;
   const logits = linear(x, m.router);
   const { idx, weights } = routeTopK(logits, {
@@ -183,42 +230,50 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
   });
   const id = idx.data() as Int32Array;
   const wd = f32(weights);
-  const byExpert = new Map<number, number[]>(); // expert -> slots t*K + j
-  for (let s = 0; s < T * K; s++) {
-    const list = byExpert.get(id[s]);
-    if (list) list.push(s);
-    else byExpert.set(id[s], [s]);
+  const selected = [...new Set(id)].sort((a, b) => a - b);
+  if (k.profile) k.profile.bytes.experts += selected.reduce((n, e) => n + mlpBytes(m.experts[e]), 0);
+  const mlps: KernelMlp[] = m.shared ? [kernelMlp(m.shared)] : [];
+  const local = new Map<number, number>();
+  for (const e of selected) {
+    local.set(e, mlps.length);
+    mlps.push(kernelMlp(m.experts[e]));
   }
-  const xd = f32(x);
-  const slotOut = new Float32Array(T * K * H);
-  for (const e of [...byExpert.keys()].sort((a, b) => a - b)) {
-    const slots = byExpert.get(e)!;
-    const xe = Tensor.zeros([slots.length, H], 'f32');
-    const xed = f32(xe);
-    slots.forEach((s, r) => xed.set(xd.subarray(Math.floor(s / K) * H, (Math.floor(s / K) + 1) * H), r * H));
-    const ye = f32(mlpForward(m.experts[e], xe));
-    slots.forEach((s, r) => slotOut.set(ye.subarray(r * H, (r + 1) * H), s * H));
-  }
-  const y = m.shared ? mlpForward(m.shared, x) : Tensor.zeros([T, H], 'f32');
-  const yd = f32(y);
+  const per = K + (m.shared ? 1 : 0);
+  const routes = { mlp: new Int32Array(T * per), row: new Int32Array(T * per), weight: new Float32Array(T * per) };
+  let i = 0;
   for (let t = 0; t < T; t++) {
+    if (m.shared) {
+      routes.mlp[i] = 0;
+      routes.row[i] = t;
+      routes.weight[i++] = 1;
+    }
     for (let j = 0; j < K; j++) {
-      const w = wd[t * K + j];
-      const src = (t * K + j) * H;
-      for (let i = 0; i < H; i++) yd[t * H + i] = Math.fround(yd[t * H + i] + Math.fround(w * slotOut[src + i]));
+      routes.mlp[i] = local.get(id[t * K + j])!;
+      routes.row[i] = t;
+      routes.weight[i++] = wd[t * K + j];
     }
   }
-  return y;
+  return moeMlp(x, mlps, routes);
 }
+
+const mlpBytes = (m: MlpWeights): number => weightBytes(m.gate.w) + weightBytes(m.up.w) + weightBytes(m.down.w);
 
 function ffn(layer: LayerWeights, k: ForwardConsts, x: Tensor): Tensor {
   const xn = rmsNorm(x, layer.postNorm, k.cfg.rmsNormEps);
-  return layer.moe ? moeForward(layer.moe, k, xn) : mlpForward(layer.mlp!, xn);
+  const moe = layer.moe;
+  if (moe) return timed(k, 'experts', weightBytes(moe.router) + (moe.shared ? mlpBytes(moe.shared) : 0), () => moeForward(moe, k, xn));
+  return timed(k, 'dense_mlp', k.profile ? mlpBytes(layer.mlp!) : 0, () => mlpForward(layer.mlp!, xn));
 }
 
 /** Final norm and lm_head on rows x [n, H] -> logits [n, V]. */
 function head(w: ModelWeights, k: ForwardConsts, x: Tensor): Tensor {
-  return applyLinear(rmsNorm(x, w.finalNorm, k.cfg.rmsNormEps), w.lmHead);
+  const xn = rmsNorm(x, w.finalNorm, k.cfg.rmsNormEps);
+  return timed(k, 'lm_head', weightBytes(w.lmHead.w), () => applyLinear(xn, w.lmHead));
+}
+
+/** Weight bytes of the attention projections both forms use (q path, kv_a, o_proj). */
+function attnCommonBytes(a: AttentionWeights): number {
+  return [a.qProj, a.qA, a.qB, a.kvA, a.oProj].reduce((n, l) => n + (l ? weightBytes(l.w) : 0), 0);
 }
 
 /** What a prefill chunk needs from the cache, per layer. */
@@ -238,17 +293,24 @@ export interface PrefillCacheIO {
  * last position [1, V], or of every position [T, V] with allLogits.
  */
 export function prefillChunk(w: ModelWeights, k: ForwardConsts, tokens: Int32Array, start: number, io: PrefillCacheIO, allLogits: boolean): Tensor {
-  const T = tokens.length;
-  const positions = Int32Array.from({ length: T }, (_, i) => start + i);
-  const x = embedding(w.embed, tokens);
-  w.layers.forEach((layer, l) => {
-    const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
-    const q = queries(layer.attn, k, xn, positions);
-    io.append(l, latentRows(layer.attn, k, xn, positions));
-    axpyInPlace(1, attendExplicit(layer.attn, k, q, io.rows(l)), x);
-    axpyInPlace(1, ffn(layer, k, x), x);
+  return timedCall(k, () => {
+    const T = tokens.length;
+    const positions = Int32Array.from({ length: T }, (_, i) => start + i);
+    const x = embedding(w.embed, tokens);
+    w.layers.forEach((layer, l) => {
+      const a = layer.attn;
+      const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
+      const bytes = k.profile ? attnCommonBytes(a) + weightBytes(a.kvB.w) : 0;
+      const o = timed(k, 'attention', bytes, () => {
+        const q = queries(a, k, xn, positions);
+        io.append(l, latentRows(a, k, xn, positions));
+        return attendExplicit(a, k, q, io.rows(l));
+      });
+      axpyInPlace(1, o, x);
+      axpyInPlace(1, ffn(layer, k, x), x);
+    });
+    return head(w, k, allLogits ? x : x.slice(T - 1, T));
   });
-  return head(w, k, allLogits ? x : x.slice(T - 1, T));
 }
 
 /** What a decode step needs from the cache, per layer. */
@@ -261,15 +323,21 @@ export interface DecodeCacheIO {
 
 /** One decode step: tokens[b] at positions[b] of sequence b. Returns logits [B, V]. */
 export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array, positions: Int32Array, io: DecodeCacheIO): Tensor {
-  const x = embedding(w.embed, tokens);
-  w.layers.forEach((layer, l) => {
-    const a = layer.attn;
-    const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
-    const q = queries(a, k, xn, positions);
-    io.append(l, latentRows(a, k, xn, positions));
-    const oLat = io.attend(l, absorbQuery(a, k, q), k.scale);
-    axpyInPlace(1, applyLinear(expandValues(a, k, oLat), a.oProj), x);
-    axpyInPlace(1, ffn(layer, k, x), x);
+  return timedCall(k, () => {
+    const x = embedding(w.embed, tokens);
+    w.layers.forEach((layer, l) => {
+      const a = layer.attn;
+      const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
+      const bytes = k.profile ? attnCommonBytes(a) + [...a.wUkT, ...a.wUv].reduce((n, t) => n + t.byteLength, 0) : 0;
+      const o = timed(k, 'attention', bytes, () => {
+        const q = queries(a, k, xn, positions);
+        io.append(l, latentRows(a, k, xn, positions));
+        const oLat = io.attend(l, absorbQuery(a, k, q), k.scale);
+        return applyLinear(expandValues(a, k, oLat), a.oProj);
+      });
+      axpyInPlace(1, o, x);
+      axpyInPlace(1, ffn(layer, k, x), x);
+    });
+    return head(w, k, x);
   });
-  return head(w, k, x);
 }

@@ -10,8 +10,9 @@
  */
 import { KvantError, expected } from '../../errors';
 import { KvCacheType, MlaKVCache } from '../../kv/mla-cache';
+import type { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
-import { ForwardConsts, decodeStep, forwardConsts, prefillChunk } from './forward';
+import { ForwardConsts, ForwardProfile, decodeStep, emptyProfile, forwardConsts, prefillChunk } from './forward';
 import { LoadProgress, ModelWeights, loadWeights } from './weights';
 
 export interface LoadOptions {
@@ -116,16 +117,22 @@ export class DeepSeekV2Model {
     const V = this.vocabSize;
     const out = new Float32Array(o.allLogits ? ids.length * V : V);
     const cache = this.cache;
-    for (let s = 0; s < ids.length; s += chunk) {
-      const part = ids.subarray(s, Math.min(ids.length, s + chunk));
-      const pos = start + s;
-      const last = s + chunk >= ids.length;
-      const logits = prefillChunk(w, this.k, part, pos, {
-        append: (layer, rows) => cache.append(seq, layer, rows),
-        rows: (layer) => cache.gather(seq, layer, 0, pos + part.length),
-      }, o.allLogits === true);
-      if (o.allLogits) out.set(logits.data() as Float32Array, s * V);
-      else if (last) out.set(logits.data() as Float32Array);
+    try {
+      for (let s = 0; s < ids.length; s += chunk) {
+        const part = ids.subarray(s, Math.min(ids.length, s + chunk));
+        const pos = start + s;
+        const logits = prefillChunk(w, this.k, part, pos, {
+          append: (layer, rows) => cache.append(seq, layer, rows),
+          rows: (layer) => cache.gather(seq, layer, 0, pos + part.length),
+        }, o.allLogits === true);
+        if (o.allLogits) out.set(logits.data() as Float32Array, s * V);
+        else if (s + chunk >= ids.length) out.set(logits.data() as Float32Array);
+      }
+    } catch (e) {
+      // A failure part-way (e.g. KVANT_OOM from the cache budget) must not leave some layers
+      // holding rows the others lack: roll the sequence back to where it started.
+      cache.truncate(seq, start);
+      throw e;
     }
     return out;
   }
@@ -142,18 +149,39 @@ export class DeepSeekV2Model {
     if (new Set(seqs).size !== seqs.length) throw expected('KVANT_RANGE', 'distinct sequence ids', 'seqs', seqs);
     const positions = Int32Array.from(seqs, (s, b) => this.checkRoom(s, 1, `tokens[${b}]`));
     const cache = this.cache;
-    const logits = decodeStep(w, this.k, ids, positions, {
-      append: (layer, rows) => seqs.forEach((s, b) => cache.append(s, layer, rows.slice(b, b + 1))),
-      attend: (layer, q, scale) => cache.decode(layer, seqs, q, scale).out,
-    });
+    let logits: Tensor;
+    try {
+      logits = decodeStep(w, this.k, ids, positions, {
+        append: (layer, rows) => seqs.forEach((s, b) => cache.append(s, layer, rows.slice(b, b + 1))),
+        attend: (layer, q, scale) => cache.decode(layer, seqs, q, scale).out,
+      });
+    } catch (e) {
+      seqs.forEach((s, b) => cache.truncate(s, positions[b])); // all or nothing, as in prefill
+      throw e;
+    }
     const V = this.vocabSize;
     const all = logits.data() as Float32Array;
     return seqs.map((_, b) => all.slice(b * V, (b + 1) * V));
   }
 
+  /**
+   * Turns per-component profiling (attention, experts, dense MLP, lm_head: wall time and weight
+   * bytes read) on or off; turning it on resets the counters. Off by default (no timers run).
+   */
+  setProfiling(on: boolean): void {
+    this.k.profile = on ? emptyProfile() : undefined;
+  }
+
+  /** A copy of the profile accumulated since setProfiling(true), or null when profiling is off. */
+  profile(): ForwardProfile | null {
+    const p = this.k.profile;
+    return p ? { calls: p.calls, total_ms: p.total_ms, ms: { ...p.ms }, bytes: { ...p.bytes } } : null;
+  }
+
   /** Bytes of the weights the forward reads and of the cache pages in use. */
   memory(): { weightsBytes: number; cacheBytes: number } {
-    return { weightsBytes: this.weights?.bytes ?? 0, cacheBytes: this.cache.usedBytes() };
+    if (!this.weights) return { weightsBytes: 0, cacheBytes: 0 };
+    return { weightsBytes: this.weights.bytes, cacheBytes: this.cache.usedBytes() };
   }
 
   /** Unmaps the checkpoint and frees the cache; the model is unusable afterwards. */

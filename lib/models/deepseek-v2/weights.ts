@@ -8,8 +8,12 @@
 import { KvantError } from '../../errors';
 import { Checkpoint } from '../../io/checkpoint';
 import { linear } from '../../ops/linear';
+import { qlinear } from '../../ops/qlinear';
+import { QuantizeConfig, isQuantized, loadQTensor, readQuantizeConfig } from '../../quant/checkpoint';
+import { QTensor } from '../../quant/format';
+import { dequantize } from '../../quant/quantize';
 import { Tensor } from '../../tensor';
-import { DeepSeekV2Config, isMoeLayer, parseConfig, qkHeadDim } from './config';
+import { DeepSeekV2Config, isMoeLayer, parseConfig } from './config';
 import { TensorSpec, expectedTensors } from './tensors';
 
 /** Float dtypes a weight may have in the checkpoint. */
@@ -23,17 +27,19 @@ export interface LinearWeight {
   name: string;
   N: number;
   K: number;
-  /** Dense weight [N, K] (a view of the mapped checkpoint). */
-  dense: Tensor;
+  /** Dense weight [N, K] or GPTQ QTensor, both views of the mapped checkpoint. */
+  w: Tensor | QTensor;
 }
 
 /** y [M, N] f32 = x [M, K] · Wᵀ. Rows are independent (batch-invariant kernels). */
 export function applyLinear(x: Tensor, w: LinearWeight): Tensor {
-  return linear(x, w.dense);
+  return w.w instanceof Tensor ? linear(x, w.w) : qlinear(x, w.w);
 }
 
-export function linearBytes(w: LinearWeight): number {
-  return w.dense.byteLength;
+/** Bytes a linear layer's weights occupy (packed codes, zeros, scales, g_idx for GPTQ). */
+export function weightBytes(w: Tensor | QTensor): number {
+  if (w instanceof Tensor) return w.byteLength;
+  return w.qweight.byteLength + w.qzeros.byteLength + w.scales.byteLength + (w.gIdx?.byteLength ?? 0) + (w.perm?.byteLength ?? 0);
 }
 
 export interface MlpWeights {
@@ -91,9 +97,15 @@ export interface LoadProgress {
   what: string;
 }
 
-/** Checks the checkpoint's tensors against the inventory: all present, shapes and dtypes right. */
-function checkInventory(ck: Checkpoint, specs: TensorSpec[]): void {
-  const missing = specs.filter((s) => !ck.has(s.name)).map((s) => s.name);
+/** `prefix.weight` -> `prefix` (the module name GPTQ tensors hang off). */
+const modulePrefix = (name: string): string => name.replace(/\.weight$/, '');
+
+/**
+ * Checks the checkpoint's tensors against the inventory: all present, shapes and dtypes right.
+ * A linear layer may instead be GPTQ-quantized (`prefix.qweight` ...), checked when loaded.
+ */
+function checkInventory(ck: Checkpoint, specs: TensorSpec[], quantized: (s: TensorSpec) => boolean): void {
+  const missing = specs.filter((s) => !quantized(s) && !ck.has(s.name)).map((s) => s.name);
   if (missing.length > 0) {
     const shown = missing.slice(0, 8).map((n) => `"${n}"`).join(', ');
     throw new KvantError(
@@ -102,6 +114,7 @@ function checkInventory(ck: Checkpoint, specs: TensorSpec[]): void {
     );
   }
   for (const s of specs) {
+    if (quantized(s)) continue;
     const info = ck.info(s.name);
     if (!FLOAT_ST[info.dtype])
       throw new KvantError('KVANT_DTYPE', `${ck.dir}: expected tensor "${s.name}" to be F32, F16 or BF16 but it is ${info.dtype}`);
@@ -137,10 +150,20 @@ export function loadWeights(dir: string, onProgress?: (p: LoadProgress) => void)
   const ck = Checkpoint.open(dir, (done, total, file) => onProgress?.({ done, total, what: `mapped ${file}` }));
   try {
     const cfg = parseConfig(ck.config);
-    if (ck.quantizeConfig !== null)
-      throw new KvantError('KVANT_FORMAT', `${dir}: GPTQ-quantized checkpoints (quantize_config.json) are not supported by this build yet`);
+    const qc: QuantizeConfig | null = readQuantizeConfig(ck);
     const specs = expectedTensors(cfg);
-    checkInventory(ck, specs);
+    // Only linear layers may be quantized (norms, embeddings, the router stay float).
+    const quantized = (s: TensorSpec): boolean => (s.role === 'linear' || s.role === 'lm_head') && isQuantized(ck, modulePrefix(s.name));
+    const anyQuantized = specs.some(quantized);
+    if (anyQuantized && qc === null)
+      throw new KvantError('KVANT_FORMAT', `${dir}: the checkpoint holds GPTQ tensors (e.g. "${modulePrefix(specs.find(quantized)!.name)}.qweight") but no quantize_config.json, quant_config.json or quantization_config`);
+    if (qc !== null && !anyQuantized)
+      throw new KvantError('KVANT_FORMAT', `${dir}: quantize_config says the model is ${qc.bits}-bit GPTQ but no linear layer has a .qweight tensor`);
+    for (const s of specs)
+      if (s.role !== 'linear' && s.role !== 'lm_head' && isQuantized(ck, modulePrefix(s.name)))
+        throw new KvantError('KVANT_FORMAT', `${dir}: "${modulePrefix(s.name)}" is quantized but kvant keeps ${s.role} tensors in float`);
+    checkInventory(ck, specs, quantized);
+    const specOf = new Map(specs.map((s) => [s.name, s]));
     let bytes = 0;
     let done = 0;
     const total = cfg.numLayers + 2;
@@ -150,8 +173,18 @@ export function loadWeights(dir: string, onProgress?: (p: LoadProgress) => void)
       return t;
     };
     const lin = (name: string): LinearWeight => {
-      const w = tensor(name);
-      return { name, N: w.shape[0], K: w.shape[1], dense: w };
+      const spec = specOf.get(name)!;
+      const [N, K] = [spec.shape[0], spec.shape[1] ?? 1];
+      if (!quantized(spec)) return { name, N, K, w: tensor(name) };
+      const prefix = modulePrefix(name);
+      const q = loadQTensor(ck, prefix, qc!);
+      if (q.format.N !== N || q.format.K !== K)
+        throw new KvantError(
+          'KVANT_SHAPE',
+          `${dir}: expected "${prefix}" to be [${N}, ${K}] (from config.json) but its GPTQ tensors at ${q.format.bits} bits (quantize_config) give [${q.format.N}, ${q.format.K}]`,
+        );
+      bytes += weightBytes(q);
+      return { name, N, K, w: q };
     };
     const mlp = (p: string): MlpWeights => ({ gate: lin(`${p}.gate_proj.weight`), up: lin(`${p}.up_proj.weight`), down: lin(`${p}.down_proj.weight`) });
     const embed = tensor('model.embed_tokens.weight');
@@ -160,16 +193,28 @@ export function loadWeights(dir: string, onProgress?: (p: LoadProgress) => void)
     const P = cfg.qkNopeHeadDim;
     const Dv = cfg.vHeadDim;
     const L = cfg.kvLoraRank;
-    void qkHeadDim;
     const layers: LayerWeights[] = [];
     for (let l = 0; l < cfg.numLayers; l++) {
       const p = `model.layers.${l}`;
       const a = `${p}.self_attn`;
       const kvB = lin(`${a}.kv_b_proj.weight`);
-      const wUkT = transposeKeyHeads(kvB.dense, nh, P, Dv, L);
+      // The absorbed form needs kv_b's per-head slices as dense matrices: a quantized kv_b is
+      // dequantized once here (f32, [nh·(P+Dv), L]; the explicit form keeps using the QTensor).
+      const quantKvB = !(kvB.w instanceof Tensor);
+      const kvBDense = kvB.w instanceof Tensor ? kvB.w : dequantize(kvB.w, 'f32');
+      const wUkT = transposeKeyHeads(kvBDense, nh, P, Dv, L);
       for (const t of wUkT) bytes += t.byteLength;
-      // W_UV(h) rows are contiguous in kv_b_proj: a view, no copy.
-      const wUv = Array.from({ length: nh }, (_, h) => kvB.dense.slice(h * (P + Dv) + P, (h + 1) * (P + Dv)));
+      // W_UV(h) rows are contiguous in kv_b_proj: a view of the mapped tensor, no copy. From a
+      // dequantized kv_b they are copied out so the temporary [nh·(P+Dv), L] matrix is freed:
+      // the absorbed form then holds exactly kv_b's values once, in f32 (what plan counts).
+      const wUv = Array.from({ length: nh }, (_, h) => {
+        const v = kvBDense.slice(h * (P + Dv) + P, (h + 1) * (P + Dv));
+        return quantKvB ? v.to('f32') : v;
+      });
+      if (quantKvB) {
+        for (const t of wUv) bytes += t.byteLength;
+        kvBDense.dispose(); // frees it now if it is native memory (a no-op for JS memory)
+      }
       const attn: AttentionWeights = {
         qProj: cfg.qLoraRank === null ? lin(`${a}.q_proj.weight`) : null,
         qA: cfg.qLoraRank === null ? null : lin(`${a}.q_a_proj.weight`),
@@ -200,9 +245,7 @@ export function loadWeights(dir: string, onProgress?: (p: LoadProgress) => void)
       onProgress?.({ done: ++done, total, what: `model.layers.${l}` });
     }
     const finalNorm = tensor('model.norm.weight');
-    const lmHead = cfg.tieWordEmbeddings
-      ? { name: 'model.embed_tokens.weight', N: embed.shape[0], K: embed.shape[1], dense: embed }
-      : lin('lm_head.weight');
+    const lmHead = cfg.tieWordEmbeddings ? { name: 'model.embed_tokens.weight', N: embed.shape[0], K: embed.shape[1], w: embed } : lin('lm_head.weight');
     onProgress?.({ done: ++done, total, what: 'lm_head' });
     return { config: cfg, checkpoint: ck, embed, layers, finalNorm, lmHead, bytes };
   } catch (e) {

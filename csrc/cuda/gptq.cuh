@@ -1,0 +1,270 @@
+// GPTQ packed weights on the GPU: dequantize, and the fused dequant GEMV of decode
+// y[m] = x[m] · dequant(W)ᵀ for M = 1..8 rows, never materializing the float weights.
+// The format is the one of csrc/include/kvant/quant_format.h (SPEC §2.5): kernel row j of the
+// packed matrix belongs to group j / G and holds input channel perm[j] (act-order made
+// sequential at load; perm = null means the identity).
+//
+// GEMV design (decode is memory-bound: the packed weights are read exactly once):
+// - A block of 128 threads owns 512 output columns; each thread owns 4 consecutive columns and
+//   reads them with one 128-bit load per packed row (qweight rows are N words: 4 columns = 16 B,
+//   consecutive threads read consecutive 16 B, so a warp reads 512 contiguous bytes).
+// - grid.y splits K into slabs of 128 kernel rows (a multiple of 32, so 3-bit triples and every
+//   word boundary align with slab edges). Each slab writes its partial sums to scratch; a second
+//   kernel adds the slabs in slab order, so the result does not depend on block order (atomics
+//   would make the bits vary from run to run).
+// - Per block, the slab's activations (gathered through perm: act-order costs one indexed load
+//   per activation, not per weight) and the scales and scaled zeros of the groups that intersect
+//   the slab are staged in shared memory; codes are unpacked and dequantized in registers:
+//   w = code·scale − zero·scale, exact in f32 (code, zero < 256 and scale has an 11-bit
+//   significand, so both products and their difference fit in 24 bits).
+#pragma once
+#include "kvant/quant_format.h"
+#include "launch.h"
+
+#ifndef KV_ENTRY
+#ifdef __CUDACC__
+#define KV_ENTRY
+#else
+#define KV_ENTRY inline
+#endif
+#endif
+
+namespace kvant::cuda {
+
+constexpr uint32_t kGemvThreads = 128;
+constexpr uint32_t kGemvCols = kGemvThreads * 4;  // 512 output columns per block
+constexpr uint32_t kGemvSlab = 128;               // kernel rows per block (K split)
+constexpr int kGemvMaxRows = 8;                   // decode batch rows per launch
+constexpr int64_t kGemvMinGroup = 16;             // bounds the groups staged per slab (smem)
+
+// Groups that can intersect a window of kGemvSlab consecutive rows.
+inline int64_t gemvGroupsPerSlab(int64_t G, int64_t ng) {
+  const int64_t g = kGemvSlab / G + 2;
+  return g < ng ? g : ng;
+}
+
+// The zero point of (group g, column n): unpacked from qzeros (packed along N), with the v1
+// "stored minus one" convention undone (masked: a stored 0xF in 4-bit reads back as 0).
+__device__ __forceinline__ int zeroOf(const QMatrix& q, int64_t g, int64_t n) {
+  const int bits = q.fmt.bits, maxq = (1 << bits) - 1;
+  if (!q.qzeros) return 1 << (bits - 1);  // symmetric without stored zeros
+  const uint32_t* row = q.qzeros + g * (q.fmt.N * bits / 32);
+  int code;
+  if (bits == 3) {
+    const int64_t bit = 3 * (n % 32), w = (n / 32) * 3 + bit / 32;
+    const int sh = int(bit % 32);
+    uint64_t v = row[w] >> sh;
+    if (sh > 29) v |= uint64_t(row[w + 1]) << (32 - sh);
+    code = int(v & 7);
+  } else {
+    const int f = 32 / bits;
+    code = int((row[n / f] >> (bits * (n % f))) & uint32_t(maxq));
+  }
+  return q.fmt.zeroFormat == int32_t(ZeroFormat::kGptqV1) ? (code + 1) & maxq : code;
+}
+
+// Code i (0..31) of a 96-bit little-endian triple (w0 bits 0..31, w1 32..63, w2 64..95).
+__device__ __forceinline__ uint32_t code3(uint32_t w0, uint32_t w1, uint32_t w2, int i) {
+  const int bit = 3 * i;
+  const uint64_t lo = uint64_t(w0) | (uint64_t(w1) << 32);
+  if (bit + 3 <= 64) return uint32_t(lo >> bit) & 7u;
+  if (bit >= 64) return (w2 >> (bit - 64)) & 7u;
+  return uint32_t((lo >> bit) | (uint64_t(w2) << (64 - bit))) & 7u;  // bits 63..65 (i = 21)
+}
+
+// Dequantize W to out [N, K] (f32, or f16 bits when outF16), in input-channel order: kernel row j
+// lands in column perm[j]. One thread per (32-row unit, column): it reads bits consecutive words
+// of one column.
+__global__ void gptqDequantKernel(QMatrix q, void* out, int outF16) {
+  const int64_t K = q.fmt.K, N = q.fmt.N, G = q.fmt.groupSize < 0 ? K : q.fmt.groupSize;
+  const int bits = q.fmt.bits, maxq = (1 << bits) - 1;
+  const int64_t units = (K + 31) / 32;
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= units * N) return;
+  const int64_t n = e % N, u = e / N;
+  for (int i = 0; i < 32; ++i) {
+    const int64_t j = u * 32 + i;
+    if (j >= K) break;
+    uint32_t code;
+    if (bits == 3) {
+      const uint32_t* w = q.qweight + (u * 3) * N + n;
+      code = code3(w[0], w[N], w[2 * N], i);
+    } else {
+      const int f = 32 / bits;
+      code = (q.qweight[(j / f) * N + n] >> (bits * (j % f))) & uint32_t(maxq);
+    }
+    const int64_t g = j / G;
+    const float s = __half2float(__ushort_as_half(q.scales[g * N + n]));
+    const float w = float(int(code) - zeroOf(q, g, n)) * s;
+    const int64_t k = q.perm ? q.perm[j] : j;
+    if (outF16) static_cast<uint16_t*>(out)[n * K + k] = __half_as_ushort(__float2half_rn(w));
+    else static_cast<float*>(out)[n * K + k] = w;
+  }
+}
+
+// Partial GEMV of one (512-column block, 128-row slab): part[slab][m][n] = Σ_{j in slab} x[m][perm[j]] w[n][j].
+template <int BITS>
+__global__ void __launch_bounds__(kGemvThreads) gptqGemvKernel(QMatrix q, const float* x, int M, float* part, int groupsPerSlab) {
+  const int64_t K = q.fmt.K, N = q.fmt.N, G = q.fmt.groupSize < 0 ? K : q.fmt.groupSize;
+  const int64_t j0 = int64_t(blockIdx.y) * kGemvSlab;
+  const int64_t rows = K - j0 < int64_t(kGemvSlab) ? K - j0 : int64_t(kGemvSlab);
+  const int64_t nBase = int64_t(blockIdx.x) * kGemvCols;
+  const int64_t g0 = j0 / G, g1 = (j0 + rows - 1) / G;
+  // Shared memory: xs[M][128] | sc[groupsPerSlab][512] | zs[groupsPerSlab][512]
+  float* xs = dynamicSmem<float>();
+  float* sc = xs + kGemvMaxRows * kGemvSlab;
+  float* zs = sc + size_t(groupsPerSlab) * kGemvCols;
+  for (int64_t i = threadIdx.x; i < int64_t(M) * rows; i += blockDim.x) {
+    const int64_t m = i / rows, jj = i % rows, j = j0 + jj;
+    xs[m * kGemvSlab + jj] = x[m * K + (q.perm ? q.perm[j] : j)];
+  }
+  for (int64_t i = threadIdx.x; i < (g1 - g0 + 1) * int64_t(kGemvCols); i += blockDim.x) {
+    const int64_t gi = i / kGemvCols, c = i % kGemvCols, n = nBase + c;
+    if (n >= N) continue;
+    const float s = __half2float(__ushort_as_half(q.scales[(g0 + gi) * N + n]));
+    sc[i] = s;
+    zs[i] = float(zeroOf(q, g0 + gi, n)) * s;
+  }
+  __syncthreads();
+  const int64_t n0 = nBase + int64_t(threadIdx.x) * 4;
+  if (n0 >= N) return;  // no barrier follows
+  float acc[kGemvMaxRows][4];
+#pragma unroll
+  for (int m = 0; m < kGemvMaxRows; ++m)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[m][c] = 0.f;
+  const bool aligned = (reinterpret_cast<uintptr_t>(q.qweight) & 15) == 0;  // N % 4 == 0 always
+  auto load4 = [&](int64_t packedRow) {
+    const uint32_t* p = q.qweight + packedRow * N + n0;
+    if (aligned) return *reinterpret_cast<const uint4*>(p);  // one 128-bit load
+    uint4 v;
+    v.x = p[0];
+    v.y = p[1];
+    v.z = p[2];
+    v.w = p[3];
+    return v;
+  };
+  const int cb = int(n0 - nBase);  // this thread's first column inside the block's 512
+  // One weight row j (slab-local jj) with codes c[0..3] for the thread's four columns.
+  auto accumulate = [&](int64_t jj, const uint32_t* code) {
+    const int64_t gi = (j0 + jj) / G - g0;
+    const float* s = sc + gi * kGemvCols + cb;
+    const float* z = zs + gi * kGemvCols + cb;
+    float w[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) w[c] = fmaf(float(code[c]), s[c], -z[c]);  // exact (see top)
+#pragma unroll
+    for (int m = 0; m < kGemvMaxRows; ++m)
+      if (m < M) {
+        const float xv = xs[m * kGemvSlab + jj];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[m][c] = fmaf(xv, w[c], acc[m][c]);
+      }
+  };
+  const int64_t prBase = j0 * BITS / 32;
+  if (BITS == 3) {
+    for (int64_t t = 0; t * 32 < rows; ++t) {
+      const uint4 a = load4(prBase + 3 * t), b = load4(prBase + 3 * t + 1), c = load4(prBase + 3 * t + 2);
+      const uint32_t w0[4] = {a.x, a.y, a.z, a.w}, w1[4] = {b.x, b.y, b.z, b.w}, w2[4] = {c.x, c.y, c.z, c.w};
+      for (int i = 0; i < 32; ++i) {
+        uint32_t code[4];
+#pragma unroll
+        for (int cc = 0; cc < 4; ++cc) code[cc] = code3(w0[cc], w1[cc], w2[cc], i);
+        accumulate(t * 32 + i, code);
+      }
+    }
+  } else {
+    constexpr int F = 32 / (BITS == 3 ? 4 : BITS);
+    constexpr uint32_t kMask = (1u << (BITS == 3 ? 4 : BITS)) - 1;
+    for (int64_t pr = 0; pr * F < rows; ++pr) {
+      const uint4 v = load4(prBase + pr);
+      const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int i = 0; i < F; ++i) {
+        uint32_t code[4];
+#pragma unroll
+        for (int cc = 0; cc < 4; ++cc) code[cc] = (wv[cc] >> (BITS * i)) & kMask;
+        accumulate(pr * F + i, code);
+      }
+    }
+  }
+  float* o = part + size_t(blockIdx.y) * size_t(M) * N;
+#pragma unroll
+  for (int m = 0; m < kGemvMaxRows; ++m)
+    if (m < M)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) o[m * N + n0 + c] = acc[m][c];
+}
+
+// y[m][n] = Σ_s part[s][m][n], slabs added in order (fixed bits for any block order).
+__global__ void sumSlabsKernel(const float* part, int slabs, size_t MN, float* y) {
+  const size_t e = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= MN) return;
+  float s = part[e];
+  for (int i = 1; i < slabs; ++i) s += part[size_t(i) * MN + e];
+  y[e] = s;
+}
+
+// ---- entry points ----
+
+// Shape checks shared by the GPTQ entry points.
+inline Status checkQMatrix(const QMatrix& q) {
+  if (!qBitsSupported(q.fmt.bits)) return Status::kFormat;
+  if (q.fmt.zeroFormat != int32_t(ZeroFormat::kGptqV1) && q.fmt.zeroFormat != int32_t(ZeroFormat::kGptqV2)) return Status::kFormat;
+  if (!qDimPackable(q.fmt.K, q.fmt.bits) || !qDimPackable(q.fmt.N, q.fmt.bits)) return Status::kShape;
+  if (q.fmt.groupSize == 0 || q.fmt.groupSize < -1) return Status::kShape;
+  if (q.fmt.K > 0x7fffffff || q.fmt.N > 0x7fffffff) return Status::kRange;
+  return Status::kOk;
+}
+
+// Floats of scratch gptqGemv needs for M rows (the per-slab partial sums).
+inline size_t gptqGemvScratchFloats(const QuantFormat& f, int M) {
+  return size_t((f.K + kGemvSlab - 1) / kGemvSlab) * size_t(M) * size_t(f.N);
+}
+
+inline LaunchConfig gptqGemvConfig(const QuantFormat& f, int* groupsPerSlab) {
+  const int64_t G = qEffectiveGroup(f);
+  *groupsPerSlab = int(gemvGroupsPerSlab(G, qGroupCount(f)));
+  LaunchConfig c;
+  c.grid.x = ceilDiv(size_t(f.N), kGemvCols);
+  c.grid.y = ceilDiv(size_t(f.K), kGemvSlab);
+  c.block.x = kGemvThreads;
+  c.smem = (size_t(kGemvMaxRows) * kGemvSlab + 2 * size_t(*groupsPerSlab) * kGemvCols) * sizeof(float);
+  return c;
+}
+
+KV_ENTRY Status gptqDequantize(const Device& d, const QMatrix& q, void* out, bool outF16) {
+  const Status s = checkQMatrix(q);
+  if (s != Status::kOk) return s;
+  LaunchConfig c;
+  c.block.x = 256;
+  c.grid.x = ceilDiv(size_t((q.fmt.K + 31) / 32) * size_t(q.fmt.N), 256);
+  return launchKernel(d, c, gptqDequantKernel, q, out, int(outF16));
+}
+
+// y [M, N] f32 = x [M, K] f32 · dequant(W)ᵀ; scratch holds gptqGemvScratchFloats floats
+// (y itself when K fits one slab). Group sizes below 16 are not supported here (kShape).
+KV_ENTRY Status gptqGemv(const Device& d, const QMatrix& q, const float* x, int M, float* y, float* scratch) {
+  Status s = checkQMatrix(q);
+  if (s != Status::kOk) return s;
+  if (M < 1 || M > kGemvMaxRows) return Status::kShape;
+  if (qEffectiveGroup(q.fmt) < kGemvMinGroup) return Status::kShape;
+  int gps = 0;
+  const LaunchConfig c = gptqGemvConfig(q.fmt, &gps);
+  const int slabs = int(c.grid.y);
+  float* part = slabs == 1 ? y : scratch;
+  if (!part) return Status::kShape;
+  s = launchKernel(d, c, q.fmt.bits == 2   ? gptqGemvKernel<2>
+                         : q.fmt.bits == 3 ? gptqGemvKernel<3>
+                         : q.fmt.bits == 4 ? gptqGemvKernel<4>
+                                           : gptqGemvKernel<8>,
+                   q, x, M, part, gps);
+  if (s != Status::kOk || slabs == 1) return s;
+  const size_t MN = size_t(M) * size_t(q.fmt.N);
+  LaunchConfig r;
+  r.block.x = 256;
+  r.grid.x = ceilDiv(MN, 256);
+  return launchKernel(d, r, sumSlabsKernel, static_cast<const float*>(scratch), slabs, MN, y);
+}
+
+}  // namespace kvant::cuda
