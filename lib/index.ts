@@ -22,7 +22,7 @@ export type { SyntheticOptions } from './quant/calibration';
 export { readQuantizeConfig, isQuantized, loadQTensor, parseQuantizeConfig } from './quant/checkpoint';
 export type { QuantizeConfig } from './quant/checkpoint';
 export { loadModel, Model } from './model';
-export type { LoadModelOptions, LoadProgress, LogitsOptions, ModelGenerateOptions, Prompt, GenerateOptions, GenerationChunk, GenerationResult, GenerationStream, FinishReason, SamplingOptions, ChatMessage } from './model';
+export type { LoadModelOptions, LoadProgress, LogitsOptions, ModelGenerateOptions, ModelStats, Prompt, GenerateOptions, GenerationChunk, GenerationResult, GenerationStream, FinishReason, SamplingOptions, ChatMessage } from './model';
 export { TextTokenizer } from './text/tokenizer';
 export type { DeepSeekV2Config, YarnScaling } from './models/deepseek-v2/config';
 export { quantizeModel, isLinearWeight } from './quant/quantize-model';

@@ -67,6 +67,18 @@ function isPromptObject(p: unknown): p is { messages: readonly ChatMessage[] } {
   return typeof p === 'object' && p !== null && !Array.isArray(p) && Array.isArray((p as { messages?: unknown }).messages);
 }
 
+/** Counters of a Model (see {@link Model.stats}). */
+export interface ModelStats {
+  steps: number;
+  maxBatch: number;
+  prefills: number;
+  decodeMs: number;
+  acceptMs: number;
+  decodeComputeMs: number;
+  prefillComputeMs: number;
+  overhead: number;
+}
+
 /** One loaded checkpoint. Create with {@link loadModel}; call {@link Model.close} when done. */
 export class Model {
   /** The checkpoint's parsed config. */
@@ -108,9 +120,26 @@ export class Model {
     });
   }
 
-  /** Decode steps run so far and the largest batch seen. */
-  get stats(): { readonly steps: number; readonly maxBatch: number; readonly prefills: number } {
-    return this.scheduler.stats;
+  /**
+   * Decode steps run so far, the largest batch seen, and where decode time went:
+   * `decodeComputeMs` inside the model (worker), `decodeMs` as the scheduler waited for it
+   * (adds the thread hop), `acceptMs` sampling and detokenizing. `overhead` is the share of
+   * decode time spent outside the model: (decodeMs − decodeComputeMs + acceptMs) / (decodeMs + acceptMs).
+   */
+  get stats(): ModelStats {
+    const s = this.scheduler.stats;
+    const t = this.engine.timing;
+    const total = s.decodeMs + s.acceptMs;
+    return {
+      steps: s.steps,
+      maxBatch: s.maxBatch,
+      prefills: s.prefills,
+      decodeMs: s.decodeMs,
+      acceptMs: s.acceptMs,
+      decodeComputeMs: t.decodeComputeMs,
+      prefillComputeMs: t.prefillComputeMs,
+      overhead: total > 0 ? Math.max(0, total - t.decodeComputeMs) / total : 0,
+    };
   }
 
   /** Token ids of a prompt (text is encoded with BOS when the tokenizer config asks for it). */

@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Admission, DecodeEngine, Scheduler, releasable } from '../lib/generate/scheduler';
+import { Sampler, SeededRandom, argmax, topKIndices, topPBoundary } from '../lib/generate/sampler';
 
 interface Seq {
   id: number;
@@ -66,13 +67,13 @@ describe('chunked prefill', () => {
 
   it('a running sequence keeps decoding between the chunks of a long prompt', async () => {
     const e = new LoggingEngine();
-    const s = new Scheduler(e, { prefillChunk: 8, maxWaitMs: 0 });
+    const s = new Scheduler(e, { prefillChunk: 8, maxWaitMs: 0, streamBuffer: 1000 });
     const ctl = new AbortController();
-    const first = s.generate([1, 2], { maxTokens: 400, signal: ctl.signal });
-    await new Promise((r) => setTimeout(r, 2)); // seq 0 is decoding by now
+    const first = s.stream([1, 2], { maxTokens: 400, signal: ctl.signal });
+    await first[Symbol.asyncIterator]().next(); // seq 0 is decoding now (and never pauses: buffer 1000)
     const second = await s.generate(long, { maxTokens: 5 });
     ctl.abort();
-    expect((await first).finishReason).toBe('abort');
+    expect((await first.result).finishReason).toBe('abort');
     expect(second.tokens).toHaveLength(5);
     const chunks = e.log.map((l, i) => [l, i] as const).filter(([l]) => l.startsWith('p1:'));
     expect(chunks).toHaveLength(7);
@@ -112,11 +113,12 @@ describe('asynchronous engines (a model in a worker)', () => {
   it('shutdown ends waiting and running requests with "abort" and refuses new ones', async () => {
     const e = new LoggingEngine(300, true);
     const s = new Scheduler(e, { maxWaitMs: 0 });
-    const a = s.generate([1], { maxTokens: 200 });
+    const a = s.stream([1], { maxTokens: 200 });
     const b = s.generate([2], { maxTokens: 200 }); // waits: 201 + 201 > 300
-    await new Promise((r) => setTimeout(r, 5));
+    const it = a[Symbol.asyncIterator]();
+    await it.next(); // a is running (and, with nobody reading, soon paused)
     await s.shutdown();
-    expect((await a).finishReason).toBe('abort');
+    expect((await a.result).finishReason).toBe('abort');
     expect((await b).finishReason).toBe('abort');
     expect(() => s.generate([1])).toThrow(expect.objectContaining({ code: 'KVANT_ABORTED' }));
     expect(e.used).toBe(0);
@@ -180,5 +182,99 @@ describe('stop strings in streams', () => {
     expect(r2.text).toBe(text.slice(0, k));
     expect(chunks.map((c) => c.text ?? '').join('')).toBe(r2.text);
     expect(chunks[chunks.length - 1]).toEqual({ token: -1, text: text[k - 1] });
+  });
+});
+
+describe('sampler fast paths', () => {
+  it('argmax agrees with the top-1 of topKIndices (ties to the lower id, NaN skipped)', () => {
+    const rnd = new SeededRandom(4);
+    for (let trial = 0; trial < 200; trial++) {
+      const n = 1 + Math.floor(rnd.next() * 300);
+      // Few distinct values make ties common; some NaN and -Infinity.
+      const x = Float32Array.from({ length: n }, () => {
+        const r = rnd.next();
+        return r < 0.05 ? NaN : r < 0.1 ? -Infinity : Math.floor(rnd.next() * 5);
+      });
+      const ref = topKIndices(x, 1)[0];
+      expect(argmax(x)).toBe(ref);
+    }
+    expect(argmax(Float32Array.from([NaN, NaN]))).toBeUndefined();
+    expect(argmax(Float32Array.from([-Infinity, -Infinity]))).toBe(0);
+  });
+
+  it('full-vocabulary temperature sampling is the inverse-CDF draw of the seed', () => {
+    const rnd = new SeededRandom(9);
+    const V = 777;
+    const logits = Float32Array.from({ length: V }, () => 4 * (rnd.next() - 0.5));
+    logits[5] = NaN;
+    for (let seed = 0; seed < 100; seed++) {
+      const T = 0.7;
+      const got = new Sampler({ temperature: T, seed }).sample(logits);
+      // Reference: u ~ U[0,1) from the same generator, first index whose running f64 mass exceeds u·Z.
+      const m = Math.max(...Array.from(logits).filter((v) => !Number.isNaN(v)));
+      const p = Array.from(logits, (v) => (Number.isNaN(v) ? 0 : Math.exp((v - m) / T)));
+      const z = p.reduce((a, b) => a + b, 0);
+      let u = new SeededRandom(seed).next() * z;
+      let want = -1;
+      for (let i = 0; i < V; i++) {
+        if (Number.isNaN(logits[i])) continue;
+        want = i;
+        u -= p[i];
+        if (u < 0) break;
+      }
+      expect(got).toBe(want);
+    }
+  });
+});
+
+describe('top-p over the whole vocabulary', () => {
+  /** The kept set by definition: sort by (logit desc, id asc), shortest prefix reaching mass p. */
+  function keptByDefinition(logits: Float32Array, T: number, p: number): Set<number> {
+    const ids = Array.from(logits.keys()).filter((i) => !Number.isNaN(logits[i]));
+    ids.sort((a, b) => logits[b] - logits[a] || a - b);
+    const m = logits[ids[0]];
+    const w = ids.map((i) => Math.exp((logits[i] - m) / T));
+    const z = w.reduce((a, b) => a + b, 0);
+    const out = new Set<number>();
+    let acc = 0;
+    for (let j = 0; j < ids.length; j++) {
+      out.add(ids[j]);
+      acc += w[j];
+      if (acc / z >= p) break;
+    }
+    return out;
+  }
+
+  it('keeps exactly the shortest sorted prefix (ties to the lower id) and never draws outside it', () => {
+    const rnd = new SeededRandom(17);
+    for (let trial = 0; trial < 6; trial++) {
+      const V = 2500 + Math.floor(rnd.next() * 2000);
+      // Flat, tie-rich logits (so the 256-best fast path is not enough), some negative and NaN.
+      const logits = Float32Array.from({ length: V }, () => (rnd.next() < 0.01 ? NaN : Math.round((rnd.next() - 0.5) * 40) / 8));
+      const T = 0.5 + rnd.next();
+      const p = 0.5 + 0.45 * rnd.next();
+      const want = keptByDefinition(logits, T, p);
+      expect(want.size).toBeGreaterThan(256);
+      const s = new Sampler({ temperature: T, topP: p, seed: trial });
+      for (let k = 0; k < 50; k++) expect(want.has(s.sample(logits))).toBe(true);
+      // The boundary itself: the kept set's weakest member by (logit desc, id asc).
+      const m = Math.max(...Array.from(logits).filter((v) => !Number.isNaN(v)));
+      const e = Float64Array.from(logits, (v) => (Number.isNaN(v) ? 0 : Math.exp((v - m) / T)));
+      const z = e.reduce((a, b) => a + b, 0);
+      const b = topPBoundary(logits, e, p * z)!;
+      const weakest = [...want].sort((x, y) => logits[x] - logits[y] || y - x)[0];
+      expect(b.index).toBe(weakest);
+    }
+  });
+
+  it('a peaked distribution takes the sorted fast path: the same draws as top-k with k = kept size', () => {
+    const V = 5000;
+    const logits = Float32Array.from({ length: V }, (_, i) => (i % 97 === 0 ? 10 - i / 1000 : -10));
+    for (let seed = 0; seed < 50; seed++) {
+      const a = new Sampler({ temperature: 1, topP: 0.8, seed }).sample(logits);
+      const kept = keptByDefinition(logits, 1, 0.8);
+      expect(kept.has(a)).toBe(true);
+      expect(new Sampler({ temperature: 1, topK: kept.size, seed }).sample(logits)).toBe(a);
+    }
   });
 });

@@ -194,6 +194,18 @@ describe('loadModel / Model over the worker', () => {
     expect(r.usage.promptTokens).toBe(ids.length);
   });
 
+  it('accounts decode time inside the model vs around it', async () => {
+    const m = await load();
+    await m.generate([1], { maxTokens: 20, ignoreEos: true });
+    const s = m.stats;
+    expect(s.steps).toBe(19); // the first token comes from prefill
+    // The stand-in sleeps >= 1 ms per step inside the worker; the main thread's wait includes it.
+    expect(s.decodeComputeMs).toBeGreaterThanOrEqual(19);
+    expect(s.decodeMs).toBeGreaterThanOrEqual(s.decodeComputeMs);
+    expect(s.overhead).toBeGreaterThanOrEqual(0);
+    expect(s.overhead).toBeLessThan(1);
+  });
+
   it('keeps the event loop free while generating', async () => {
     const m = await load();
     let ticks = 0;

@@ -232,12 +232,15 @@ export async function demoCommand(argv: string[]): Promise<number> {
     mem ??= await model.memory();
     out(`memory: weights ${mib(mem.weightsBytes)}, KV cache ${mib(mem.cacheBytes)} in use for one sequence (${model.kvBytesPerToken} bytes/token${kvCache ? `, ${kvCache}` : ''})`);
     // 5. Continuous batching: 8 concurrent requests share decode steps.
-    const steps0 = model.stats.steps;
+    const st0 = model.stats;
+    const steps0 = st0.steps;
     const tb = performance.now();
     const batch = await Promise.all(Array.from({ length: 8 }, (_, i) => model.generate(prompt.slice(0, 16 + i), { maxTokens: 16, ignoreEos: true, temperature: 0.8, seed: i })));
     const wall = (performance.now() - tb) / 1000;
     const toks = batch.reduce((a, b) => a + b.usage.completionTokens, 0);
-    out(`batching: 8 concurrent requests, ${toks} tokens in ${model.stats.steps - steps0} shared decode steps (largest batch ${model.stats.maxBatch}), ${(toks / wall).toFixed(1)} tok/s overall`);
+    const st = model.stats;
+    out(`batching: 8 concurrent requests, ${toks} tokens in ${st.steps - steps0} shared decode steps (largest batch ${st.maxBatch}), ${(toks / wall).toFixed(1)} tok/s overall`);
+    out(`decode time outside the model (thread hop, scheduling, sampling): ${(100 * st.overhead).toFixed(1)}% of ${(st.decodeMs + st.acceptMs).toFixed(0)} ms`);
     // 6. Quantization error: next-token distributions of the float and quantized models.
     if (compareWith) {
       const seq = prompt.slice(0, Math.min(prompt.length, 48));

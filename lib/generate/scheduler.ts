@@ -46,7 +46,7 @@ export interface GenerateOptions extends SamplingOptions {
   maxTokens?: number;
   /** Token ids that end generation (not included in the output). */
   stopTokens?: readonly number[];
-  /** Strings that end generation (needs a detokenizer; the text is cut before them). */
+  /** Strings that end generation (needs a detokenizer). The text is cut before the stop string; `tokens` keeps the token that completed it. */
   stopStrings?: readonly string[];
   signal?: AbortSignal;
   /** Report the log-probability (natural log, under the unmodified model distribution) of each token. */
@@ -143,7 +143,7 @@ export class Scheduler<S> {
   private closed = false;
   private wake?: () => void;
   /** Decode steps run so far and the largest batch seen (for tests and stats). */
-  readonly stats = { steps: 0, maxBatch: 0, prefills: 0 };
+  readonly stats = { steps: 0, maxBatch: 0, prefills: 0, /** ms awaiting engine.decode */ decodeMs: 0, /** ms sampling and detokenizing after decode steps */ acceptMs: 0 };
 
   constructor(engine: DecodeEngine<S>, opts: SchedulerOptions = {}) {
     this.engine = engine;
@@ -488,12 +488,15 @@ export class Scheduler<S> {
           for (const r of batch) this.fail(r, e);
           continue;
         }
-        const ms = performance.now() - t0;
+        const t1 = performance.now();
+        const ms = t1 - t0;
+        this.stats.decodeMs += ms;
         batch.forEach((r, i) => {
           r.decodeMs += ms;
           r.decodeSteps++;
           if (!r.done) this.accept(r, logits[i]);
         });
+        this.stats.acceptMs += performance.now() - t1;
       }
     } finally {
       this.running = false;

@@ -68,7 +68,7 @@ export type WorkerMessage =
   | { type: 'progress'; done: number; total: number; what: string }
   | { type: 'ready'; info: ModelInfo }
   | { type: 'loadError'; error: WireError }
-  | { type: 'reply'; id: number; ok: true; value: unknown }
+  | { type: 'reply'; id: number; ok: true; value: unknown; /** ms inside the model call */ ms?: number }
   | { type: 'reply'; id: number; ok: false; error: WireError };
 
 export function toWire(e: unknown): WireError {
@@ -93,6 +93,8 @@ export function rows(packed: Float32Array, V: number): Float32Array[] {
 export const WORKER_SCRIPT = path.join(packageRoot, 'dist', 'models', 'deepseek-v2', 'worker.js');
 
 interface Pending {
+  op: string;
+  t0: number;
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
   stackFrom: Error;
@@ -110,6 +112,12 @@ export class WorkerEngine implements DecodeEngine<number> {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private dead?: Error;
+  /**
+   * Time accounting of prefill and decode calls: `*ComputeMs` inside the model (measured in
+   * the worker), `*RoundTripMs` from posting the request to handling its reply here. The
+   * difference is the cost of the thread hop (messages, transfers, event-loop latency).
+   */
+  readonly timing = { prefillCalls: 0, prefillComputeMs: 0, prefillRoundTripMs: 0, decodeCalls: 0, decodeComputeMs: 0, decodeRoundTripMs: 0 };
 
   private constructor(worker: Worker, info: ModelInfo) {
     this.worker = worker;
@@ -122,6 +130,19 @@ export class WorkerEngine implements DecodeEngine<number> {
       if (!p) return;
       this.pending.delete(m.id);
       if (this.pending.size === 0) worker.unref();
+      if (m.ok && (p.op === 'decode' || p.op === 'prefill') && m.ms !== undefined) {
+        const t = this.timing;
+        const rt = performance.now() - p.t0;
+        if (p.op === 'decode') {
+          t.decodeCalls++;
+          t.decodeComputeMs += m.ms;
+          t.decodeRoundTripMs += rt;
+        } else {
+          t.prefillCalls++;
+          t.prefillComputeMs += m.ms;
+          t.prefillRoundTripMs += rt;
+        }
+      }
       if (m.ok) p.resolve(m.value);
       else p.reject(fromWire(m.error, p.stackFrom));
     });
@@ -189,7 +210,7 @@ export class WorkerEngine implements DecodeEngine<number> {
     const id = this.nextId++;
     const stackFrom = new Error();
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, stackFrom });
+      this.pending.set(id, { op: String(msg.op), t0: performance.now(), resolve: resolve as (v: unknown) => void, reject, stackFrom });
       if (this.pending.size === 1) this.worker.ref();
       this.worker.postMessage({ ...msg, id }, transfer);
     });

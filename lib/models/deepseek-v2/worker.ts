@@ -102,6 +102,7 @@ port.on('message', (m: WorkerRequest) => {
     let value: unknown;
     let transfer: ArrayBuffer[] | undefined;
     const V = model.vocabSize;
+    const t0 = performance.now();
     switch (m.op) {
       case 'admission':
         value = model.cache.admission(m.tokens);
@@ -135,7 +136,7 @@ port.on('message', (m: WorkerRequest) => {
         value = null;
         break;
     }
-    post({ type: 'reply', id: m.id, ok: true, value }, transfer);
+    post({ type: 'reply', id: m.id, ok: true, value, ms: performance.now() - t0 }, transfer);
     if (m.op === 'dispose') port.close();
   } catch (e) {
     post({ type: 'reply', id: m.id, ok: false, error: toWire(e) });
