@@ -119,7 +119,7 @@ TEST(kv_rows_and_paged_decode_match_f64_and_reject_bad_tables) {
   slots[5] = int32_t(numPages * pageSize);
   EXPECT_TRUE(kvWriteRows(p, segs, 2, x.data(), D, T, slots.data()) == Status::kRange);
   EXPECT_TRUE(kvReadRows(p, segs, 2, rows.data(), D, T, slots.data()) == Status::kRange);
-  KvPages tiny = p;
-  tiny.rowBytes = rowBytes - 1;
+  KvPages tiny = p;  // the last slot's rope segment would end one byte past the page
+  tiny.pageBytes = pageBytes - 1;
   EXPECT_TRUE(kvWriteRows(tiny, segs, 2, x.data(), D, 1, slots.data()) == Status::kShape);
 }
