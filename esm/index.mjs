@@ -17,12 +17,5 @@ export const {
   cudaInfo,
   allocateNative,
   mapFile,
-  MlaKVCache,
-  PagedKVCache,
-  KV_CACHE_TYPES,
-  KV_BYTES_PER_VALUE,
-  KV_DEFAULT_HADAMARD,
-  kvQuantize,
-  kvDequantize,
 } = kvant;
 export default kvant;
