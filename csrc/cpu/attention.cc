@@ -27,6 +27,15 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 namespace scalar {
 namespace {
+void qk(const float* q, size_t ldq, size_t m, const float* k, size_t ldk, size_t n, size_t d, float* s, size_t lds) {
+  for (size_t i = 0; i < m; ++i)
+    for (size_t j = 0; j < n; ++j) {
+      float a = 0;
+      for (size_t t = 0; t < d; ++t) a += q[i * ldq + t] * k[j * ldk + t];
+      s[i * lds + j] = a;
+    }
+}
+
 void pv(const float* p, size_t ldp, size_t m, size_t n, const float* v, size_t ldv, size_t dv, float* acc, size_t lda) {
   for (size_t i = 0; i < m; ++i)
     for (size_t j = 0; j < n; ++j) {
@@ -35,7 +44,7 @@ void pv(const float* p, size_t ldp, size_t m, size_t n, const float* v, size_t l
     }
 }
 }  // namespace
-const AttnKernels kAttnKernels = {pv};
+const AttnKernels kAttnKernels = {qk, pv};
 }  // namespace scalar
 
 const AttnKernels* attnKernelsFor(Isa isa) {
@@ -94,11 +103,8 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
     for (size_t j0 = 0; j0 < kEnd; j0 += kFlashBc) {
       const size_t cols = kEnd - j0 < kFlashBc ? kEnd - j0 : kFlashBc;
       const float* kBase = a.k + ((k0 + j0) * Hkv + hk) * Dqk;
-      // S = Q_blk · K_blkᵀ through the gemm tile (4x4 at a time).
-      for (size_t i = 0; i < rows; i += 4)
-        for (size_t j = 0; j < cols; j += 4)
-          g->tileF32(qBase + i * ldq, ldq, rows - i < 4 ? rows - i : 4, kBase + j * ldk, ldk, cols - j < 4 ? cols - j : 4, Dqk,
-                     s + i * kFlashBc + j, kFlashBc);
+      // S = Q_blk · K_blkᵀ (2x4 register tiles, one joint reduction per tile).
+      ak->qk(qBase, ldq, rows, kBase, ldk, cols, Dqk, s, kFlashBc);
       for (size_t i = 0; i < rows; ++i) {
         float* si = s + i * kFlashBc;
         const long visible = a.causal ? long(r0 + i) + shift + 1 - long(j0) : long(cols);  // keys j0.. visible to row i
@@ -379,9 +385,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
         if (a.k1.n) kv->decode(a.k1.type, row + a.k1.offset + hk * a.headStride, a.k1.n, kbuf.data() + r * Dk + a.k0.n);
         if (!a.vFromKey) kv->decode(a.v.type, row + a.v.offset + hk * a.headStride, Dv, vbuf.data() + r * Dv);
       }
-      for (size_t i = 0; i < group; i += 4)
-        for (size_t r = 0; r < n; r += 4)
-          g->tileF32(qbuf.data() + i * Dk, Dk, std::min<size_t>(4, group - i), kbuf.data() + r * Dk, Dk, std::min<size_t>(4, n - r), Dk, s + i * kRows + r, kRows);
+      ak->qk(qbuf.data(), Dk, group, kbuf.data(), Dk, n, Dk, s, kRows);
       for (size_t j = 0; j < group; ++j) {
         float* sj = s + j * kRows;
         float bm = kNegInf;

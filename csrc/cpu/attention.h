@@ -22,7 +22,11 @@ namespace kvant {
 // split rows among threads). The AVX2 version keeps a 4-row x 16-column block of acc in
 // registers across all n rows of V: each V vector loaded is used by 4 rows (query heads),
 // where a per-row axpy would reload and re-store acc for every j.
+//
+// qk: s[i·lds + j] = Σ_t q[i·ldq + t] · k[j·ldk + t] (i < m, j < n), 2 query rows x 4 keys
+// per register tile; an output depends only on its own row and key, never on m or n.
 struct AttnKernels {
+  void (*qk)(const float* q, size_t ldq, size_t m, const float* k, size_t ldk, size_t n, size_t d, float* s, size_t lds);
   void (*pv)(const float* p, size_t ldp, size_t m, size_t n, const float* v, size_t ldv, size_t dv, float* acc, size_t lda);
 };
 namespace scalar { extern const AttnKernels kAttnKernels; }

@@ -5,6 +5,7 @@
  * Decode rows carry rel_error: the relative L2 error of the attention output vs an f64
  * computation over the unquantized keys/values (which have outlier channels).
  */
+import * as fs from 'node:fs';
 import { KV_CACHE_TYPES, KvCacheType } from '../kv/format';
 import { kvQuantize } from '../kv/codec';
 import { MlaKVCache } from '../kv/mla-cache';
@@ -73,6 +74,21 @@ function prefillCase(naive: boolean, S: number, H: number, Dqk: number, Dv: numb
 
 const CHUNK = 512;
 
+/**
+ * The last-level cache one core sees: sysfs's L3 of cpu0 when it is smaller than the
+ * harness's figure (getconf reports the whole package's L3 on some VMs, 256 MiB here, while
+ * a core's L3 slice is 32 MiB), so working sets are 4x the cache that can serve them.
+ */
+function coreLlc(machine: Machine): Pick<Machine, 'llc_bytes'> {
+  try {
+    const m = /^(\d+)K$/.exec(fs.readFileSync('/sys/devices/system/cpu/cpu0/cache/index3/size', 'utf8').trim());
+    if (m) return { llc_bytes: Math.min(machine.llc_bytes, Number(m[1]) * 1024) };
+  } catch {
+    // no sysfs: keep the harness's value
+  }
+  return machine;
+}
+
 function decodeCase(type: KvCacheType, T: number, machine: Machine, quick: boolean): BenchCase {
   const Hkv = 32;
   const D = 128;
@@ -81,7 +97,7 @@ function decodeCase(type: KvCacheType, T: number, machine: Machine, quick: boole
   const probe = new PagedKVCache({ layers: 1, kvHeads: Hkv, headDim: D, type });
   const layerBytes = probe.bytesPerToken * T;
   probe.dispose();
-  const layers = copiesFor(layerBytes, machine, quick);
+  const layers = copiesFor(layerBytes, coreLlc(machine), quick);
   const c: BenchCase = {
     name: `decode_attn ${type} sk=${T} 32x128`,
     kernel: 'decode_attn',
@@ -134,7 +150,7 @@ function mlaCase(type: KvCacheType, T: number, machine: Machine, quick: boolean)
   const probe = new MlaKVCache({ layers: 1, latentDim: L, ropeDim: R, type });
   const layerBytes = probe.bytesPerToken * T;
   probe.dispose();
-  const layers = copiesFor(layerBytes, machine, quick);
+  const layers = copiesFor(layerBytes, coreLlc(machine), quick);
   const scale = 0.1147214; // DeepSeek-V2(-Lite) softmax scale with the YaRN correction (SPEC §1.7)
   const c: BenchCase = {
     name: `mla_decode ${type} sk=${T} 16x(512+64)`,

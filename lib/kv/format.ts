@@ -35,6 +35,7 @@ export const KV_TYPE_CODE: Record<KvCacheType, number> = { f16: 0, bf16: 1, q8: 
  */
 export const KV_DEFAULT_HADAMARD: Record<KvCacheType, boolean> = { f16: false, bf16: false, q8: true, q6: true, q4: true };
 
+/** True for the per-group quantized types (q8, q6, q4). */
 export function isQuantized(t: KvCacheType): boolean {
   return t === 'q8' || t === 'q6' || t === 'q4';
 }

@@ -42,6 +42,7 @@ export function checkPaging(pageSize: unknown, budgetBytes: unknown): number {
   return ps;
 }
 
+/** Validates an integer dimension in min..65536 (KVANT_SHAPE otherwise). */
 export function checkDim(v: unknown, name: string, min = 1): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > 65536) throw expected('KVANT_SHAPE', `an integer in ${min}..65536`, name, v);
   return v;

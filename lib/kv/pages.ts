@@ -269,7 +269,8 @@ export class SequenceTable {
     const s = this.get(seq);
     for (const p of s.pages) this.pool.incref(p);
     const id = this.nextId++;
-    this.seqs.set(id, { pages: [...s.pages], lengths: [...s.lengths], reservedPages: s.pages.length });
+    // The fork owns no reservation: its pages are shared, and truncating it releases them.
+    this.seqs.set(id, { pages: [...s.pages], lengths: [...s.lengths], reservedPages: 0 });
     return id;
   }
 

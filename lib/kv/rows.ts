@@ -39,11 +39,13 @@ function pageArgs(p: LayerPages): [RawStorage, number, number, number, number, n
   return [...t3(p.pool), p.numPages, p.pageSize, p.pageBytes, p.layerOffset, p.rowBytes];
 }
 
+/** Encodes dense rows into their slots of one layer (native; slots range-checked there). */
 export function writeRows(p: LayerPages, segs: readonly KvSegmentDesc[], rows: Tensor, width: number, slots: Int32Array, isa?: IsaLevel): void {
   const s = packSegments(segs);
   callNative(() => native().kvWrite(...pageArgs(p), ...bytes(s), segs.length, ...t3(rows), width, slots.length, ...bytes(slots), isaCode(isa)));
 }
 
+/** Decodes the rows at `slots` of one layer into `out` (original domain). */
 export function readRows(p: LayerPages, segs: readonly KvSegmentDesc[], out: Tensor, width: number, slots: Int32Array, isa?: IsaLevel): void {
   const s = packSegments(segs);
   callNative(() => native().kvRead(...pageArgs(p), ...bytes(s), segs.length, ...t3(out), width, slots.length, ...bytes(slots), isaCode(isa)));
@@ -58,6 +60,7 @@ export interface DecodeLayout {
   vFromKey: boolean;
 }
 
+/** Batched paged decode attention over one layer (see csrc/cpu/attention.h `pagedDecode`). */
 export function pagedDecodeRaw(
   q: Tensor, out: Tensor, lse: Tensor, B: number, Hq: number, Hkv: number, scale: number, p: LayerPages,
   pageTable: Int32Array, maxPages: number, seqLens: Int32Array, layout: DecodeLayout, isa?: IsaLevel,

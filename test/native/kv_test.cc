@@ -36,6 +36,15 @@ TEST(kv_codecs_agree_across_isa_levels_and_stay_within_half_a_step) {
         ref->decode(t, a.data(), n, ya.data());
         k->decode(t, a.data(), n, yb.data());
         for (size_t i = 0; i < n; ++i) EXPECT_TRUE(ya[i] == yb[i]);
+        // Fused forms vs the decoded values in f64: dot over n terms within γ_n of Σ|q·x|,
+        // axpy exact up to one rounding per element.
+        auto qv = randn(n, 77);
+        double want = 0, mag = 0;
+        for (size_t i = 0; i < n; ++i) want += double(qv[i]) * ya[i], mag += std::fabs(double(qv[i]) * ya[i]);
+        EXPECT_TRUE(std::fabs(k->dot(t, a.data(), qv.data(), n) - want) <= (n + 2) * 6e-8 * mag + 1e-30);
+        std::vector<float> acc = qv;
+        k->axpy(t, a.data(), 0.375f, acc.data(), n);
+        for (size_t i = 0; i < n; ++i) EXPECT_TRUE(std::fabs(acc[i] - (qv[i] + 0.375 * ya[i])) <= 1.2e-7 * (std::fabs(qv[i]) + std::fabs(0.375 * ya[i])));
         if (!kvQuantized(t)) continue;
         std::vector<float> y = x;
         if (had) ref->hadamard32(y.data(), n);
@@ -110,7 +119,7 @@ TEST(kv_rows_and_paged_decode_match_f64_and_reject_bad_tables) {
   slots[5] = int32_t(numPages * pageSize);
   EXPECT_TRUE(kvWriteRows(p, segs, 2, x.data(), D, T, slots.data()) == Status::kRange);
   EXPECT_TRUE(kvReadRows(p, segs, 2, rows.data(), D, T, slots.data()) == Status::kRange);
-  KvPages tiny = p;
-  tiny.rowBytes = rowBytes - 1;
+  KvPages tiny = p;  // the last slot's rope segment would end one byte past the page
+  tiny.pageBytes = pageBytes - 1;
   EXPECT_TRUE(kvWriteRows(tiny, segs, 2, x.data(), D, 1, slots.data()) == Status::kShape);
 }
