@@ -96,4 +96,12 @@ Status gptqQuantize(const QuantFormat& f, const float* w, const float* H, const 
                     uint32_t* qweight, uint32_t* qzeros, uint16_t* scales, int32_t* gIdx, GptqStats* stats,
                     const std::atomic<bool>* cancel, int64_t* badIndex, Isa isa = Isa(-1));
 
+// Benchmark bodies (lib/bench/quant-cases.ts), on caller-owned buffers. Factor: fills M [K, K]
+// with a diagonally dominant SPD matrix (O(K^2), cheap next to the K^3 work) and runs the
+// reversed Cholesky + triangular inverse; returns false if it was not positive definite.
+// Update: the lazy block updates of a whole GPTQ pass, W[:, i2:] -= Err * U[i1:i2, i2:] for
+// every block of B columns, on W [N, K], U [K, K], Err [N, B].
+bool gptqBenchFactor(double* M, int64_t K, double* scratch, Isa isa = Isa(-1));
+void gptqBenchUpdate(float* W, const float* U, const float* Err, int64_t N, int64_t K, int64_t B, Isa isa = Isa(-1));
+
 }  // namespace kvant
