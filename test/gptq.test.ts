@@ -193,6 +193,15 @@ describe('GPTQ', () => {
     const ctl = new AbortController();
     ctl.abort();
     await expect(quantizeGptqAsync(w, h, { bits: 4, groupSize: 64 }, { signal: ctl.signal })).rejects.toMatchObject({ code: 'KVANT_ABORTED' });
+    // Aborted while queued behind a blocker on the FIFO job queue: the job starts with its flag
+    // set and stops at the first check (deterministic, no timing involved).
+    const big = Tensor.random([1 << 22], 'f32', { seed: 1 });
+    const blocker = big.toAsync('f16');
+    const ctl2 = new AbortController();
+    const job = quantizeGptqAsync(w, h, { bits: 4, groupSize: 64 }, { signal: ctl2.signal });
+    ctl2.abort();
+    await blocker;
+    await expect(job).rejects.toMatchObject({ code: 'KVANT_ABORTED' });
     hz.dispose();
   });
 });

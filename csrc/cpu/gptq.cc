@@ -121,7 +121,8 @@ template void gptqGemm<float>(const GptqKernels&, int64_t, int64_t, int64_t, flo
 template void gptqGemm<double>(const GptqKernels&, int64_t, int64_t, int64_t, double, const double*, int64_t, int64_t, const double*,
                                int64_t, double*, int64_t, GemmMode);
 
-Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, double b, int64_t* badIndex, Isa isa) {
+Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, double b, float* scratch, int64_t* badIndex,
+                  Isa isa) {
   const GptqKernels* kk = gptqKernelsFor(isa);
   if (!kk) return Status::kBackend;
   if (!(b > 0) || !(n >= 0)) return Status::kRange;
@@ -135,9 +136,15 @@ Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, doub
     for (int64_t i = int64_t(t) * 64; i < std::min(K, int64_t(t + 1) * 64); ++i)
       for (int64_t j = 0; j < K; ++j) H[i * K + j] *= keep;
   });
-  // X^T X: A(i, p) = X[p][i] (rsA = 1, csA = K), B = X. Lower blocks only, then mirrored, so H
+  // X^T X: A = X^T (transposed once into scratch), B = X. Lower blocks only, then mirrored, so H
   // stays exactly symmetric.
-  gptqGemm<float>(*kk, K, K, T, alpha, X, 1, K, X, K, H, K, GemmMode::kLowerTiles);
+  float* Xt = scratch;
+  threadPool().parallelFor(size_t((K + 63) / 64), [&](size_t t) {
+    const int64_t k0 = int64_t(t) * 64, k1 = std::min(K, k0 + 64);
+    for (int64_t p = 0; p < T; ++p)
+      for (int64_t k = k0; k < k1; ++k) Xt[k * T + p] = X[p * K + k];
+  });
+  gptqGemm<float>(*kk, K, K, T, alpha, Xt, T, 1, X, K, H, K, GemmMode::kLowerTiles);
   threadPool().parallelFor(size_t((K + 63) / 64), [&](size_t t) {
     for (int64_t i = int64_t(t) * 64; i < std::min(K, int64_t(t + 1) * 64); ++i)
       for (int64_t j = i + 1; j < K; ++j) H[i * K + j] = H[j * K + i];
@@ -145,11 +152,12 @@ Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, doub
   return Status::kOk;
 }
 
-bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch) {
+bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch, const std::atomic<bool>* cancel) {
   // Right-looking blocked Cholesky: factor the nb x nb diagonal block, solve the panel below
   // it, subtract panel * panel^T from the trailing matrix (the GEMM that carries the K^3/3).
   std::atomic<bool> ok{true};
   for (int64_t J0 = 0; J0 < K; J0 += kGptqNb) {
+    if (cancel && cancel->load()) return false;
     const int64_t J1 = std::min(K, J0 + kGptqNb), nb = J1 - J0;
     for (int64_t j = J0; j < J1; ++j) {
       double d = A[j * K + j];
@@ -202,11 +210,12 @@ bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch)
   return ok.load();
 }
 
-void invertLower(const GptqKernels& kk, double* L, int64_t K, double* scratch) {
+void invertLower(const GptqKernels& kk, double* L, int64_t K, double* scratch, const std::atomic<bool>* cancel) {
   // Block row I of X = L^-1:  X[I, I] = L[I, I]^-1,  X[I, :I0] = -X[I, I] (L[I, :I0] X[:I0, :I0]).
   // Rows above I0 already hold X (lower triangular, zeros above: the GEMM skips those terms).
   double Xd[kGptqNb * kGptqNb];
   for (int64_t I0 = 0; I0 < K; I0 += kGptqNb) {
+    if (cancel && cancel->load()) return;
     const int64_t I1 = std::min(K, I0 + kGptqNb), m = I1 - I0;
     std::fill(Xd, Xd + m * m, 0.0);
     for (int64_t j = 0; j < m; ++j) {
@@ -332,13 +341,15 @@ Status gptqQuantize(const QuantFormat& f, const float* w, const float* H, const 
         M[i * K + i] = diag[size_t(pi)] + lambda;
       }
     });
-    if (choleskyLower(kk, M, K, ws.t.data())) break;
+    if (choleskyLower(kk, M, K, ws.t.data(), cancel)) break;
+    if (cancel && cancel->load()) return Status::kAborted;
     ++st.retries;
     damp *= 4;
     if (damp >= 1.0) return Status::kRange;
   }
   st.dampPercent = damp;
-  invertLower(kk, M, K, ws.t.data());
+  invertLower(kk, M, K, ws.t.data(), cancel);
+  if (cancel && cancel->load()) return Status::kAborted;
   float* U = ws.u.data();
   threadPool().parallelFor(size_t((K + 63) / 64), [&](size_t t) {
     for (int64_t i = int64_t(t) * 64; i < std::min(K, int64_t(t + 1) * 64); ++i)

@@ -52,14 +52,17 @@ void gptqGemm(const GptqKernels& kk, int64_t M, int64_t Nc, int64_t Kc, T alpha,
               int64_t ldb, T* C, int64_t ldc, GemmMode mode);
 
 // H = H * n/(n+b) + 2/(n+b) * X^T X for a batch X [T, K] of b sequences seen after n.
-// X must be finite (kRange, *badIndex = flat index).
-Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, double b, int64_t* badIndex, Isa isa = Isa(-1));
+// X must be finite (kRange, *badIndex = flat index). scratch: T * K floats (X transposed, so the
+// GEMM's A rows are contiguous instead of a page apart).
+Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, double b, float* scratch, int64_t* badIndex,
+                  Isa isa = Isa(-1));
 
 // In-place lower Cholesky of the f64 matrix A [K, K] (ld K); strict upper part zeroed.
-// Returns false when a pivot is not positive (not positive definite).
-bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch);
+// Returns false when a pivot is not positive (not positive definite) or *cancel was set
+// (checked between panels: a 10944-wide factorization takes tens of seconds).
+bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch, const std::atomic<bool>* cancel = nullptr);
 // In-place inverse of a lower-triangular L (upper part zero). scratch: kGptqNb * K doubles.
-void invertLower(const GptqKernels& kk, double* L, int64_t K, double* scratch);
+void invertLower(const GptqKernels& kk, double* L, int64_t K, double* scratch, const std::atomic<bool>* cancel = nullptr);
 constexpr int64_t kGptqNb = 96;  // panel width of the factorization (a multiple of MR)
 
 struct GptqOptions {

@@ -187,7 +187,14 @@ Napi::Value hessianB(const Napi::CallbackInfo& info) {
   const Isa isa = info[10].IsNumber() ? Isa(info[10].As<Napi::Number>().Int32Value()) : Isa(-1);
   if (int(isa) >= 0 && !gptqKernelsFor(isa)) throwKvant(env, "KVANT_BACKEND", std::string("ISA level ") + isaName(isa) + " is not supported on this CPU");
   int64_t bad = -1;
-  const Status s = hessianAdd(reinterpret_cast<float*>(h.data), int64_t(K), reinterpret_cast<const float*>(x.data), int64_t(T), n, b, &bad, isa);
+  std::vector<float> scratch;
+  try {
+    scratch.resize(size_t(T * K));
+  } catch (const std::bad_alloc&) {
+    throwKvant(env, "KVANT_OOM", "Hessian accumulation: no memory for the transposed batch (" + std::to_string(T * K * 4) + " bytes)");
+  }
+  const Status s = hessianAdd(reinterpret_cast<float*>(h.data), int64_t(K), reinterpret_cast<const float*>(x.data), int64_t(T), n, b,
+                              scratch.data(), &bad, isa);
   if (s == Status::kRange && bad >= 0)
     throwKvant(env, "KVANT_RANGE", "Expected finite calibration activations but x[" + std::to_string(bad / int64_t(K)) + ", " +
                                        std::to_string(bad % int64_t(K)) + "] is " + std::to_string(reinterpret_cast<const float*>(x.data)[bad]));

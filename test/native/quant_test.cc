@@ -156,7 +156,8 @@ TEST(gptq_runs_clean_and_beats_rtn_on_its_objective) {
   for (int64_t t = 0; t < T; ++t) x[size_t(t * K + 17)] *= 20.0f;  // an outlier channel
   for (auto& v : w) v = gauss(s) * 0.05f;
   int64_t bad = -1;
-  EXPECT_TRUE(hessianAdd(H.data(), K, x.data(), T, 0, 1, &bad) == Status::kOk);
+  std::vector<float> xt(size_t(T * K));
+  EXPECT_TRUE(hessianAdd(H.data(), K, x.data(), T, 0, 1, xt.data(), &bad) == Status::kOk);
   GptqOptions o;
   o.actOrder = true;
   GptqWorkspace ws;
@@ -184,6 +185,6 @@ TEST(gptq_runs_clean_and_beats_rtn_on_its_objective) {
   EXPECT_TRUE(st.errNum > 0 && st.errNum < num);
   std::vector<float> xn = x;
   xn[5] = NAN;
-  EXPECT_TRUE(hessianAdd(H.data(), K, xn.data(), T, 1, 1, &bad) == Status::kRange);
+  EXPECT_TRUE(hessianAdd(H.data(), K, xn.data(), T, 1, 1, xt.data(), &bad) == Status::kRange);
   EXPECT_EQ(bad, 5);
 }
