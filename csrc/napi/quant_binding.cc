@@ -328,10 +328,10 @@ Napi::Value benchPrepareB(const Napi::CallbackInfo& info) {
   if (s.K == 0 || s.N == 0 || s.B == 0) throwKvant(info.Env(), "KVANT_SHAPE", "Expected positive N, K and B");
   try {
     s.m.assign(size_t(s.K * s.K), 0.0);
-    s.scratch.assign(size_t(kGptqNb * s.K), 0.0);
+    s.scratch.assign(size_t(gptqFactorScratch(s.K)), 0.0);
     s.w.assign(size_t(s.N * s.K), 0.5f);
     s.u.assign(size_t(s.K * s.K), 0.001f);
-    s.err.assign(size_t(s.N * s.B), 0.01f);
+    s.err.assign(size_t(s.N * s.B * kGptqSuper), 0.01f);
   } catch (const std::bad_alloc&) {
     const int64_t K = s.K;
     s = BenchState();

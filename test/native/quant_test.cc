@@ -110,13 +110,13 @@ TEST(quant_make_sequential_round_trip) {
 
 TEST(gptq_factor_inverts_a_cholesky_factor) {
   uint64_t s = 11;
-  const int64_t K = 203;  // three panels, the last partial
-  std::vector<double> X(size_t(K * 40)), A(size_t(K * K)), L, scratch(size_t(kGptqNb * K));
+  const int64_t K = 603;  // three panels, the last partial
+  std::vector<double> X(size_t(K * 100)), A(size_t(K * K)), L, scratch(size_t(gptqFactorScratch(K)));
   for (auto& v : X) v = gauss(s);
   for (int64_t i = 0; i < K; ++i)
     for (int64_t j = 0; j < K; ++j) {
       double a = i == j ? 1.0 : 0.0;
-      for (int64_t t = 0; t < 40; ++t) a += X[size_t(t * K + i)] * X[size_t(t * K + j)];
+      for (int64_t t = 0; t < 100; ++t) a += X[size_t(t * K + i)] * X[size_t(t * K + j)];
       A[size_t(i * K + j)] = a;
     }
   for (Isa isa : levels()) {
