@@ -66,7 +66,7 @@ void gptqGemm(const GptqKernels& kk, int64_t M, int64_t Nc, int64_t Kc, T alpha,
   // Blocks: 96 rows x 128 columns of C; k in blocks of 256. A 256 x 128 f32 slice of B is
   // 128 KB (f64: 256 KB), inside the 512 KB L2 of the machines measured, while the A rows of
   // a micro-tile (6 x 256) stay in L1.
-  constexpr int64_t kRowsBlock = 96, kColsBlock = 128, kKBlock = 256;
+  constexpr int64_t kRowsBlock = 480, kColsBlock = 128, kKBlock = 256;
   constexpr int64_t NR = sizeof(T) == 4 ? kGptqNrF32 : kGptqNrF64;
   if (M <= 0 || Nc <= 0 || Kc <= 0) return;
   const int64_t rb = (M + kRowsBlock - 1) / kRowsBlock, cb = (Nc + kColsBlock - 1) / kColsBlock;
@@ -92,6 +92,7 @@ void gptqGemm(const GptqKernels& kk, int64_t M, int64_t Nc, int64_t Kc, T alpha,
           const T* src = B + p * ldb + j;
           T* d = dst + (p - p0) * NR;
           for (int64_t c = 0; c < nr; ++c) d[c] = src[c];
+          for (int64_t c = nr; c < NR; ++c) d[c] = T(0);  // edge tiles run the full kernel
         }
       }
       for (int64_t i = i0; i < i1; i += kGptqMr) {
@@ -108,7 +109,18 @@ void gptqGemm(const GptqKernels& kk, int64_t M, int64_t Nc, int64_t Kc, T alpha,
             if constexpr (sizeof(T) == 4) kk.tileF32(a, rsA, csA, b, NR, p1 - ps, alpha, c, ldc);
             else kk.tileF64(a, rsA, csA, b, NR, p1 - ps, alpha, c, ldc);
           } else {
-            tileGeneric<T, NR>(a, rsA, csA, b, NR, p1 - ps, alpha, c, ldc, mr, nr);
+            // Edge tile: zero-padded copies of its A rows and C block through the same vector
+            // kernel (a scalar edge took ~15% of the time at K = 3072).
+            const int64_t kc = p1 - ps;
+            T abuf[kGptqMr * kKBlock], cbuf[kGptqMr * NR];
+            for (int64_t r = 0; r < kGptqMr; ++r)
+              for (int64_t p = 0; p < kc; ++p) abuf[r * kc + p] = r < mr ? a[r * rsA + p * csA] : T(0);
+            for (int64_t r = 0; r < kGptqMr; ++r)
+              for (int64_t q = 0; q < NR; ++q) cbuf[r * NR + q] = r < mr && q < nr ? c[r * ldc + q] : T(0);
+            if constexpr (sizeof(T) == 4) kk.tileF32(abuf, kc, 1, b, NR, kc, alpha, cbuf, NR);
+            else kk.tileF64(abuf, kc, 1, b, NR, kc, alpha, cbuf, NR);
+            for (int64_t r = 0; r < mr; ++r)
+              for (int64_t q = 0; q < nr; ++q) c[r * ldc + q] = cbuf[r * NR + q];
           }
         }
       }
@@ -145,9 +157,15 @@ Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, doub
       for (int64_t k = k0; k < k1; ++k) Xt[k * T + p] = X[p * K + k];
   });
   gptqGemm<float>(*kk, K, K, T, alpha, Xt, T, 1, X, K, H, K, GemmMode::kLowerTiles);
+  // Mirror in 64 x 64 tiles: a row-by-row copy would read the lower half down columns, one cache
+  // line (and at K = 10944 one page) per element.
   threadPool().parallelFor(size_t((K + 63) / 64), [&](size_t t) {
-    for (int64_t i = int64_t(t) * 64; i < std::min(K, int64_t(t + 1) * 64); ++i)
-      for (int64_t j = i + 1; j < K; ++j) H[i * K + j] = H[j * K + i];
+    const int64_t i0 = int64_t(t) * 64, i1 = std::min(K, i0 + 64);
+    for (int64_t j0 = i0; j0 < K; j0 += 64) {
+      const int64_t j1 = std::min(K, j0 + 64);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = std::max(j0, i + 1); j < j1; ++j) H[i * K + j] = H[j * K + i];
+    }
   });
   return Status::kOk;
 }
@@ -198,8 +216,10 @@ bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch,
     // Pt[p][r] = L[J1 + r][J0 + p]: the panel transposed, so the GEMM's B rows are contiguous.
     double* Pt = scratch;
     threadPool().parallelFor(size_t((m + 63) / 64), [&](size_t t) {
-      for (int64_t r = int64_t(t) * 64; r < std::min(m, int64_t(t + 1) * 64); ++r)
-        for (int64_t p = 0; p < nb; ++p) Pt[p * m + r] = A[(J1 + r) * K + J0 + p];
+      const int64_t r0 = int64_t(t) * 64, r1 = std::min(m, r0 + 64);
+      for (int64_t p0 = 0; p0 < nb; p0 += 64)  // 64 x 64 tiles: Pt's rows are m doubles apart
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t p = p0; p < std::min(nb, p0 + 64); ++p) Pt[p * m + r] = A[(J1 + r) * K + J0 + p];
     });
     gptqGemm<double>(kk, m, m, nb, -1.0, A + J1 * K + J0, K, 1, Pt, m, A + J1 * K + J1, K, GemmMode::kLowerTiles);
   }
