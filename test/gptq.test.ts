@@ -123,6 +123,20 @@ describe('GPTQ', () => {
     h2.dispose();
   });
 
+  it('per-channel (group -1) with and without static groups: the f64 reference, better than RTN', () => {
+    for (const [actOrder, staticGroups] of [[false, false], [true, true]]) {
+      const ref = gptqRef(wd, H, N, K, { bits: 4, G: -1, sym: false, actOrder, staticGroups, damp: 0.01 });
+      const { q } = quantizeGptq(w, h, { bits: 4, groupSize: -1, sym: false, actOrder, staticGroups });
+      expect(q.scales.shape).toEqual([1, N]);
+      const deq = dequantize(q).data() as Float32Array;
+      const rows = new Set<number>();
+      for (let i = 0; i < N * K; i++) if (deq[i] !== ref.deq[i]) rows.add(Math.floor(i / K));
+      expect(rows.size).toBeLessThanOrEqual(3); // see the bound above
+      const rtn = dequantize(quantizeRtn(w, { bits: 4, groupSize: -1, sym: false })).data() as Float32Array;
+      expect(relErrorF64(wd, deq, H, N, K)).toBeLessThan(relErrorF64(wd, rtn, H, N, K));
+    }
+  });
+
   it('act-order helps on activations with outlier channels at every width', () => {
     for (const bits of [2, 3, 4, 8] as QuantBits[]) {
       const plain = quantizeGptq(w, h, { bits, groupSize: 64 }).stats.relError;
