@@ -11,10 +11,6 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { backendInfo } from '../backend';
 import { KvantError } from '../errors';
-import { Checkpoint } from '../io/checkpoint';
-import { LazyTensor, writeShardedSafetensors } from '../io/safetensors';
-import { loadQTensor, readQuantizeConfig } from '../quant/checkpoint';
-import { dequantize } from '../quant/quantize';
 import { loadModel, Model } from '../model';
 import { makeModel } from '../models/deepseek-v2/make-model';
 import { TOKENIZER_CORPUS } from '../text/corpus';
@@ -83,41 +79,6 @@ export function compareLogits(ref: readonly Float32Array[], test: readonly Float
     if (argmax(r) === argmax(test[i])) agree++;
   });
   return { meanKl: sum / ref.length, maxKl: max, top1: agree / ref.length, positions: ref.length };
-}
-
-/**
- * Writes a float (f32) copy of a GPTQ checkpoint: every quantized Linear dequantized exactly
- * (f16 scale times integer code, representable in f32), everything else copied. The model then
- * computes with exactly the quantized weights, through the dense kernels: the quantized model's
- * logits, at float speed and size.
- */
-export function dequantizedCopy(gptqDir: string, outDir: string): void {
-  const ck = Checkpoint.open(gptqDir);
-  try {
-    const qc = readQuantizeConfig(ck);
-    if (!qc) throw new KvantError('KVANT_FORMAT', `${gptqDir}: no quantize_config.json`);
-    const names = ck.names();
-    const prefixes = names.filter((n) => n.endsWith('.qweight')).map((n) => n.slice(0, -'.qweight'.length));
-    const parts = new Set(prefixes.flatMap((p) => ['qweight', 'qzeros', 'scales', 'g_idx'].map((x) => `${p}.${x}`)));
-    const lazy: LazyTensor[] = [];
-    for (const p of prefixes) {
-      const q = loadQTensor(ck, p, qc);
-      lazy.push({ name: `${p}.weight`, dtype: 'f32', shape: [q.format.N, q.format.K], make: () => dequantize(q, 'f32', { native: true }) });
-    }
-    for (const n of names) {
-      if (parts.has(n)) continue;
-      const t = ck.tensor(n); // a view of the mapping: copied, since the writer disposes what make() returns
-      lazy.push({ name: n, dtype: t.dtype, shape: t.shape, make: () => t.to(t.dtype, { native: true }) });
-    }
-    fs.mkdirSync(outDir, { recursive: true });
-    writeShardedSafetensors(outDir, lazy, 2 * 2 ** 30);
-    const config = { ...ck.config };
-    delete config.quantization_config;
-    fs.writeFileSync(path.join(outDir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (fs.existsSync(path.join(gptqDir, f))) fs.copyFileSync(path.join(gptqDir, f), path.join(outDir, f));
-  } finally {
-    ck.close();
-  }
 }
 
 /** Bytes of a folder's safetensors files. */
@@ -195,20 +156,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
     }
     // 3. Load.
     const t0 = performance.now();
-    let model: Model;
-    try {
-      model = await loadModel(runDir, { ...cliLoadOptions('loading'), kvCache, maxWaitMs: 5 });
-    } catch (e) {
-      // A build whose forward cannot read GPTQ weights yet: run the same quantized weights
-      // dequantized to f32, which measures the quantization error but not the 4-bit speed.
-      if (!(e instanceof KvantError && e.code === 'KVANT_FORMAT' && /GPTQ/.test(e.message) && runDir !== floatDir)) throw e;
-      const deq = path.join(tmp, 'gptq4-dequantized');
-      dequantizedCopy(runDir, deq);
-      out('this build\'s forward cannot read GPTQ weights yet: running the GPTQ 4-bit weights dequantized to f32');
-      out('  (the logit comparison below is the quantized model\'s; speed and weight memory are those of f32)');
-      runDir = deq;
-      model = await loadModel(runDir, { ...cliLoadOptions('loading'), kvCache, maxWaitMs: 5 });
-    }
+    const model = await loadModel(runDir, { ...cliLoadOptions('loading'), kvCache, maxWaitMs: 5 });
     open.push(model);
     const loadS = (performance.now() - t0) / 1000;
     const cfg = model.config;
