@@ -54,6 +54,8 @@ describe('kvant demo', () => {
       // A quantized model is not the float model: some divergence, finite.
       expect(Number(m![2])).toBeGreaterThan(0);
       expect(Number.isFinite(Number(m![3]))).toBe(true);
+      expect(out).toMatch(/RTN 4-bit \(same groups\) vs float: mean KL \S+ nats/);
+      expect(out).toMatch(/checkpoint on disk: \d+\.\d+ MiB GPTQ 4-bit vs \d+\.\d+ MiB float/);
     } else {
       expect(out).toContain('GPTQ quantizer not in this build');
     }
