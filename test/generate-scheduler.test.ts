@@ -65,6 +65,20 @@ describe('chunked prefill', () => {
     expect(e.log.filter((l) => l.startsWith('p'))).toEqual(['p0:8', 'p0:8', 'p0:8', 'p0:8', 'p0:8', 'p0:8', 'p0:2']);
   });
 
+  it('short prompts arriving within maxWaitMs are prefilled in one turn and decode together from the first step', async () => {
+    const e = new LoggingEngine();
+    const s = new Scheduler(e, { maxWaitMs: 300, prefillChunk: 64 });
+    const rs: Promise<unknown>[] = [s.generate([1, 2, 3], { maxTokens: 4 })];
+    for (let i = 1; i < 10; i++) {
+      await new Promise((r) => setTimeout(r, 1)); // staggered arrivals, all inside the wait
+      rs.push(s.generate([i, 4, 5], { maxTokens: 4 }));
+    }
+    await Promise.all(rs);
+    const firstDecode = e.log.findIndex((l) => l.startsWith('d'));
+    expect(e.log.slice(0, firstDecode).filter((l) => l.startsWith('p'))).toHaveLength(10);
+    expect(e.log[firstDecode].split(',')).toHaveLength(10);
+  });
+
   it('a running sequence keeps decoding between the chunks of a long prompt', async () => {
     const e = new LoggingEngine();
     const s = new Scheduler(e, { prefillChunk: 8, maxWaitMs: 0, streamBuffer: 1000 });
