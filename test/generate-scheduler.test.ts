@@ -281,14 +281,24 @@ describe('top-p over the whole vocabulary', () => {
     }
   });
 
-  it('a peaked distribution takes the sorted fast path: the same draws as top-k with k = kept size', () => {
+  it('draws each kept token with its renormalized probability', () => {
+    // A peaked distribution (kept set of a few tokens, listed in reverse id order of strength).
     const V = 5000;
-    const logits = Float32Array.from({ length: V }, (_, i) => (i % 97 === 0 ? 10 - i / 1000 : -10));
-    for (let seed = 0; seed < 50; seed++) {
-      const a = new Sampler({ temperature: 1, topP: 0.8, seed }).sample(logits);
-      const kept = keptByDefinition(logits, 1, 0.8);
-      expect(kept.has(a)).toBe(true);
-      expect(new Sampler({ temperature: 1, topK: kept.size, seed }).sample(logits)).toBe(a);
+    const logits = new Float32Array(V).fill(-10);
+    [4000, 3000, 2000, 1000, 10].forEach((t, j) => (logits[t] = 3 + 0.4 * j));
+    const kept = [...keptByDefinition(logits, 1, 0.8)];
+    expect(kept.length).toBeGreaterThan(1);
+    const w = kept.map((t) => Math.exp(logits[t]));
+    const wz = w.reduce((a, b) => a + b, 0);
+    const N = 4000;
+    const count = new Map<number, number>();
+    const s = new Sampler({ temperature: 1, topP: 0.8, seed: 123 });
+    for (let k = 0; k < N; k++) {
+      const t = s.sample(logits);
+      count.set(t, (count.get(t) ?? 0) + 1);
     }
+    expect([...count.keys()].every((t) => kept.includes(t))).toBe(true);
+    // Binomial sd <= sqrt(N/4) ~ 32: within 5 sd of N * p.
+    kept.forEach((t, j) => expect(Math.abs((count.get(t) ?? 0) - (N * w[j]) / wz)).toBeLessThan(160));
   });
 });

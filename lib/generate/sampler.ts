@@ -115,11 +115,16 @@ export function sortKey(logits: Float32Array, i: number): number {
  * an exact sort of the one boundary bucket only. Null when rounding leaves the total short of
  * the target (keep everything).
  */
-export function topPBoundary(logits: Float32Array, e: Float64Array, target: number): { key: number; index: number; keys: Uint32Array } | null {
+export function topPBoundary(
+  logits: Float32Array,
+  e: Float64Array,
+  target: number,
+  scratch?: { keys: Uint32Array; hist: Float64Array },
+): { key: number; index: number; keys: Uint32Array } | null {
   const V = logits.length;
   const bits = new Uint32Array(logits.buffer, logits.byteOffset, V);
-  const keys = new Uint32Array(V);
-  const hist = new Float64Array(65536);
+  const keys = scratch && scratch.keys.length >= V ? scratch.keys : new Uint32Array(V);
+  const hist = scratch ? scratch.hist.fill(0) : new Float64Array(65536);
   for (let i = 0; i < V; i++) {
     const b = bits[i];
     keys[i] = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;
@@ -160,6 +165,8 @@ export class Sampler {
   private readonly rng: SeededRandom;
   private readonly seen = new Set<number>();
   private exps = new Float64Array(0);
+  private keys = new Uint32Array(0);
+  private readonly hist = new Float64Array(65536);
 
   constructor(opts: SamplingOptions, history: readonly number[] = []) {
     this.opts = checkSampling(opts);
@@ -221,33 +228,29 @@ export class Sampler {
   }
 
   /**
-   * Top-p over the whole vocabulary. Peaked distributions (the usual case) are settled by the
-   * 256 best tokens, drawn in sorted order. Otherwise the kept set, the shortest prefix of the
-   * tokens sorted by (logit desc, id asc) whose mass reaches p, is found without sorting the
-   * vocabulary (see topPBoundary) and drawn from in id order: one exp pass and a few linear
-   * passes instead of an O(V log V) sort per token.
+   * Top-p over the whole vocabulary. The kept set, the shortest prefix of the tokens sorted by
+   * (logit desc, id asc) whose mass reaches p, is found without sorting the vocabulary (see
+   * topPBoundary), and the draw walks it in id order: one exp pass and a few linear passes
+   * per token instead of an O(V log V) sort.
    */
   private drawTopP(logits: Float32Array, temperature: number, topP: number): number {
     const V = logits.length;
     const e = this.expsOf(logits, temperature);
     let z = 0;
     for (let i = 0; i < V; i++) z += e[i];
-    const cand = topKIndices(logits, Math.min(V, 256));
-    let acc = 0;
-    for (let i = 0; i < cand.length; i++) {
-      acc += e[cand[i]];
-      if (acc / z >= topP) return this.pick(cand, Array.from(cand.subarray(0, i + 1), (t) => e[t]), i + 1);
-    }
-    const b = topPBoundary(logits, e, topP * z);
+    if (this.keys.length < V) this.keys = new Uint32Array(V);
+    const b = topPBoundary(logits, e, topP * z, { keys: this.keys, hist: this.hist });
     if (!b) return this.drawFull(logits, temperature);
     const keys = b.keys;
-    const kept = (i: number) => keys[i] > b.key || (keys[i] === b.key && i <= b.index);
+    const bk = b.key;
+    const bi = b.index;
+    // NaN logits have e = 0: they can never be drawn, so they need no test here.
     let mass = 0;
-    for (let i = 0; i < V; i++) if (!Number.isNaN(logits[i]) && kept(i)) mass += e[i];
+    for (let i = 0; i < V; i++) if (keys[i] > bk || (keys[i] === bk && i <= bi)) mass += e[i];
     let u = this.rng.next() * mass;
-    let last = b.index;
+    let last = bi;
     for (let i = 0; i < V; i++) {
-      if (Number.isNaN(logits[i]) || !kept(i)) continue;
+      if (!(keys[i] > bk || (keys[i] === bk && i <= bi)) || e[i] === 0) continue;
       last = i;
       u -= e[i];
       if (u < 0) return i;
