@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Admission, DecodeEngine, Scheduler, releasable } from '../lib/generate/scheduler';
-import { Sampler, SeededRandom, argmax, topKIndices, topPBoundary } from '../lib/generate/sampler';
+import { Sampler, SeededRandom, argmax, expNonPositive, topKIndices, topPBoundary } from '../lib/generate/sampler';
 
 interface Seq {
   id: number;
@@ -300,5 +300,23 @@ describe('top-p over the whole vocabulary', () => {
     expect([...count.keys()].every((t) => kept.includes(t))).toBe(true);
     // Binomial sd <= sqrt(N/4) ~ 32: within 5 sd of N * p.
     kept.forEach((t, j) => expect(Math.abs((count.get(t) ?? 0) - (N * w[j]) / wz)).toBeLessThan(160));
+  });
+});
+
+describe('expNonPositive', () => {
+  it('agrees with Math.exp to 1e-9 relative on [-745, 0] and underflows to 0 below', () => {
+    const rnd = new SeededRandom(2);
+    let worst = 0;
+    for (let i = 0; i < 20000; i++) {
+      const x = i < 10000 ? -rnd.next() * 50 : -rnd.next() * 745;
+      const want = Math.exp(x);
+      if (want < 1e-300) continue; // subnormal range: relative error is not meaningful
+      worst = Math.max(worst, Math.abs(expNonPositive(x) - want) / want);
+    }
+    // Taylor remainder (ln2/2)^9/9! ~ 2e-10 plus a few ulps of rounding in Horner's scheme.
+    expect(worst).toBeLessThan(1e-9);
+    expect(expNonPositive(0)).toBe(1);
+    expect(expNonPositive(-Infinity)).toBe(0);
+    expect(expNonPositive(-800)).toBe(0);
   });
 });
