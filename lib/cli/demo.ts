@@ -13,29 +13,11 @@ import { backendInfo } from '../backend';
 import { KvantError } from '../errors';
 import { loadModel, Model } from '../model';
 import { makeModel } from '../models/deepseek-v2/make-model';
+import { quantizeModel } from '../quant/quantize-model';
 import { TOKENIZER_CORPUS } from '../text/corpus';
 import { throughput } from './generate';
 import { cliLoadOptions, parseKvCache } from './model-args';
 import { progressBar } from './progress';
-
-/** The part of the GPTQ checkpoint quantizer's report (lib/quant/quantize-model.ts) the demo prints. */
-interface QuantizeSummary {
-  quantized?: Array<{ method: string; relError: number }>;
-  bytesIn?: number;
-  bytesOut?: number;
-}
-/** The GPTQ checkpoint quantizer (branch `quant`), when this build has it. */
-type QuantizeModel = (o: Record<string, unknown>) => Promise<QuantizeSummary>;
-
-function findQuantizer(): QuantizeModel | null {
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const m = require('../quant/quantize-model') as { quantizeModel?: QuantizeModel };
-    return typeof m.quantizeModel === 'function' ? m.quantizeModel : null;
-  } catch {
-    return null;
-  }
-}
 
 /** Agreement of two models' next-token distributions over the same positions. */
 export interface LogitAgreement {
@@ -133,20 +115,17 @@ export async function demoCommand(argv: string[]): Promise<number> {
     let runDir = floatDir;
     let compareWith: string | null = null;
     let gptqDir: string | undefined;
-    const quantize = alreadyQuantized ? null : findQuantizer();
     if (alreadyQuantized) {
       out('the checkpoint is already GPTQ-quantized: no float model to compare with');
-    } else if (!quantize) {
-      out('GPTQ quantizer not in this build: running the float model (no quantization error to report)');
     } else {
       runDir = path.join(tmp, 'gptq4');
       gptqDir = runDir;
       const bar = progressBar('quantize');
       const t0 = performance.now();
-      const rep = await quantize({ input: floatDir, output: runDir, bits: 4, groupSize: 128, method: 'gptq', onProgress: (p: { done: number; total: number; tensor?: string }) => bar.update(p.done, p.total, p.tensor) });
+      const rep = await quantizeModel({ input: floatDir, output: runDir, bits: 4, groupSize: 128, method: 'gptq', onProgress: (p) => bar.update(p.done, p.total, p.tensor) });
       bar.done();
       out(`quantized with GPTQ 4-bit, group size 128, in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
-      const q = rep?.quantized ?? [];
+      const q = rep.quantized;
       const gptq = q.filter((t) => t.method === 'gptq' && Number.isFinite(t.relError));
       if (q.length > 0) {
         const mean = gptq.reduce((a, t) => a + t.relError, 0) / Math.max(1, gptq.length);
@@ -211,12 +190,12 @@ export async function demoCommand(argv: string[]): Promise<number> {
       const qBytes = folderBytes(gptqDir!);
       const fBytes = folderBytes(compareWith);
       out(`checkpoint on disk: ${mib(qBytes)} GPTQ 4-bit vs ${mib(fBytes)} float (${((100 * qBytes) / fBytes).toFixed(1)}%; embeddings, router and lm_head stay 16-bit)`);
-      if (!values.model && quantize) {
+      if (!values.model) {
         // Context for the number above: plain round-to-nearest at the same bits and groups.
         // quantizeModel calibrates GPTQ on synthetic activations unless given real ones, and on
         // a random model that can lose to RTN; the demo shows both rather than pick one.
         const rtnDir = path.join(tmp, 'rtn4');
-        await quantize({ input: floatDir, output: rtnDir, bits: 4, groupSize: 128, method: 'rtn' });
+        await quantizeModel({ input: floatDir, output: rtnDir, bits: 4, groupSize: 128, method: 'rtn' });
         const rm = await loadModel(rtnDir, { ...cliLoadOptions('loading rtn'), kvCache });
         open.push(rm);
         const b = compareLogits(f, await rm.logits(seq));
