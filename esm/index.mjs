@@ -55,5 +55,15 @@ export const {
   PagedKVCache,
   DeepSeekV2Model,
   parseConfig,
+  linear,
+  flashAttention,
+  rmsNorm,
+  ropeInPlace,
+  siluGate,
+  softmaxInPlace,
+  routeTopK,
+  embedding,
+  argmax,
+  axpyInPlace,
 } = kvant;
 export default kvant;

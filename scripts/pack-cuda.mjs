@@ -29,16 +29,22 @@ if (cudart.length) {
   console.error(`pack-cuda: kvant_cuda.node links the CUDA runtime dynamically:\n${cudart.join('\n')}`);
   process.exit(1);
 }
+// Which architectures the fatbin carries: cuobjdump when the toolkit has it, else the ptxas
+// report the cmake build writes (one "Compiling entry function ... for 'sm_XX'" per kernel and arch).
 let archs = '';
-try {
-  archs = execFileSync('cuobjdump', ['--list-elf', '--list-ptx', binary], { encoding: 'utf8' });
-} catch {
+for (const tool of ['cuobjdump', '/usr/local/cuda/bin/cuobjdump']) {
   try {
-    archs = execFileSync('/usr/local/cuda/bin/cuobjdump', ['--list-elf', '--list-ptx', binary], { encoding: 'utf8' });
-  } catch (e) {
-    console.error(`pack-cuda: cannot list the fatbin (cuobjdump): ${e.message}`);
-    process.exit(1);
+    archs = execFileSync(tool, ['--list-elf', '--list-ptx', binary], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    break;
+  } catch {
+    // not installed here
   }
+}
+const report = path.join(root, 'build-cmake', 'ptxas-report.txt');
+if (!archs && fs.existsSync(report)) archs = fs.readFileSync(report, 'utf8');
+if (!archs) {
+  console.error('pack-cuda: cannot tell which architectures kvant_cuda.node holds (no cuobjdump, no build-cmake/ptxas-report.txt)');
+  process.exit(1);
 }
 for (const sm of ['sm_80', 'sm_86', 'sm_89', 'sm_90']) {
   if (!archs.includes(sm)) {
