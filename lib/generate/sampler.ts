@@ -178,13 +178,17 @@ export function logSoftmaxAt(logits: Float32Array, token: number): number {
   return logits[token] - m - Math.log(z);
 }
 
+/**
+ * Scratch for the full-vocabulary draws, shared by every Sampler of the thread: sample() is
+ * synchronous, so no two draws use it at once, and a server with many sequences keeps one
+ * vocabulary-sized set of buffers instead of one per request.
+ */
+const scratch: { exps: Float64Array; keys: Uint32Array; hist?: Float64Array } = { exps: new Float64Array(0), keys: new Uint32Array(0) };
+
 export class Sampler {
   private readonly opts: Required<SamplingOptions>;
   private readonly rng: SeededRandom;
   private readonly seen = new Set<number>();
-  private exps = new Float64Array(0);
-  private keys = new Uint32Array(0);
-  private readonly hist = new Float64Array(65536);
 
   constructor(opts: SamplingOptions, history: readonly number[] = []) {
     this.opts = checkSampling(opts);
@@ -256,8 +260,9 @@ export class Sampler {
     const e = this.expsOf(logits, temperature);
     let z = 0;
     for (let i = 0; i < V; i++) z += e[i];
-    if (this.keys.length < V) this.keys = new Uint32Array(V);
-    const b = topPBoundary(logits, e, topP * z, { keys: this.keys, hist: this.hist });
+    if (scratch.keys.length < V) scratch.keys = new Uint32Array(V);
+    scratch.hist ??= new Float64Array(65536);
+    const b = topPBoundary(logits, e, topP * z, { keys: scratch.keys, hist: scratch.hist });
     if (!b) return this.drawFull(logits, temperature);
     const keys = b.keys;
     const bk = b.key;
@@ -280,8 +285,8 @@ export class Sampler {
   private expsOf(logits: Float32Array, temperature: number): Float64Array {
     let m = -Infinity;
     for (let i = 0; i < logits.length; i++) if (logits[i] > m) m = logits[i];
-    if (this.exps.length < logits.length) this.exps = new Float64Array(logits.length);
-    const e = this.exps;
+    if (scratch.exps.length < logits.length) scratch.exps = new Float64Array(logits.length);
+    const e = scratch.exps;
     for (let i = 0; i < logits.length; i++) {
       const v = logits[i];
       e[i] = Number.isNaN(v) ? 0 : expNonPositive((v - m) / temperature);
