@@ -14,4 +14,4 @@ export type { BackendInfo, BackendName, CudaStatus } from './backend';
 export { allocateNative, mapFile } from './memory';
 export type { NativeMemoryHandle, RawStorage } from './native';
 export { qlinear, moeMlp } from './ops/qlinear';
-export type { QLinearOptions, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';
+export type { QLinearOptions, QActivations, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';

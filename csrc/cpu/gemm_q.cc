@@ -43,18 +43,33 @@ namespace {
 void columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
   const int bits = w.fmt.bits;
   const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt)), U = size_t(qUnitCodes(bits));
+  const bool q8 = a.act == QAct::kInt8;
   for (size_t n = n0; n < n1; ++n)
     for (size_t m = 0; m < a.M; ++m) {
       const float* xs = a.xs + m * K;
       float acc_y = 0;
       for (size_t g = 0; g * G < K; ++g) {
         const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
-        float acc = 0;
-        for (size_t k = g * G; k < k1; ++k) {
-          const uint32_t c = packedCode(w.qweight + n, N, k, bits) << qInPlaceShift(bits, int(k % U));
-          acc = std::fma(xs[k], float(c), acc);
+        const float z = zeroOf(w, g, n);
+        float t;
+        if (q8) {
+          float A = 0;
+          for (size_t b = 0, kb = g * G; kb < k1; ++b, kb += kQ8Block) {
+            const size_t kb1 = kb + kQ8Block < k1 ? kb + kQ8Block : k1;
+            int32_t I = 0;
+            for (size_t k = kb; k < kb1; ++k) I += int32_t(xs[k]) * int32_t(packedCode(w.qweight + n, N, k, bits));
+            const size_t bi = m * a.nbt + g * a.bpg + b;
+            A = std::fma(std::fma(-z, a.qsum[bi], float(I)), a.dx[bi], A);  // the inner fma is exact
+          }
+          t = A;
+        } else {
+          float acc = 0;
+          for (size_t k = g * G; k < k1; ++k) {
+            const uint32_t c = packedCode(w.qweight + n, N, k, bits) << qInPlaceShift(bits, int(k % U));
+            acc = std::fma(xs[k], float(c), acc);
+          }
+          t = std::fma(-z, a.xsum[m * a.ng + g], acc);
         }
-        const float t = std::fma(-zeroOf(w, g, n), a.xsum[m * a.ng + g], acc);
         acc_y = std::fma(f16ToF32(w.scales[g * N + n]), t, acc_y);
       }
       y[m * ldy + n] = acc_y;
@@ -92,17 +107,45 @@ Status qgemmValidate(const QMatrix& w) {
   return Status::kOk;
 }
 
-size_t qgemmScratchFloats(const QuantFormat& f, size_t M) { return M * size_t(f.K) + M * size_t(qGroupCount(f)); }
+namespace {
+inline size_t up16(size_t n) { return (n + 15) / 16 * 16; }
+inline size_t blocksPerGroup(const QuantFormat& f) { return (size_t(qEffectiveGroup(f)) + kQ8Block - 1) / kQ8Block; }
+}  // namespace
 
-QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, size_t M, float* scratch) {
-  const size_t K = size_t(w.fmt.K), G = size_t(qEffectiveGroup(w.fmt)), ng = size_t(qGroupCount(w.fmt));
+size_t qgemmScratchFloats(const QuantFormat& f, size_t M, QAct act) {
+  const size_t K = size_t(f.K), ng = size_t(qGroupCount(f));
+  if (qActFor(f.bits, act) == QAct::kInt8) return up16(M * K) + up16((M * K + 3) / 4) + 2 * up16(M * ng * blocksPerGroup(f));
+  return up16(M * K) + up16(M * ng);
+}
+
+QActs qgemmActsView(const QuantFormat& f, size_t M, QAct act, float* scratch) {
+  const size_t K = size_t(f.K), ng = size_t(qGroupCount(f));
+  QActs a{};
+  a.M = M;
+  a.K = K;
+  a.ng = ng;
+  a.act = qActFor(f.bits, act);
+  a.xs = scratch;
+  if (a.act == QAct::kInt8) {
+    a.bpg = blocksPerGroup(f);
+    a.nbt = ng * a.bpg;
+    float* p = scratch + up16(M * K);
+    a.qx = reinterpret_cast<const int8_t*>(p);
+    p += up16((M * K + 3) / 4);
+    a.dx = p;
+    a.qsum = p + up16(M * a.nbt);
+  } else {
+    a.xsum = scratch + up16(M * K);
+  }
+  return a;
+}
+
+QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, size_t M, float* scratch, QAct act) {
+  const QActs a = qgemmActsView(w.fmt, M, act, scratch);
+  const size_t K = a.K, G = size_t(qEffectiveGroup(w.fmt)), ng = a.ng;
   const int bits = w.fmt.bits;
   const size_t U = size_t(qUnitCodes(bits));
   float* xs = scratch;
-  float* xsum = scratch + M * K;
-  // 2^−e for each position inside a packing unit (exact powers of two).
-  float inv[32];
-  for (size_t j = 0; j < U; ++j) inv[j] = std::ldexp(1.0f, -qInPlaceShift(bits, int(j)));
   for (size_t m = 0; m < M; ++m) {
     float* xr = xs + m * K;
     for (size_t k = 0; k < K; ++k) {
@@ -113,18 +156,56 @@ QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, siz
       else v = bf16ToF32(static_cast<const uint16_t*>(x)[src]);
       xr[k] = v;
     }
-    for (size_t g = 0; g < ng; ++g) {
-      const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
-      float s = 0;
-      for (size_t k = g * G; k < k1; ++k) s += xr[k];
-      xsum[m * ng + g] = s;
+    if (a.act == QAct::kInt8) {
+      int8_t* qx = const_cast<int8_t*>(a.qx) + m * K;
+      float* dx = const_cast<float*>(a.dx) + m * a.nbt;
+      float* qs = const_cast<float*>(a.qsum) + m * a.nbt;
+      const size_t perByte = size_t(8 / bits);  // codes per byte of a packed word
+      for (size_t g = 0; g < ng; ++g) {
+        const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
+        for (size_t b = 0, kb = g * G; kb < k1; ++b, kb += kQ8Block) {
+          const size_t kb1 = kb + kQ8Block < k1 ? kb + kQ8Block : k1;
+          float mx = 0;
+          bool finite = true;
+          for (size_t k = kb; k < kb1; ++k) {
+            finite = finite && std::isfinite(xr[k]);
+            mx = std::fmax(mx, std::fabs(xr[k]));
+          }
+          // Non-finite input: d = NaN poisons exactly the outputs this block feeds, like kF32.
+          const float d = finite ? mx / 127.0f : NAN, inv = finite && mx > 0 ? 127.0f / mx : 0.0f;
+          int32_t sum = 0;
+          for (size_t k = kb; k < kb1; ++k) {
+            float q = std::nearbyint(xr[k] * inv);  // round half to even (default rounding mode)
+            q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+            xr[k] = q;
+            sum += int32_t(q);
+            const size_t u = k / U, jj = k % U;
+            qx[u * U + (jj % perByte) * 4 + jj / perByte] = int8_t(q);
+          }
+          dx[g * a.bpg + b] = d;
+          qs[g * a.bpg + b] = float(sum);
+        }
+        for (size_t b = (k1 - g * G + kQ8Block - 1) / kQ8Block; b < a.bpg; ++b) dx[g * a.bpg + b] = qs[g * a.bpg + b] = 0;
+      }
+    } else {
+      float* xsum = const_cast<float*>(a.xsum);
+      for (size_t g = 0; g < ng; ++g) {
+        const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
+        float s = 0;
+        for (size_t k = g * G; k < k1; ++k) s += xr[k];
+        xsum[m * ng + g] = s;
+      }
+      // 2^−e for each position inside a packing unit (exact powers of two).
+      float inv[32];
+      for (size_t j = 0; j < U; ++j) inv[j] = std::ldexp(1.0f, -qInPlaceShift(bits, int(j)));
+      for (size_t k = 0; k < K; ++k) xr[k] *= inv[k % U];
     }
-    for (size_t k = 0; k < K; ++k) xr[k] *= inv[k % U];
   }
-  return QActs{xs, xsum, M, K, ng};
+  return a;
 }
 
-Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, float* y, float* scratch, Isa isa) {
+Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, float* y, float* scratch, Isa isa,
+             QAct act) {
   const Status v = qgemmValidate(w);
   if (v != Status::kOk) return v;
   if (xType != DType::kF32 && xType != DType::kF16 && xType != DType::kBF16) return Status::kDtype;
@@ -132,7 +213,7 @@ Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float
   if (!kt) return Status::kBackend;
   if (M == 0) return Status::kOk;
   const size_t K = size_t(w.fmt.K), N = size_t(w.fmt.N);
-  const QActs a = qgemmPrepare(w, x, xType, K, M, scratch);
+  const QActs a = qgemmPrepare(w, x, xType, K, M, scratch, act);
   const size_t tasks = (N + kQGemmColsPerTask - 1) / kQGemmColsPerTask;
   threadPool().parallelFor(tasks, [&](size_t t) {
     const size_t n0 = t * kQGemmColsPerTask, n1 = n0 + kQGemmColsPerTask < N ? n0 + kQGemmColsPerTask : N;
@@ -160,7 +241,7 @@ struct MoeLayout {
   size_t total = 0;
 };
 
-inline size_t prepFloats(const MlpProj& p, size_t m) { return p.q ? qgemmScratchFloats(p.q->fmt, m) : 0; }
+inline size_t prepFloats(const MlpProj& p, size_t m, QAct act) { return p.q ? qgemmScratchFloats(p.q->fmt, m, act) : 0; }
 
 constexpr size_t kDenseColsPerTask = 64;  // a multiple of the dense tile width (4)
 constexpr size_t kAccumCols = 256;        // columns per task of the final accumulation
@@ -170,7 +251,7 @@ constexpr size_t kAccumCols = 256;        // columns per task of the final accum
 // perE (when given; 5 per MLP) receives the float offsets of [gate out, up out, gate prep,
 // up prep, down prep]. The scratch starts with perE (as 64-bit slots), then the int arrays,
 // then the 64-byte aligned float buffers. No allocation: counts are recounted per MLP.
-static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H, uint64_t* perE) {
+static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H, QAct act, uint64_t* perE) {
   MoeLayout L;
   const size_t head = E * 5 * 2;  // perE in float-sized slots
   L.cnt = head;
@@ -188,7 +269,7 @@ static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, si
     size_t m = 0;
     for (size_t i = 0; i < P; ++i) m += size_t(mlp[i]) == e;
     const size_t I = mlps[e].gate.N;
-    const size_t sizes[5] = {m * I, m * I, prepFloats(mlps[e].gate, m), prepFloats(mlps[e].up, m), prepFloats(mlps[e].down, m)};
+    const size_t sizes[5] = {m * I, m * I, prepFloats(mlps[e].gate, m, act), prepFloats(mlps[e].up, m, act), prepFloats(mlps[e].down, m, act)};
     for (int j = 0; j < 5; ++j) {
       if (perE) perE[e * 5 + j] = f;
       f += m ? (sizes[j] + 15) / 16 * 16 : 0;
@@ -198,8 +279,8 @@ static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, si
   return L;
 }
 
-size_t moeScratchFloats(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H) {
-  return moeLayout(mlps, E, mlp, P, H, nullptr).total;
+size_t moeScratchFloats(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H, QAct act) {
+  return moeLayout(mlps, E, mlp, P, H, act, nullptr).total;
 }
 
 static void denseColumns(const GemmKernels& gk, const float* x, size_t M, const MlpProj& p, size_t n0, size_t n1, float* y, size_t ldy) {
@@ -220,10 +301,9 @@ static size_t colsPerTask(const MlpProj& p) { return p.q ? kQGemmColsPerTask : k
 
 // Output columns [n0, n1) of projection p over m rows: prepared acts (quantized) or raw x (dense).
 static void projColumns(const QGemmKernels& qk, const GemmKernels& gk, const MlpProj& p, const float* x, size_t m, float* prep,
-                        size_t n0, size_t n1, float* y) {
+                        size_t n0, size_t n1, float* y, QAct act) {
   if (p.q) {
-    const QuantFormat& f = p.q->fmt;
-    const QActs a{prep, prep + m * size_t(f.K), m, size_t(f.K), size_t(qGroupCount(f))};
+    const QActs a = qgemmActsView(p.q->fmt, m, act, prep);
     qk.columns(*p.q, a, n0, n1, y, p.N);
   } else {
     denseColumns(gk, x, m, p, n0, n1, y, p.N);
@@ -231,7 +311,7 @@ static void projColumns(const QGemmKernels& qk, const GemmKernels& gk, const Mlp
 }
 
 Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E, const int32_t* mlp, const int32_t* row,
-              const float* weight, size_t P, float* out, float* scratch, size_t scratchFloats, Isa isa) {
+              const float* weight, size_t P, float* out, float* scratch, size_t scratchFloats, Isa isa, QAct act) {
   const QGemmKernels* qk = qgemmKernelsFor(isa);
   const GemmKernels* gk = gemmKernelsFor(isa);
   if (!qk || !gk) return Status::kBackend;
@@ -252,10 +332,10 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
   for (size_t i = 0; i < P; ++i)
     if (mlp[i] < 0 || size_t(mlp[i]) >= E || row[i] < 0 || size_t(row[i]) >= M) return Status::kRange;
   if (P > size_t(INT32_MAX) / 2) return Status::kRange;
-  if (scratchFloats < moeLayout(mlps, E, mlp, P, H, nullptr).total) return Status::kShape;
+  if (scratchFloats < moeLayout(mlps, E, mlp, P, H, act, nullptr).total) return Status::kShape;
   if (reinterpret_cast<uintptr_t>(scratch) % 8 != 0) return Status::kRange;  // perE holds 64-bit slots
   uint64_t* perE = reinterpret_cast<uint64_t*>(scratch);
-  const MoeLayout L = moeLayout(mlps, E, mlp, P, H, perE);
+  const MoeLayout L = moeLayout(mlps, E, mlp, P, H, act, perE);
   int32_t* ints = reinterpret_cast<int32_t*>(scratch);
   int32_t* cnt = ints + L.cnt;
   int32_t* off = ints + L.off;
@@ -290,7 +370,7 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
   pool.parallelFor(2 * E, [&](size_t t) {
     const size_t e = t / 2;
     const MlpProj& p = t % 2 ? mlps[e].up : mlps[e].gate;
-    if (cnt[e] && p.q) qgemmPrepare(*p.q, xg + size_t(off[e]) * H, DType::kF32, H, size_t(cnt[e]), scratch + perE[e * 5 + 2 + t % 2]);
+    if (cnt[e] && p.q) qgemmPrepare(*p.q, xg + size_t(off[e]) * H, DType::kF32, H, size_t(cnt[e]), scratch + perE[e * 5 + 2 + t % 2], act);
   });
   // Phase 2: every gate and up column block of every MLP in one parallel loop.
   pool.parallelFor(size_t(tA[E]), [&](size_t t) {
@@ -302,7 +382,7 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
     if (isUp) local -= gateTasks;
     const MlpProj& p = isUp ? d.up : d.gate;
     const size_t n0 = local * colsPerTask(p), n1 = n0 + colsPerTask(p) < p.N ? n0 + colsPerTask(p) : p.N;
-    projColumns(*qk, *gk, p, xg + size_t(off[e]) * H, size_t(cnt[e]), scratch + perE[e * 5 + 2 + isUp], n0, n1, scratch + perE[e * 5 + isUp]);
+    projColumns(*qk, *gk, p, xg + size_t(off[e]) * H, size_t(cnt[e]), scratch + perE[e * 5 + 2 + isUp], n0, n1, scratch + perE[e * 5 + isUp], act);
   });
   // Phase 3: h = silu(gate) ⊙ up (in the gate buffer), then the down projection's activations.
   pool.parallelFor(E, [&](size_t e) {
@@ -312,7 +392,7 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
     const float* u = scratch + perE[e * 5 + 1];
     const size_t n = size_t(cnt[e]) * d.gate.N;
     for (size_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-    if (d.down.q) qgemmPrepare(*d.down.q, g, DType::kF32, d.down.K, size_t(cnt[e]), scratch + perE[e * 5 + 4]);
+    if (d.down.q) qgemmPrepare(*d.down.q, g, DType::kF32, d.down.K, size_t(cnt[e]), scratch + perE[e * 5 + 4], act);
   });
   // Phase 4: every down column block.
   pool.parallelFor(size_t(tB[E]), [&](size_t t) {
@@ -320,7 +400,7 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
     const MlpProj& p = mlps[e].down;
     const size_t n0 = (t - size_t(tB[e])) * colsPerTask(p), n1 = n0 + colsPerTask(p) < H ? n0 + colsPerTask(p) : H;
     // D rows of MLP e start at off[e]; its rows are H apart, as projColumns writes with ld = N = H.
-    projColumns(*qk, *gk, p, scratch + perE[e * 5], size_t(cnt[e]), scratch + perE[e * 5 + 4], n0, n1, dOut + size_t(off[e]) * H);
+    projColumns(*qk, *gk, p, scratch + perE[e * 5], size_t(cnt[e]), scratch + perE[e * 5 + 4], n0, n1, dOut + size_t(off[e]) * H, act);
   });
   // Phase 5: out = Σ_i weight[i] · D[pos[i]], pairs in the order given, per column block.
   pool.parallelFor((H + kAccumCols - 1) / kAccumCols, [&](size_t t) {

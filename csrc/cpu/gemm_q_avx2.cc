@@ -74,9 +74,11 @@ inline __m256 scalesOf(const QMatrix& w, size_t g, size_t n) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales + g * size_t(w.fmt.N) + n)));
 }
 
-// How many qweight rows ahead to prefetch: ~8 units keep ~1 KB per 32 columns in flight
-// per thread, enough to cover DRAM latency at this machine's per-core bandwidth.
+// How many qweight rows ahead to prefetch. A row of a 32-column block is 128 bytes and takes
+// ~30 cycles in the f32 GEMV, ~10 in the int8 one; 8 (resp. 32) rows ahead is ~250-300 cycles,
+// about one DRAM latency, i.e. 1-4 KB in flight per thread (measured: 32 beat 8 for int8).
 constexpr size_t kPrefetchUnits = 8;
+constexpr size_t kPrefetchUnitsQ8 = 32;
 
 // GEMV block: rows m0..m0+MR, columns n..n+8C (all inside N).
 template <int BITS, int C, int MR>
@@ -144,6 +146,75 @@ void gemvColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
   if (n < n1) scalar::kQGemmKernels.columns(w, a, n, n1, y, ldy);  // 8-bit N % 8 == 4 tail: same math
 }
 
+// ---- GEMV with int8 activations (QAct::kInt8, 2 and 4 bits) ----------------------------
+//
+// One packed word holds 32/BITS codes of one column along K. Shifting the 8-column vector
+// right by BITS·j and masking every byte with maxq leaves, in byte i of each column's lane,
+// code (8/BITS)·i + j: exactly the byte order qgemmPrepare wrote the int8 activations in.
+// maddubs (u8 codes × s8 activations, adjacent pairs summed to i16) then yields partial dot
+// products, summed over a 32-row block in i16 (bound: 8 maddubs per block per lane, each
+// |pair| <= 2·maxq·127: 4 bits 8·3810 = 30480, 2 bits 8·762 = 6096, both < 32767) and
+// widened once per block with madd(·, 1). I_b is exact, so this equals the scalar reference.
+template <int BITS, int C>
+void gemvQ8Block(const QMatrix& w, const QActs& a, size_t m, size_t n, float* y, size_t ldy) {
+  constexpr int U = 32 / BITS, SH = 8 / BITS;
+  const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt)), units = K / U;
+  const uint32_t* qw = w.qweight + n;
+  const int8_t* qx = a.qx + m * K;
+  const float* dx = a.dx + m * a.nbt;
+  const float* qs = a.qsum + m * a.nbt;
+  const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1)), ones = _mm256_set1_epi16(1);
+  __m256 yacc[C];
+  for (int c = 0; c < C; ++c) yacc[c] = _mm256_setzero_ps();
+  for (size_t g = 0; g < a.ng; ++g) {
+    const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K;
+    __m256 A[C], z[C];
+    for (int c = 0; c < C; ++c) A[c] = _mm256_setzero_ps(), z[c] = zerosOf(w, g, n + 8 * c);
+    for (size_t b = 0, kb = k0; kb < k1; ++b, kb += kQ8Block) {
+      const size_t kb1 = kb + kQ8Block < k1 ? kb + kQ8Block : k1;
+      __m256i isum[C];
+      for (int c = 0; c < C; ++c) isum[c] = _mm256_setzero_si256();
+      for (size_t u = kb / U; u < kb1 / U; ++u) {
+        const uint32_t* p = qw + u * N;
+        if (u + kPrefetchUnitsQ8 < units) {
+          const char* pf = reinterpret_cast<const char*>(p + kPrefetchUnitsQ8 * N);
+          for (int o = 0; o < C * 32; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+        }
+        __m256i xv[SH];
+        for (int j = 0; j < SH; ++j) {
+          int32_t v;
+          std::memcpy(&v, qx + u * U + 4 * j, 4);
+          xv[j] = _mm256_set1_epi32(v);
+        }
+        for (int c = 0; c < C; ++c) {
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8 * c));
+          for (int j = 0; j < SH; ++j) {
+            const __m256i codes = _mm256_and_si256(j ? _mm256_srli_epi32(wv, BITS * j) : wv, mask);
+            isum[c] = _mm256_add_epi16(isum[c], _mm256_maddubs_epi16(codes, xv[j]));
+          }
+        }
+      }
+      const __m256 q = _mm256_broadcast_ss(qs + g * a.bpg + b), d = _mm256_broadcast_ss(dx + g * a.bpg + b);
+      for (int c = 0; c < C; ++c) {
+        const __m256 I = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum[c], ones));
+        A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(z[c], q, I), d, A[c]);  // J = I − z·Q is exact
+      }
+    }
+    for (int c = 0; c < C; ++c) yacc[c] = _mm256_fmadd_ps(scalesOf(w, g, n + 8 * c), A[c], yacc[c]);
+  }
+  for (int c = 0; c < C; ++c) _mm256_storeu_ps(y + m * ldy + n + 8 * c, yacc[c]);
+}
+
+template <int BITS>
+void gemvQ8Columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
+  for (size_t m = 0; m < a.M; ++m) {
+    size_t n = n0;
+    for (; n + 32 <= n1; n += 32) gemvQ8Block<BITS, 4>(w, a, m, n, y, ldy);
+    for (; n + 8 <= n1; n += 8) gemvQ8Block<BITS, 1>(w, a, m, n, y, ldy);
+  }
+  // (N is a multiple of 8 for 2 and 4 bits: no scalar tail.)
+}
+
 // ---- GEMM -------------------------------------------------------------------------------
 
 // Per-thread panel: up to 4 tiles of 16 columns × G rows of f32 codes (128 KB: L2-resident,
@@ -152,7 +223,15 @@ constexpr size_t kPanelFloats = 32768;
 alignas(64) thread_local float tPanel[kPanelFloats];
 
 // Converts the codes of rows [k0, k1) (a group) × columns n..n+8·NV into panel[(k−k0)·16 + 8v].
-template <int BITS>
+// Q8: plain codes (the int8 path multiplies them by integer activations), else in place.
+template <int BITS, int J, bool Q8>
+inline __m256i panelCode(const __m256i* w) {
+  constexpr int s = qInPlaceShift(BITS, J);
+  if constexpr (Q8 && s != 0) return _mm256_srli_epi32(codeInPlace<BITS, J>(w), s);
+  else return codeInPlace<BITS, J>(w);
+}
+
+template <int BITS, bool Q8>
 void fillPanel(const QMatrix& w, size_t k0, size_t k1, size_t n, int nv, float* panel) {
   constexpr int U = unitCodes(BITS), W = unitWords(BITS);
   const size_t N = size_t(w.fmt.N);
@@ -162,7 +241,7 @@ void fillPanel(const QMatrix& w, size_t k0, size_t k1, size_t n, int nv, float* 
     for (int v = 0; v < nv; ++v) {
       __m256i wv[W];
       for (int r = 0; r < W; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * v));
-      forEach([&](auto jc) { _mm256_store_ps(dst + decltype(jc)::value * 16 + 8 * v, _mm256_cvtepi32_ps(codeInPlace<BITS, decltype(jc)::value>(wv))); },
+      forEach([&](auto jc) { _mm256_store_ps(dst + decltype(jc)::value * 16 + 8 * v, _mm256_cvtepi32_ps(panelCode<BITS, decltype(jc)::value, Q8>(wv))); },
               std::make_integer_sequence<int, U>{});
     }
   }
@@ -197,6 +276,58 @@ void microTile(const float* xs, size_t K, size_t m0, size_t k0, size_t kn, const
   }
 }
 
+// Q8 variant: per 32-row block, I = Σ q·c in f32 FMAs is exact (|partial| <= 32·15·127 < 2^24),
+// then A += (I − z·Q)·d as in every other path; A lives in a small stack tile (L1).
+template <int MR, int NV>
+void microTileQ8(const QActs& a, size_t m0, size_t k0, size_t kn, const float* panel, const __m256* z, const __m256* s, size_t g,
+                 float* y, size_t ldy, size_t n) {
+  __m256 A[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) A[i][v] = _mm256_setzero_ps();
+  const float* xr[MR];
+  for (int i = 0; i < MR; ++i) xr[i] = a.xs + (m0 + i) * a.K + k0;
+  for (size_t b = 0, kb = 0; kb < kn; ++b, kb += kQ8Block) {
+    const size_t kb1 = kb + kQ8Block < kn ? kb + kQ8Block : kn;
+    __m256 I[MR][NV];
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NV; ++v) I[i][v] = _mm256_setzero_ps();
+    for (size_t k = kb; k < kb1; ++k) {
+      __m256 bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = _mm256_load_ps(panel + k * 16 + 8 * v);
+      for (int i = 0; i < MR; ++i) {
+        const __m256 xb = _mm256_broadcast_ss(xr[i] + k);
+        for (int v = 0; v < NV; ++v) I[i][v] = _mm256_fmadd_ps(xb, bv[v], I[i][v]);
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      const size_t bi = (m0 + i) * a.nbt + g * a.bpg + b;
+      const __m256 q = _mm256_broadcast_ss(a.qsum + bi), d = _mm256_broadcast_ss(a.dx + bi);
+      for (int v = 0; v < NV; ++v) A[i][v] = _mm256_fmadd_ps(_mm256_fnmadd_ps(z[v], q, I[i][v]), d, A[i][v]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) {
+      float* yp = y + (m0 + i) * ldy + n + 8 * v;
+      const __m256 prev = g == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(yp);
+      _mm256_storeu_ps(yp, _mm256_fmadd_ps(s[v], A[i][v], prev));
+    }
+}
+
+template <int NV>
+void microRowsQ8(const QActs& a, size_t k0, size_t kn, const float* panel, const __m256* z, const __m256* s, size_t g, float* y,
+                 size_t ldy, size_t n) {
+  size_t m = 0;
+  for (; m + 6 <= a.M; m += 6) microTileQ8<6, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n);
+  switch (a.M - m) {
+    case 5: microTileQ8<5, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n); break;
+    case 4: microTileQ8<4, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n); break;
+    case 3: microTileQ8<3, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n); break;
+    case 2: microTileQ8<2, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n); break;
+    case 1: microTileQ8<1, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n); break;
+    default: break;
+  }
+}
+
 template <int NV>
 void microRows(const QActs& a, size_t k0, size_t kn, const float* panel, const __m256* z, const __m256* s, size_t g, float* y,
                size_t ldy, size_t n) {
@@ -212,13 +343,15 @@ void microRows(const QActs& a, size_t k0, size_t kn, const float* panel, const _
   }
 }
 
-template <int BITS>
+template <int BITS, bool Q8>
 void gemmColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
   const size_t K = a.K, G = size_t(qEffectiveGroup(w.fmt));
   const size_t n8 = n0 + (n1 - n0) / 8 * 8;
   const size_t tilesPerPass = kPanelFloats / (G * 16) < 4 ? kPanelFloats / (G * 16) : 4;
   if (tilesPerPass == 0) {
-    for (size_t n = n0; n < n8; n += 8) gemvRows<BITS, 1>(w, a, n, y, ldy);
+    if constexpr (Q8) gemvQ8Columns<BITS>(w, a, n0, n8, y, ldy);
+    else
+      for (size_t n = n0; n < n8; n += 8) gemvRows<BITS, 1>(w, a, n, y, ldy);
   } else {
     for (size_t nb = n0; nb < n8; nb += 16 * tilesPerPass) {
       const size_t nbEnd = nb + 16 * tilesPerPass < n8 ? nb + 16 * tilesPerPass : n8;
@@ -228,13 +361,19 @@ void gemmColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
         __m256 z[4][2], s[4][2];
         for (size_t n = nb; n < nbEnd; n += 16, ++t) {
           const int nv = nbEnd - n >= 16 ? 2 : 1;
-          fillPanel<BITS>(w, k0, k1, n, nv, tPanel + t * G * 16);
+          fillPanel<BITS, Q8>(w, k0, k1, n, nv, tPanel + t * G * 16);
           for (int v = 0; v < nv; ++v) z[t][v] = zerosOf(w, g, n + 8 * v), s[t][v] = scalesOf(w, g, n + 8 * v);
         }
         t = 0;
         for (size_t n = nb; n < nbEnd; n += 16, ++t) {
-          if (nbEnd - n >= 16) microRows<2>(a, k0, k1 - k0, tPanel + t * G * 16, z[t], s[t], g, y, ldy, n);
-          else microRows<1>(a, k0, k1 - k0, tPanel + t * G * 16, z[t], s[t], g, y, ldy, n);
+          const float* panel = tPanel + t * G * 16;
+          if constexpr (Q8) {
+            if (nbEnd - n >= 16) microRowsQ8<2>(a, k0, k1 - k0, panel, z[t], s[t], g, y, ldy, n);
+            else microRowsQ8<1>(a, k0, k1 - k0, panel, z[t], s[t], g, y, ldy, n);
+          } else {
+            if (nbEnd - n >= 16) microRows<2>(a, k0, k1 - k0, panel, z[t], s[t], g, y, ldy, n);
+            else microRows<1>(a, k0, k1 - k0, panel, z[t], s[t], g, y, ldy, n);
+          }
         }
       }
     }
@@ -245,8 +384,15 @@ void gemmColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
 template <int BITS>
 void columnsFor(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
   // M <= 8 streams the weights once per row pair; beyond that the panel kernel's reuse wins.
+  if constexpr (BITS == 2 || BITS == 4) {
+    if (a.act == QAct::kInt8) {
+      if (a.M <= 8) gemvQ8Columns<BITS>(w, a, n0, n1, y, ldy);
+      else gemmColumns<BITS, true>(w, a, n0, n1, y, ldy);
+      return;
+    }
+  }
   if (a.M <= 8) gemvColumns<BITS>(w, a, n0, n1, y, ldy);
-  else gemmColumns<BITS>(w, a, n0, n1, y, ldy);
+  else gemmColumns<BITS, false>(w, a, n0, n1, y, ldy);
 }
 
 void columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {

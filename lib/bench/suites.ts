@@ -5,6 +5,7 @@
  * 4x the last-level cache, as a model's layers would, so caches cannot serve repeat runs.
  */
 import { convertCases } from './convert-cases';
+import { gemmCases } from './gemm-cases';
 import { BenchCase, Machine } from './harness';
 
 /** Number of distinct copies of `bytesPerCopy` needed to exceed 4x LLC. */
@@ -16,5 +17,6 @@ export function copiesFor(bytesPerCopy: number, machine: Pick<Machine, 'llc_byte
 export function allCases(machine: Machine, quick: boolean): BenchCase[] {
   return [
     ...convertCases(machine, quick),
+    ...gemmCases(machine, quick),
   ];
 }
