@@ -247,6 +247,44 @@ void fillPanel(const QMatrix& w, size_t k0, size_t k1, size_t n, int nv, float* 
   }
 }
 
+// acc[i][v] += Σ_k x[i·ldx + k] · panel[k·16 + 8v], k ascending. The 6x2 case is written
+// out with named registers: GCC spills the array version's accumulators on every iteration
+// (measured: half the time went to those stores).
+template <int MR, int NV>
+inline void panelDot(const float* x, size_t ldx, const float* panel, size_t kn, __m256 (&acc)[MR][NV]) {
+  if constexpr (MR == 6 && NV == 2) {
+    __m256 a00 = acc[0][0], a01 = acc[0][1], a10 = acc[1][0], a11 = acc[1][1], a20 = acc[2][0], a21 = acc[2][1];
+    __m256 a30 = acc[3][0], a31 = acc[3][1], a40 = acc[4][0], a41 = acc[4][1], a50 = acc[5][0], a51 = acc[5][1];
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx, *x4 = x + 4 * ldx, *x5 = x + 5 * ldx;
+    for (size_t k = 0; k < kn; ++k) {
+      const __m256 b0 = _mm256_load_ps(panel + k * 16), b1 = _mm256_load_ps(panel + k * 16 + 8);
+      __m256 xb = _mm256_broadcast_ss(x0 + k);
+      a00 = _mm256_fmadd_ps(xb, b0, a00), a01 = _mm256_fmadd_ps(xb, b1, a01);
+      xb = _mm256_broadcast_ss(x1 + k);
+      a10 = _mm256_fmadd_ps(xb, b0, a10), a11 = _mm256_fmadd_ps(xb, b1, a11);
+      xb = _mm256_broadcast_ss(x2 + k);
+      a20 = _mm256_fmadd_ps(xb, b0, a20), a21 = _mm256_fmadd_ps(xb, b1, a21);
+      xb = _mm256_broadcast_ss(x3 + k);
+      a30 = _mm256_fmadd_ps(xb, b0, a30), a31 = _mm256_fmadd_ps(xb, b1, a31);
+      xb = _mm256_broadcast_ss(x4 + k);
+      a40 = _mm256_fmadd_ps(xb, b0, a40), a41 = _mm256_fmadd_ps(xb, b1, a41);
+      xb = _mm256_broadcast_ss(x5 + k);
+      a50 = _mm256_fmadd_ps(xb, b0, a50), a51 = _mm256_fmadd_ps(xb, b1, a51);
+    }
+    acc[0][0] = a00, acc[0][1] = a01, acc[1][0] = a10, acc[1][1] = a11, acc[2][0] = a20, acc[2][1] = a21;
+    acc[3][0] = a30, acc[3][1] = a31, acc[4][0] = a40, acc[4][1] = a41, acc[5][0] = a50, acc[5][1] = a51;
+  } else {
+    for (size_t k = 0; k < kn; ++k) {
+      __m256 b[NV];
+      for (int v = 0; v < NV; ++v) b[v] = _mm256_load_ps(panel + k * 16 + 8 * v);
+      for (int i = 0; i < MR; ++i) {
+        const __m256 xb = _mm256_broadcast_ss(x + i * ldx + k);
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(xb, b[v], acc[i][v]);
+      }
+    }
+  }
+}
+
 // One group for rows m0..m0+MR × 8·NV columns: acc = Σ_k xs·code from the panel, then the
 // combine into y (first group: from 0, as every path does).
 template <int MR, int NV>
@@ -255,16 +293,7 @@ void microTile(const float* xs, size_t K, size_t m0, size_t k0, size_t kn, const
   __m256 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_setzero_ps();
-  const float* xr[MR];
-  for (int i = 0; i < MR; ++i) xr[i] = xs + (m0 + i) * K + k0;
-  for (size_t k = 0; k < kn; ++k) {
-    __m256 b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = _mm256_load_ps(panel + k * 16 + 8 * v);
-    for (int i = 0; i < MR; ++i) {
-      const __m256 xb = _mm256_broadcast_ss(xr[i] + k);
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(xb, b[v], acc[i][v]);
-    }
-  }
+  panelDot<MR, NV>(xs + m0 * K + k0, K, panel, kn, acc);
   for (int i = 0; i < MR; ++i) {
     const __m256 xsb = _mm256_broadcast_ss(xsum + (m0 + i) * ng + g);
     for (int v = 0; v < NV; ++v) {
@@ -284,21 +313,12 @@ void microTileQ8(const QActs& a, size_t m0, size_t k0, size_t kn, const float* p
   __m256 A[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) A[i][v] = _mm256_setzero_ps();
-  const float* xr[MR];
-  for (int i = 0; i < MR; ++i) xr[i] = a.xs + (m0 + i) * a.K + k0;
   for (size_t b = 0, kb = 0; kb < kn; ++b, kb += kQ8Block) {
     const size_t kb1 = kb + kQ8Block < kn ? kb + kQ8Block : kn;
     __m256 I[MR][NV];
     for (int i = 0; i < MR; ++i)
       for (int v = 0; v < NV; ++v) I[i][v] = _mm256_setzero_ps();
-    for (size_t k = kb; k < kb1; ++k) {
-      __m256 bv[NV];
-      for (int v = 0; v < NV; ++v) bv[v] = _mm256_load_ps(panel + k * 16 + 8 * v);
-      for (int i = 0; i < MR; ++i) {
-        const __m256 xb = _mm256_broadcast_ss(xr[i] + k);
-        for (int v = 0; v < NV; ++v) I[i][v] = _mm256_fmadd_ps(xb, bv[v], I[i][v]);
-      }
-    }
+    panelDot<MR, NV>(a.xs + m0 * a.K + k0 + kb, a.K, panel + kb * 16, kb1 - kb, I);
     for (int i = 0; i < MR; ++i) {
       const size_t bi = (m0 + i) * a.nbt + g * a.bpg + b;
       const __m256 q = _mm256_broadcast_ss(a.qsum + bi), d = _mm256_broadcast_ss(a.dx + bi);
