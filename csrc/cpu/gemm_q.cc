@@ -214,9 +214,10 @@ Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float
   if (M == 0) return Status::kOk;
   const size_t K = size_t(w.fmt.K), N = size_t(w.fmt.N);
   const QActs a = qgemmPrepare(w, x, xType, K, M, scratch, act);
-  const size_t tasks = (N + kQGemmColsPerTask - 1) / kQGemmColsPerTask;
+  const size_t cpt = kQGemmColsPerTask;
+  const size_t tasks = (N + cpt - 1) / cpt;
   threadPool().parallelFor(tasks, [&](size_t t) {
-    const size_t n0 = t * kQGemmColsPerTask, n1 = n0 + kQGemmColsPerTask < N ? n0 + kQGemmColsPerTask : N;
+    const size_t n0 = t * cpt, n1 = n0 + cpt < N ? n0 + cpt : N;
     kt->columns(w, a, n0, n1, y, N);
     if (bias)
       for (size_t m = 0; m < M; ++m)

@@ -155,63 +155,70 @@ void gemvColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
 // products, summed over a 32-row block in i16 (bound: 8 maddubs per block per lane, each
 // |pair| <= 2·maxq·127: 4 bits 8·3810 = 30480, 2 bits 8·762 = 6096, both < 32767) and
 // widened once per block with madd(·, 1). I_b is exact, so this equals the scalar reference.
-template <int BITS, int C>
-void gemvQ8Block(const QMatrix& w, const QActs& a, size_t m, size_t n, float* y, size_t ldy) {
-  constexpr int U = 32 / BITS, SH = 8 / BITS;
+// All columns of the strip (up to kStripVectors·8) advance together one 32-row block at a
+// time, so every qweight row is read as one contiguous run (256 bytes for a 64-column task;
+// measured 25-40% faster from DRAM than 32-column blocks walking 128-byte runs N·4 bytes
+// apart); the per-vector accumulators live in small L1 arrays.
+constexpr size_t kStripVectors = 16;
+
+template <int BITS>
+void gemvQ8Strip(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t nv, float* y, size_t ldy) {
+  constexpr int U = 32 / BITS, SH = 8 / BITS, ROWS = int(kQ8Block) / U;
   const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt)), units = K / U;
-  const uint32_t* qw = w.qweight + n;
+  const uint32_t* qw = w.qweight + n0;
   const int8_t* qx = a.qx + m * K;
   const float* dx = a.dx + m * a.nbt;
   const float* qs = a.qsum + m * a.nbt;
   const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1)), ones = _mm256_set1_epi16(1);
-  __m256 yacc[C];
-  for (int c = 0; c < C; ++c) yacc[c] = _mm256_setzero_ps();
+  __m256 A[kStripVectors], Z[kStripVectors], Y[kStripVectors];
+  for (size_t c = 0; c < nv; ++c) Y[c] = _mm256_setzero_ps();
   for (size_t g = 0; g < a.ng; ++g) {
     const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K;
-    __m256 A[C], z[C];
-    for (int c = 0; c < C; ++c) A[c] = _mm256_setzero_ps(), z[c] = zerosOf(w, g, n + 8 * c);
+    for (size_t c = 0; c < nv; ++c) A[c] = _mm256_setzero_ps(), Z[c] = zerosOf(w, g, n0 + 8 * c);
     for (size_t b = 0, kb = k0; kb < k1; ++b, kb += kQ8Block) {
-      const size_t kb1 = kb + kQ8Block < k1 ? kb + kQ8Block : k1;
-      __m256i isum[C];
-      for (int c = 0; c < C; ++c) isum[c] = _mm256_setzero_si256();
-      for (size_t u = kb / U; u < kb1 / U; ++u) {
-        const uint32_t* p = qw + u * N;
-        if (u + kPrefetchUnitsQ8 < units) {
-          const char* pf = reinterpret_cast<const char*>(p + kPrefetchUnitsQ8 * N);
-          for (int o = 0; o < C * 32; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+      const size_t u0 = kb / U, rows = ((kb + kQ8Block < k1 ? kb + kQ8Block : k1) - kb) / U;
+      if (u0 + rows + kPrefetchUnitsQ8 <= units)
+        for (size_t r = 0; r < rows; ++r) {
+          const char* pf = reinterpret_cast<const char*>(qw + (u0 + r + kPrefetchUnitsQ8) * N);
+          for (size_t o = 0; o < nv * 32; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
         }
-        __m256i xv[SH];
+      __m256i xv[ROWS][SH];
+      for (size_t r = 0; r < rows; ++r)
         for (int j = 0; j < SH; ++j) {
           int32_t v;
-          std::memcpy(&v, qx + u * U + 4 * j, 4);
-          xv[j] = _mm256_set1_epi32(v);
+          std::memcpy(&v, qx + (u0 + r) * U + 4 * j, 4);
+          xv[r][j] = _mm256_set1_epi32(v);
         }
-        for (int c = 0; c < C; ++c) {
-          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8 * c));
-          for (int j = 0; j < SH; ++j) {
-            const __m256i codes = _mm256_and_si256(j ? _mm256_srli_epi32(wv, BITS * j) : wv, mask);
-            isum[c] = _mm256_add_epi16(isum[c], _mm256_maddubs_epi16(codes, xv[j]));
-          }
-        }
-      }
       const __m256 q = _mm256_broadcast_ss(qs + g * a.bpg + b), d = _mm256_broadcast_ss(dx + g * a.bpg + b);
-      for (int c = 0; c < C; ++c) {
-        const __m256 I = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum[c], ones));
-        A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(z[c], q, I), d, A[c]);  // J = I − z·Q is exact
+      const uint32_t* p = qw + u0 * N;
+      for (size_t c = 0; c < nv; ++c) {
+        __m256i isum = _mm256_setzero_si256();
+        auto row = [&](size_t r) {
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c));
+          for (int j = 0; j < SH; ++j)
+            isum = _mm256_add_epi16(isum, _mm256_maddubs_epi16(_mm256_and_si256(j ? _mm256_srli_epi32(wv, BITS * j) : wv, mask), xv[r][j]));
+        };
+        if (rows == size_t(ROWS)) {
+          for (int r = 0; r < ROWS; ++r) row(size_t(r));
+        } else {
+          for (size_t r = 0; r < rows; ++r) row(r);
+        }
+        const __m256 I = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum, ones));
+        A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(Z[c], q, I), d, A[c]);
       }
     }
-    for (int c = 0; c < C; ++c) yacc[c] = _mm256_fmadd_ps(scalesOf(w, g, n + 8 * c), A[c], yacc[c]);
+    for (size_t c = 0; c < nv; ++c) Y[c] = _mm256_fmadd_ps(scalesOf(w, g, n0 + 8 * c), A[c], Y[c]);
   }
-  for (int c = 0; c < C; ++c) _mm256_storeu_ps(y + m * ldy + n + 8 * c, yacc[c]);
+  for (size_t c = 0; c < nv; ++c) _mm256_storeu_ps(y + m * ldy + n0 + 8 * c, Y[c]);
 }
 
 template <int BITS>
 void gemvQ8Columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
-  for (size_t m = 0; m < a.M; ++m) {
-    size_t n = n0;
-    for (; n + 32 <= n1; n += 32) gemvQ8Block<BITS, 4>(w, a, m, n, y, ldy);
-    for (; n + 8 <= n1; n += 8) gemvQ8Block<BITS, 1>(w, a, m, n, y, ldy);
-  }
+  for (size_t m = 0; m < a.M; ++m)
+    for (size_t n = n0; n < n1; n += kStripVectors * 8) {
+      const size_t nv = (n1 - n) / 8 < kStripVectors ? (n1 - n) / 8 : kStripVectors;
+      gemvQ8Strip<BITS>(w, a, m, n, nv, y, ldy);
+    }
   // (N is a multiple of 8 for 2 and 4 bits: no scalar tail.)
 }
 
