@@ -39,39 +39,55 @@ inline float zeroOf(const QMatrix& w, size_t g, size_t n) {
 namespace scalar {
 namespace {
 
-// The reference: the exact operation sequence of gemm_q.h with std::fma, one output at a time.
-void columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
+// The combined term of group g for output (m, n): kF32: A − z·X; kInt8: Σ_b (I_b − z·Q_b)·d_b.
+float term(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n) {
   const int bits = w.fmt.bits;
   const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt)), U = size_t(qUnitCodes(bits));
-  const bool q8 = a.act == QAct::kInt8;
+  const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
+  const float* xs = a.xs + m * K;
+  const float z = zeroOf(w, g, n);
+  if (a.act == QAct::kInt8) {
+    float A = 0;
+    for (size_t b = 0, kb = g * G; kb < k1; ++b, kb += kQ8Block) {
+      const size_t kb1 = kb + kQ8Block < k1 ? kb + kQ8Block : k1;
+      int32_t I = 0;
+      for (size_t k = kb; k < kb1; ++k) I += int32_t(xs[k]) * int32_t(packedCode(w.qweight + n, N, k, bits));
+      const size_t bi = m * a.nbt + g * a.bpg + b;
+      A = std::fma(std::fma(-z, a.qsum[bi], float(I)), a.dx[bi], A);  // the inner fma is exact
+    }
+    return A;
+  }
+  float acc = 0;
+  for (size_t k = g * G; k < k1; ++k) {
+    const uint32_t c = packedCode(w.qweight + n, N, k, bits) << qInPlaceShift(bits, int(k % U));
+    acc = std::fma(xs[k], float(c), acc);
+  }
+  return std::fma(-z, a.xsum[m * a.ng + g], acc);
+}
+
+// The reference: the exact operation sequence of gemm_q.h with std::fma, one output at a time.
+void columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
+  const size_t N = size_t(w.fmt.N);
   for (size_t n = n0; n < n1; ++n)
     for (size_t m = 0; m < a.M; ++m) {
-      const float* xs = a.xs + m * K;
       float acc_y = 0;
-      for (size_t g = 0; g * G < K; ++g) {
-        const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
-        const float z = zeroOf(w, g, n);
-        float t;
-        if (q8) {
-          float A = 0;
-          for (size_t b = 0, kb = g * G; kb < k1; ++b, kb += kQ8Block) {
-            const size_t kb1 = kb + kQ8Block < k1 ? kb + kQ8Block : k1;
-            int32_t I = 0;
-            for (size_t k = kb; k < kb1; ++k) I += int32_t(xs[k]) * int32_t(packedCode(w.qweight + n, N, k, bits));
-            const size_t bi = m * a.nbt + g * a.bpg + b;
-            A = std::fma(std::fma(-z, a.qsum[bi], float(I)), a.dx[bi], A);  // the inner fma is exact
-          }
-          t = A;
-        } else {
-          float acc = 0;
-          for (size_t k = g * G; k < k1; ++k) {
-            const uint32_t c = packedCode(w.qweight + n, N, k, bits) << qInPlaceShift(bits, int(k % U));
-            acc = std::fma(xs[k], float(c), acc);
-          }
-          t = std::fma(-z, a.xsum[m * a.ng + g], acc);
-        }
-        acc_y = std::fma(f16ToF32(w.scales[g * N + n]), t, acc_y);
-      }
+      for (size_t g = 0; g < a.ng; ++g) acc_y = std::fma(f16ToF32(w.scales[g * N + n]), term(w, a, m, g, n), acc_y);
+      y[m * ldy + n] = acc_y;
+    }
+}
+
+void groupTerms(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t n1, float* T) {
+  const size_t N = size_t(w.fmt.N);
+  for (size_t m = 0; m < a.M; ++m)
+    for (size_t n = n0; n < n1; ++n) T[(m * a.ng + g) * N + n] = term(w, a, m, g, n);
+}
+
+void groupCombine(const QMatrix& w, const float* T, size_t M, size_t n0, size_t n1, float* y, size_t ldy) {
+  const size_t N = size_t(w.fmt.N), ng = size_t(qGroupCount(w.fmt));
+  for (size_t m = 0; m < M; ++m)
+    for (size_t n = n0; n < n1; ++n) {
+      float acc_y = 0;
+      for (size_t g = 0; g < ng; ++g) acc_y = std::fma(f16ToF32(w.scales[g * N + n]), T[(m * ng + g) * N + n], acc_y);
       y[m * ldy + n] = acc_y;
     }
 }
@@ -81,7 +97,7 @@ void fmaRow(float a, const float* x, float* y, size_t n) {
 }
 
 }  // namespace
-const QGemmKernels kQGemmKernels = {columns, fmaRow};
+const QGemmKernels kQGemmKernels = {columns, fmaRow, groupTerms, groupCombine};
 }  // namespace scalar
 
 const QGemmKernels* qgemmKernelsFor(Isa isa) {
@@ -110,12 +126,18 @@ Status qgemmValidate(const QMatrix& w) {
 namespace {
 inline size_t up16(size_t n) { return (n + 15) / 16 * 16; }
 inline size_t blocksPerGroup(const QuantFormat& f) { return (size_t(qEffectiveGroup(f)) + kQ8Block - 1) / kQ8Block; }
-}  // namespace
 
-size_t qgemmScratchFloats(const QuantFormat& f, size_t M, QAct act) {
+inline bool useSplitK(const QuantFormat& f, size_t M) { return M >= 1 && M <= kQSplitMaxM && size_t(qGroupCount(f)) >= kQSplitMinGroups; }
+
+size_t qgemmActsFloats(const QuantFormat& f, size_t M, QAct act) {
   const size_t K = size_t(f.K), ng = size_t(qGroupCount(f));
   if (qActFor(f.bits, act) == QAct::kInt8) return up16(M * K) + up16((M * K + 3) / 4) + 2 * up16(M * ng * blocksPerGroup(f));
   return up16(M * K) + up16(M * ng);
+}
+}  // namespace
+
+size_t qgemmScratchFloats(const QuantFormat& f, size_t M, QAct act) {
+  return qgemmActsFloats(f, M, act) + (useSplitK(f, M) ? M * size_t(qGroupCount(f)) * size_t(f.N) : 0);
 }
 
 QActs qgemmActsView(const QuantFormat& f, size_t M, QAct act, float* scratch) {
@@ -216,6 +238,23 @@ Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float
   const QActs a = qgemmPrepare(w, x, xType, K, M, scratch, act);
   const size_t cpt = kQGemmColsPerTask;
   const size_t tasks = (N + cpt - 1) / cpt;
+  if (useSplitK(w.fmt, M)) {
+    // Phase 1: group × column-range tasks write the group terms; phase 2 combines them.
+    float* T = scratch + qgemmActsFloats(w.fmt, M, act);
+    const size_t colBlocks = (N + kQSplitCols - 1) / kQSplitCols;
+    threadPool().parallelFor(a.ng * colBlocks, [&](size_t t) {
+      const size_t g = t / colBlocks, n0 = (t % colBlocks) * kQSplitCols;
+      kt->groupTerms(w, a, g, n0, n0 + kQSplitCols < N ? n0 + kQSplitCols : N, T);
+    });
+    threadPool().parallelFor(tasks, [&](size_t t) {
+      const size_t n0 = t * cpt, n1 = n0 + cpt < N ? n0 + cpt : N;
+      kt->groupCombine(w, T, M, n0, n1, y, N);
+      if (bias)
+        for (size_t m = 0; m < M; ++m)
+          for (size_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
+    });
+    return Status::kOk;
+  }
   threadPool().parallelFor(tasks, [&](size_t t) {
     const size_t n0 = t * cpt, n1 = n0 + cpt < N ? n0 + cpt : N;
     kt->columns(w, a, n0, n1, y, N);
@@ -242,7 +281,7 @@ struct MoeLayout {
   size_t total = 0;
 };
 
-inline size_t prepFloats(const MlpProj& p, size_t m, QAct act) { return p.q ? qgemmScratchFloats(p.q->fmt, m, act) : 0; }
+inline size_t prepFloats(const MlpProj& p, size_t m, QAct act) { return p.q ? qgemmActsFloats(p.q->fmt, m, act) : 0; }
 
 constexpr size_t kDenseColsPerTask = 64;  // a multiple of the dense tile width (4)
 constexpr size_t kAccumCols = 256;        // columns per task of the final accumulation

@@ -67,9 +67,18 @@ using QColumnsFn = void (*)(const QMatrix& w, const QActs& a, size_t n0, size_t 
 // y[i] = fma(a, x[i], y[i]) for i < n: the fixed-order accumulation of moeMlp.
 using FmaRowFn = void (*)(float a, const float* x, float* y, size_t n);
 
+// Decode with split-K (M <= 8, several groups): one task reads whole qweight rows of one
+// group (long contiguous runs, as a dense GEMV streams its rows) and writes the group's
+// combined term t(m,g,n) (kF32: A − z·X; kInt8: A) to T[(m·ng + g)·N + n], n0 <= n < n1;
+// then groupCombine forms y = Σ_g fma(s, t, y) over ascending g: the same chain as columns().
+using QGroupFn = void (*)(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t n1, float* T);
+using QCombineFn = void (*)(const QMatrix& w, const float* T, size_t M, size_t n0, size_t n1, float* y, size_t ldy);
+
 struct QGemmKernels {
   QColumnsFn columns;
   FmaRowFn fmaRow;
+  QGroupFn groupTerms;
+  QCombineFn groupCombine;
 };
 
 namespace scalar { extern const QGemmKernels kQGemmKernels; }
@@ -90,6 +99,11 @@ constexpr int qInPlaceShift(int bits, int j) {
 // Checks the format (bits, K/N packable, group size a multiple of the packing unit so a
 // group never starts inside a word) and the pointers. kFormat / kShape on failure.
 Status qgemmValidate(const QMatrix& w);
+
+// Split-K decode: used when M <= kQSplitMaxM and the matrix has >= kQSplitMinGroups groups.
+// A task covers one group × up to kQSplitCols columns (8 KB per qweight row at 4 bits is
+// two pages read front to back; the per-column accumulators, 2 x 8 KB, stay in L1).
+constexpr size_t kQSplitMaxM = 8, kQSplitMinGroups = 4, kQSplitCols = 2048;
 
 // Floats of scratch qgemm needs for M rows (act: the requested precision).
 size_t qgemmScratchFloats(const QuantFormat& f, size_t M, QAct act = QAct::kF32);

@@ -50,13 +50,31 @@ inline __m256i codeInPlace(const __m256i* w) {
 }
 
 // Zero points of columns n..n+7 of group g as floats. Column c's code starts at bit bits·c of
-// the qzeros row in every layout (2/4/8 bits and the 96-bit 3-bit units alike), so two
-// gathers (the word holding its low bit and the one holding its high bit) cover all formats.
+// the qzeros row in every layout (2/4/8 bits and the 96-bit 3-bit units alike). 2/4/8 bits:
+// one or two words and a variable shift; 3 bits: two gathers (the words holding each code's
+// low and high bit), as codes may cross words.
 inline __m256 zerosOf(const QMatrix& w, size_t g, size_t n) {
   const int bits = w.fmt.bits;
   const uint32_t maxq = (1u << bits) - 1;
   const uint32_t* row = w.qzeros + g * size_t(qZeroCols(w.fmt));
   const size_t gp0 = size_t(bits) * n;
+  const __m256i mq = _mm256_set1_epi32(int(maxq));
+  if (bits != 3) {
+    // 2/4 bits: the 8 codes sit in one word (n is a multiple of 8); 8 bits: in two words.
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i v;
+    if (bits == 8) {
+      v = _mm256_srlv_epi32(_mm256_setr_epi32(int(row[n / 4]), int(row[n / 4]), int(row[n / 4]), int(row[n / 4]), int(row[n / 4 + 1]),
+                                              int(row[n / 4 + 1]), int(row[n / 4 + 1]), int(row[n / 4 + 1])),
+                            _mm256_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24));
+    } else {
+      v = _mm256_srlv_epi32(_mm256_set1_epi32(int(row[gp0 / 32])),
+                            _mm256_add_epi32(_mm256_set1_epi32(int(gp0 % 32)), _mm256_mullo_epi32(_mm256_set1_epi32(bits), lane)));
+    }
+    v = _mm256_and_si256(v, mq);
+    if (w.fmt.zeroFormat == int32_t(ZeroFormat::kGptqV1)) v = _mm256_and_si256(_mm256_add_epi32(v, _mm256_set1_epi32(1)), mq);
+    return _mm256_cvtepi32_ps(v);
+  }
   const int* base = reinterpret_cast<const int*>(row + gp0 / 32);
   const __m256i bp = _mm256_add_epi32(_mm256_set1_epi32(int(gp0 % 32)), _mm256_mullo_epi32(_mm256_set1_epi32(bits), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
   const __m256i lo = _mm256_srli_epi32(bp, 5), hi = _mm256_srli_epi32(_mm256_add_epi32(bp, _mm256_set1_epi32(bits - 1)), 5);
@@ -64,7 +82,6 @@ inline __m256 zerosOf(const QMatrix& w, size_t g, size_t n) {
   const __m256i wl = _mm256_i32gather_epi32(base, lo, 4), wh = _mm256_i32gather_epi32(base, hi, 4);
   // sllv by 32 (s = 0) yields 0, as needed when the code does not cross a word.
   __m256i v = _mm256_or_si256(_mm256_srlv_epi32(wl, s), _mm256_sllv_epi32(wh, _mm256_sub_epi32(_mm256_set1_epi32(32), s)));
-  const __m256i mq = _mm256_set1_epi32(int(maxq));
   v = _mm256_and_si256(v, mq);
   if (w.fmt.zeroFormat == int32_t(ZeroFormat::kGptqV1)) v = _mm256_and_si256(_mm256_add_epi32(v, _mm256_set1_epi32(1)), mq);
   return _mm256_cvtepi32_ps(v);
@@ -220,6 +237,120 @@ void gemvQ8Columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float
       gemvQ8Strip<BITS>(w, a, m, n, nv, y, ldy);
     }
   // (N is a multiple of 8 for 2 and 4 bits: no scalar tail.)
+}
+
+// ---- Split-K decode: one group × a wide column range per task ----------------------------
+//
+// Both kernels below read the qweight rows of one group front to back over up to 2048
+// columns (the whole row for N <= 2048), which is what lets the DRAM streams run like a dense
+// GEMV's; per-column accumulators live in L1 arrays. They write the group term t that
+// columns() would have formed in registers, with the same operations.
+constexpr size_t kSplitVectors = kQSplitCols / 8;
+
+template <int BITS>
+void termsF32(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, float* T) {
+  constexpr int U = unitCodes(BITS), W = unitWords(BITS);
+  const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt));
+  const size_t u0 = g * G / U, u1 = ((g + 1) * G < K ? (g + 1) * G : K) / U;
+  __m256 acc[kSplitVectors];
+  for (size_t c = 0; c < nv; ++c) acc[c] = _mm256_setzero_ps();
+  for (size_t u = u0; u < u1; ++u) {
+    const uint32_t* p = w.qweight + u * W * N + n0;
+    const float* xk = a.xs + m * K + u * U;
+    for (size_t c = 0; c < nv; ++c) {
+      __m256i wv[W];
+      for (int r = 0; r < W; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c));
+      __m256 s = acc[c];
+      forEach([&](auto jc) {
+        constexpr int J = decltype(jc)::value;
+        s = _mm256_fmadd_ps(_mm256_broadcast_ss(xk + J), _mm256_cvtepi32_ps(codeInPlace<BITS, J>(wv)), s);
+      }, std::make_integer_sequence<int, U>{});
+      acc[c] = s;
+    }
+  }
+  const __m256 xsum = _mm256_broadcast_ss(a.xsum + m * a.ng + g);
+  float* t = T + (m * a.ng + g) * N + n0;
+  for (size_t c = 0; c < nv; ++c) _mm256_storeu_ps(t + 8 * c, _mm256_fnmadd_ps(zerosOf(w, g, n0 + 8 * c), xsum, acc[c]));
+}
+
+template <int BITS>
+void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, float* T) {
+  constexpr int U = 32 / BITS, SH = 8 / BITS, ROWS = int(kQ8Block) / U;
+  const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt));
+  const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K;
+  const int8_t* qx = a.qx + m * K;
+  const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1)), ones = _mm256_set1_epi16(1);
+  __m256 A[kSplitVectors], Z[kSplitVectors];
+  for (size_t c = 0; c < nv; ++c) A[c] = _mm256_setzero_ps(), Z[c] = zerosOf(w, g, n0 + 8 * c);
+  for (size_t b = 0, kb = k0; kb < k1; ++b, kb += kQ8Block) {
+    const size_t u0 = kb / U, rows = ((kb + kQ8Block < k1 ? kb + kQ8Block : k1) - kb) / U;
+    __m256i xv[ROWS][SH];
+    for (size_t r = 0; r < rows; ++r)
+      for (int j = 0; j < SH; ++j) {
+        int32_t v;
+        std::memcpy(&v, qx + (u0 + r) * U + 4 * j, 4);
+        xv[r][j] = _mm256_set1_epi32(v);
+      }
+    const size_t bi = m * a.nbt + g * a.bpg + b;
+    const __m256 q = _mm256_broadcast_ss(a.qsum + bi), d = _mm256_broadcast_ss(a.dx + bi);
+    const uint32_t* p = w.qweight + u0 * N + n0;
+    for (size_t c = 0; c < nv; ++c) {
+      __m256i isum = _mm256_setzero_si256();
+      auto row = [&](size_t r) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c));
+        for (int j = 0; j < SH; ++j)
+          isum = _mm256_add_epi16(isum, _mm256_maddubs_epi16(_mm256_and_si256(j ? _mm256_srli_epi32(wv, BITS * j) : wv, mask), xv[r][j]));
+      };
+      if (rows == size_t(ROWS)) {
+        for (int r = 0; r < ROWS; ++r) row(size_t(r));
+      } else {
+        for (size_t r = 0; r < rows; ++r) row(r);
+      }
+      const __m256 I = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum, ones));
+      A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(Z[c], q, I), d, A[c]);
+    }
+  }
+  float* t = T + (m * a.ng + g) * N + n0;
+  for (size_t c = 0; c < nv; ++c) _mm256_storeu_ps(t + 8 * c, A[c]);
+}
+
+template <int BITS>
+void groupTermsFor(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t n1, float* T) {
+  const size_t n8 = n0 + (n1 - n0) / 8 * 8;
+  for (size_t m = 0; m < a.M; ++m)
+    for (size_t n = n0; n < n8; n += kQSplitCols) {
+      const size_t nv = ((n8 - n < kQSplitCols ? n8 - n : kQSplitCols)) / 8;
+      if constexpr (BITS == 2 || BITS == 4) {
+        if (a.act == QAct::kInt8) {
+          termsQ8<BITS>(w, a, m, g, n, nv, T);
+          continue;
+        }
+      }
+      termsF32<BITS>(w, a, m, g, n, nv, T);
+    }
+  if (n8 < n1) scalar::kQGemmKernels.groupTerms(w, a, g, n8, n1, T);  // 8-bit N % 8 == 4 tail
+}
+
+void groupTerms(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t n1, float* T) {
+  switch (w.fmt.bits) {
+    case 2: return groupTermsFor<2>(w, a, g, n0, n1, T);
+    case 3: return groupTermsFor<3>(w, a, g, n0, n1, T);
+    case 4: return groupTermsFor<4>(w, a, g, n0, n1, T);
+    case 8: return groupTermsFor<8>(w, a, g, n0, n1, T);
+    default: return;
+  }
+}
+
+void groupCombine(const QMatrix& w, const float* T, size_t M, size_t n0, size_t n1, float* y, size_t ldy) {
+  const size_t N = size_t(w.fmt.N), ng = size_t(qGroupCount(w.fmt));
+  const size_t n8 = n0 + (n1 - n0) / 8 * 8;
+  for (size_t m = 0; m < M; ++m)
+    for (size_t n = n0; n < n8; n += 8) {
+      __m256 acc = _mm256_setzero_ps();
+      for (size_t g = 0; g < ng; ++g) acc = _mm256_fmadd_ps(scalesOf(w, g, n), _mm256_loadu_ps(T + (m * ng + g) * N + n), acc);
+      _mm256_storeu_ps(y + m * ldy + n, acc);
+    }
+  if (n8 < n1) scalar::kQGemmKernels.groupCombine(w, T, M, n8, n1, y, ldy);
 }
 
 // ---- GEMM -------------------------------------------------------------------------------
@@ -440,6 +571,6 @@ void fmaRow(float a, const float* x, float* y, size_t n) {
 }
 
 }  // namespace
-const QGemmKernels kQGemmKernels = {columns, fmaRow};
+const QGemmKernels kQGemmKernels = {columns, fmaRow, groupTerms, groupCombine};
 }  // namespace avx2
 }  // namespace kvant

@@ -87,14 +87,32 @@ void checkX(Napi::Env env, DType t, const char* name) {
     throwKvant(env, "KVANT_DTYPE", std::string("Expected f32, f16 or bf16 for ") + name + " but received " + dtypeName(t));
 }
 
-template <class T>
-std::vector<T> allocScratch(Napi::Env env, size_t n) {
+// Scratch for one call. Calls run synchronously on the JS thread, so one buffer per thread
+// is reused: a fresh multi-hundred-KB allocation per decode GEMV costs page faults and zeroing
+// comparable to the kernel itself. Large requests (prefill) are not kept.
+struct Scratch {
+  std::vector<float> owned;
+  float* data = nullptr;
+};
+constexpr size_t kKeepScratchFloats = size_t(16) << 20;  // 64 MB
+
+Scratch allocScratch(Napi::Env env, size_t n, std::vector<float>& cache) {
+  Scratch s;
   try {
-    return std::vector<T>(n);
+    if (n <= kKeepScratchFloats) {
+      if (cache.size() < n) cache.resize(n);
+      s.data = cache.data();
+    } else {
+      s.owned.resize(n);
+      s.data = s.owned.data();
+    }
   } catch (const std::bad_alloc&) {
-    throwKvant(env, "KVANT_OOM", "Could not allocate " + std::to_string(n * sizeof(T)) + " bytes of qgemm scratch");
+    throwKvant(env, "KVANT_OOM", "Could not allocate " + std::to_string(n * sizeof(float)) + " bytes of qgemm scratch");
   }
+  return s;
 }
+
+thread_local std::vector<float> tQgemmScratch, tMoeScratch;
 
 QAct actArg(const Napi::CallbackInfo& info, size_t i) {
   if (info.Length() <= i || info[i].IsUndefined()) return QAct::kF32;
@@ -121,9 +139,9 @@ Napi::Value qgemmB(const Napi::CallbackInfo& info) {
   if (alias) throwKvant(env, "KVANT_RANGE", "Expected the output not to overlap x, the weight tensors or bias");
   const Isa isa = isaArg(info, 24);
   const QAct act = actArg(info, 25);
-  std::vector<float> scratch = allocScratch<float>(env, qgemmScratchFloats(w.q.fmt, size_t(M), act));
+  Scratch scratch = allocScratch(env, qgemmScratchFloats(w.q.fmt, size_t(M), act), tQgemmScratch);
   const Status s = qgemm(w.q, x.data, xt, size_t(M), b.data ? reinterpret_cast<const float*>(b.data) : nullptr,
-                         reinterpret_cast<float*>(y.data), scratch.data(), isa, act);
+                         reinterpret_cast<float*>(y.data), scratch.data, isa, act);
   if (s != Status::kOk) throwStatus(env, s, "qgemm failed");
   return env.Undefined();
 }
@@ -207,9 +225,10 @@ Napi::Value moeMlpB(const Napi::CallbackInfo& info) {
     for (const Span& s : p.q.spans) alias = alias || overlaps(out, s);
   }
   if (alias) throwKvant(env, "KVANT_RANGE", "Expected out not to overlap x, the routes or any weight tensor");
-  std::vector<float> scratch = allocScratch<float>(env, moeScratchFloats(mlps.data(), size_t(E), mp, P, size_t(H), act));
+  const size_t scratchFloats = moeScratchFloats(mlps.data(), size_t(E), mp, P, size_t(H), act);
+  Scratch scratch = allocScratch(env, scratchFloats, tMoeScratch);
   const Status s = moeMlp(reinterpret_cast<const float*>(x.data), size_t(M), size_t(H), mlps.data(), size_t(E), mp, rp,
-                          reinterpret_cast<const float*>(wi.data), P, reinterpret_cast<float*>(out.data), scratch.data(), scratch.size(), isa, act);
+                          reinterpret_cast<const float*>(wi.data), P, reinterpret_cast<float*>(out.data), scratch.data, scratchFloats, isa, act);
   if (s != Status::kOk) throwStatus(env, s, "moeMlp failed");
   return env.Undefined();
 }
