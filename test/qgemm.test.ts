@@ -278,16 +278,18 @@ function silu(v: number): number {
 
 describe.each(levels)('moeMlp at ISA level %s', (isa) => {
   it('matches an f64 MoE of quantized and dense MLPs (pairs in order), and is batch-invariant', () => {
-    const H = 96;
-    const I = 64;
-    // MLP 0, 1: 4-bit g32 and 3-bit g32 (asym, v1); MLP 2: dense bf16 (a "shared expert").
+    const H = 128;
+    const I = 128;
+    // MLP 0, 1: 4-bit g32 and 3-bit g32 (asym, v1/v2; 4 groups, so one row alone takes the
+    // split-K decode path while the 10 rows of the batch take the panel GEMM); MLP 2: dense
+    // bf16 (a "shared expert").
     const qs = [4, 3].map((bits, e) => {
       const mk = (K: number, N: number, s: number) => makeQuant({ K, N, bits: bits as QuantBits, groupSize: 32, sym: false, v2: e === 1, seed: 100 + 10 * e + s });
       return { gate: mk(H, I, 1), up: mk(H, I, 2), down: mk(I, H, 3) };
     });
     const dense = [Tensor.random([I, H], 'bf16', { seed: 5, std: 0.1, dist: 'normal' }), Tensor.random([I, H], 'bf16', { seed: 6, std: 0.1, dist: 'normal' }), Tensor.random([H, I], 'bf16', { seed: 7, std: 0.1, dist: 'normal' })];
     const mlps = [...qs.map((m) => ({ gate: m.gate.w, up: m.up.w, down: m.down.w })), { gate: dense[0], up: dense[1], down: dense[2] }];
-    const M = 5;
+    const M = 10;
     const x = randX(M, H, 3);
     // Each row: two routed experts (0/1 in varying order with weights) + the shared one (2, weight 1).
     const mlp: number[] = [];

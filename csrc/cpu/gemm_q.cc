@@ -275,13 +275,14 @@ namespace {
 struct MoeLayout {
   size_t ints = 0, floats = 0;
   // int offsets
-  size_t cnt = 0, off = 0, pos = 0, tasksA = 0, tasksB = 0;
+  size_t cnt = 0, off = 0, pos = 0, tasks = 0;  // tasks: 4 prefix arrays of E + 1
   // float offsets
   size_t xg = 0, d = 0;
   size_t total = 0;
 };
 
-inline size_t prepFloats(const MlpProj& p, size_t m, QAct act) { return p.q ? qgemmActsFloats(p.q->fmt, m, act) : 0; }
+// Prepared activations, plus the split-K group terms when that path applies (qgemmScratchFloats).
+inline size_t prepFloats(const MlpProj& p, size_t m, QAct act) { return p.q ? qgemmScratchFloats(p.q->fmt, m, act) : 0; }
 
 constexpr size_t kDenseColsPerTask = 64;  // a multiple of the dense tile width (4)
 constexpr size_t kAccumCols = 256;        // columns per task of the final accumulation
@@ -297,9 +298,8 @@ static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, si
   L.cnt = head;
   L.off = L.cnt + E;
   L.pos = L.off + E + 1;
-  L.tasksA = L.pos + P;
-  L.tasksB = L.tasksA + E + 1;
-  L.ints = L.tasksB + E + 1;
+  L.tasks = L.pos + P;
+  L.ints = L.tasks + 4 * (E + 1);
   size_t f = (L.ints + 15) / 16 * 16;
   L.xg = f;
   f += P * H;
@@ -380,21 +380,32 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
   int32_t* cnt = ints + L.cnt;
   int32_t* off = ints + L.off;
   int32_t* pos = ints + L.pos;
-  int32_t* tA = ints + L.tasksA;  // prefix sums of gate+up tasks per MLP
-  int32_t* tB = ints + L.tasksB;  // prefix sums of down tasks per MLP
+  // Task counts per MLP, as prefix sums: [0] gate+up step 1, [1] gate+up combine (split-K),
+  // [2] down step 1, [3] down combine. Step 1 is split-K group terms (decode, >= 4 groups) or
+  // whole column blocks (prefill, dense weights, few groups).
+  int32_t* pre[4];
+  for (int j = 0; j < 4; ++j) pre[j] = ints + L.tasks + size_t(j) * (E + 1);
   for (size_t e = 0; e < E; ++e) cnt[e] = 0;
   for (size_t i = 0; i < P; ++i) ++cnt[mlp[i]];
   off[0] = 0;
   for (size_t e = 0; e < E; ++e) off[e + 1] = off[e] + cnt[e];
   for (size_t e = 0; e < E; ++e) cnt[e] = 0;
   for (size_t i = 0; i < P; ++i) pos[i] = off[mlp[i]] + cnt[mlp[i]]++;
-  tA[0] = tB[0] = 0;
+  auto split = [&](const MlpProj& p, size_t m) { return p.q && useSplitK(p.q->fmt, m); };
+  auto step1 = [&](const MlpProj& p, size_t m) -> size_t {
+    if (!m) return 0;
+    if (split(p, m)) return size_t(qGroupCount(p.q->fmt)) * ((p.N + kQSplitCols - 1) / kQSplitCols);
+    return (p.N + colsPerTask(p) - 1) / colsPerTask(p);
+  };
+  auto step2 = [&](const MlpProj& p, size_t m) -> size_t { return split(p, m) ? (p.N + kQGemmColsPerTask - 1) / kQGemmColsPerTask : 0; };
+  for (int j = 0; j < 4; ++j) pre[j][0] = 0;
   for (size_t e = 0; e < E; ++e) {
     const MlpDesc& d = mlps[e];
-    const size_t a = cnt[e] ? (d.gate.N + colsPerTask(d.gate) - 1) / colsPerTask(d.gate) + (d.up.N + colsPerTask(d.up) - 1) / colsPerTask(d.up) : 0;
-    const size_t b = cnt[e] ? (H + colsPerTask(d.down) - 1) / colsPerTask(d.down) : 0;
-    tA[e + 1] = tA[e] + int32_t(a);
-    tB[e + 1] = tB[e] + int32_t(b);
+    const size_t m = size_t(cnt[e]);
+    pre[0][e + 1] = pre[0][e] + int32_t(step1(d.gate, m) + step1(d.up, m));
+    pre[1][e + 1] = pre[1][e] + int32_t(step2(d.gate, m) + step2(d.up, m));
+    pre[2][e + 1] = pre[2][e] + int32_t(step1(d.down, m));
+    pre[3][e + 1] = pre[3][e] + int32_t(step2(d.down, m));
   }
   float* xg = scratch + L.xg;
   float* dOut = scratch + L.d;
@@ -412,18 +423,36 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
     const MlpProj& p = t % 2 ? mlps[e].up : mlps[e].gate;
     if (cnt[e] && p.q) qgemmPrepare(*p.q, xg + size_t(off[e]) * H, DType::kF32, H, size_t(cnt[e]), scratch + perE[e * 5 + 2 + t % 2], act);
   });
-  // Phase 2: every gate and up column block of every MLP in one parallel loop.
-  pool.parallelFor(size_t(tA[E]), [&](size_t t) {
-    const size_t e = ownerOf(tA, t);
-    const MlpDesc& d = mlps[e];
-    size_t local = t - size_t(tA[e]);
-    const size_t gateTasks = (d.gate.N + colsPerTask(d.gate) - 1) / colsPerTask(d.gate);
-    const bool isUp = local >= gateTasks;
-    if (isUp) local -= gateTasks;
-    const MlpProj& p = isUp ? d.up : d.gate;
+  // Step 1 / step 2 of one projection: local task index within that projection.
+  auto runStep1 = [&](const MlpProj& p, size_t m, const float* xin, float* prep, float* yout, size_t local) {
+    if (split(p, m)) {
+      const size_t colBlocks = (p.N + kQSplitCols - 1) / kQSplitCols, g = local / colBlocks, n0 = (local % colBlocks) * kQSplitCols;
+      const QActs a = qgemmActsView(p.q->fmt, m, act, prep);
+      qk->groupTerms(*p.q, a, g, n0, n0 + kQSplitCols < p.N ? n0 + kQSplitCols : p.N, prep + qgemmActsFloats(p.q->fmt, m, act));
+      return;
+    }
     const size_t n0 = local * colsPerTask(p), n1 = n0 + colsPerTask(p) < p.N ? n0 + colsPerTask(p) : p.N;
-    projColumns(*qk, *gk, p, xg + size_t(off[e]) * H, size_t(cnt[e]), scratch + perE[e * 5 + 2 + isUp], n0, n1, scratch + perE[e * 5 + isUp], act);
-  });
+    projColumns(*qk, *gk, p, xin, m, prep, n0, n1, yout, act);
+  };
+  auto runStep2 = [&](const MlpProj& p, size_t m, float* prep, float* yout, size_t local) {
+    const size_t n0 = local * kQGemmColsPerTask, n1 = n0 + kQGemmColsPerTask < p.N ? n0 + kQGemmColsPerTask : p.N;
+    qk->groupCombine(*p.q, prep + qgemmActsFloats(p.q->fmt, m, act), m, n0, n1, yout, p.N);
+  };
+  // Phase 2: every gate and up task of every MLP in one parallel loop (then their combines).
+  for (int stepIdx = 0; stepIdx < 2; ++stepIdx)
+    pool.parallelFor(size_t(pre[stepIdx][E]), [&](size_t t) {
+      const size_t e = ownerOf(pre[stepIdx], t), m = size_t(cnt[e]);
+      const MlpDesc& d = mlps[e];
+      size_t local = t - size_t(pre[stepIdx][e]);
+      const size_t gateTasks = stepIdx == 0 ? step1(d.gate, m) : step2(d.gate, m);
+      const bool isUp = local >= gateTasks;
+      if (isUp) local -= gateTasks;
+      const MlpProj& p = isUp ? d.up : d.gate;
+      float* prep = scratch + perE[e * 5 + 2 + isUp];
+      float* yout = scratch + perE[e * 5 + isUp];
+      if (stepIdx == 0) runStep1(p, m, xg + size_t(off[e]) * H, prep, yout, local);
+      else runStep2(p, m, prep, yout, local);
+    });
   // Phase 3: h = silu(gate) ⊙ up (in the gate buffer), then the down projection's activations.
   pool.parallelFor(E, [&](size_t e) {
     if (!cnt[e]) return;
@@ -434,14 +463,16 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
     for (size_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
     if (d.down.q) qgemmPrepare(*d.down.q, g, DType::kF32, d.down.K, size_t(cnt[e]), scratch + perE[e * 5 + 4], act);
   });
-  // Phase 4: every down column block.
-  pool.parallelFor(size_t(tB[E]), [&](size_t t) {
-    const size_t e = ownerOf(tB, t);
-    const MlpProj& p = mlps[e].down;
-    const size_t n0 = (t - size_t(tB[e])) * colsPerTask(p), n1 = n0 + colsPerTask(p) < H ? n0 + colsPerTask(p) : H;
-    // D rows of MLP e start at off[e]; its rows are H apart, as projColumns writes with ld = N = H.
-    projColumns(*qk, *gk, p, scratch + perE[e * 5], size_t(cnt[e]), scratch + perE[e * 5 + 4], n0, n1, dOut + size_t(off[e]) * H, act);
-  });
+  // Phase 4: every down task (then their combines). D rows of MLP e start at off[e], H apart.
+  for (int stepIdx = 2; stepIdx < 4; ++stepIdx)
+    pool.parallelFor(size_t(pre[stepIdx][E]), [&](size_t t) {
+      const size_t e = ownerOf(pre[stepIdx], t), m = size_t(cnt[e]);
+      const MlpProj& p = mlps[e].down;
+      const size_t local = t - size_t(pre[stepIdx][e]);
+      float* prep = scratch + perE[e * 5 + 4];
+      if (stepIdx == 2) runStep1(p, m, scratch + perE[e * 5], prep, dOut + size_t(off[e]) * H, local);
+      else runStep2(p, m, prep, dOut + size_t(off[e]) * H, local);
+    });
   // Phase 5: out = Σ_i weight[i] · D[pos[i]], pairs in the order given, per column block.
   pool.parallelFor((H + kAccumCols - 1) / kAccumCols, [&](size_t t) {
     const size_t c0 = t * kAccumCols, c1 = c0 + kAccumCols < H ? c0 + kAccumCols : H;
