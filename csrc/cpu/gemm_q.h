@@ -22,6 +22,9 @@
 // Activations are prepared once per call (qgemmPrepare): permuted through w.perm (act-order),
 // converted from f16/bf16, pre-scaled, and summed per group. A row's result depends only on
 // its own x row, never on M or the thread count: batch-invariant and thread-invariant.
+// How N (and, for decode, the groups) are split into tasks never changes a result: each
+// output is one fixed operation sequence, and split-K tasks only hand the group terms t to
+// a combine step that applies y = fma(s, t, y) in the same group order.
 #pragma once
 #include <cstddef>
 #include <cstdint>

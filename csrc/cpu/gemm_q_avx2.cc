@@ -6,9 +6,13 @@
 // Eight consecutive columns are therefore one 32-byte load, and code j of all eight is one
 // AND (kept in place, see gemm_q.h) + one int->float convert, then one FMA per activation row.
 //
-// GEMV (M <= 8, memory-bound): a block of 8·C columns keeps its accumulators in registers
-// and walks down the qweight rows, touching each weight byte once, with software prefetch
-// a few rows ahead (the rows are N·4 bytes apart, farther than the hardware streamer follows).
+// Decode (M <= 8, memory-bound), two shapes of the same arithmetic:
+//  - split-K (>= 4 groups, the usual case): a task reads the qweight rows of one group front
+//    to back over up to 2048 columns (long contiguous runs, like a dense GEMV's rows) and
+//    writes the group terms; groupCombine then applies the scales in group order.
+//  - column blocks (few groups): 8·C columns keep their accumulators in registers and walk
+//    down the qweight rows with software prefetch.
+// Each weight byte is read once per activation row group either way.
 // GEMM (M > 8, compute-bound): the codes of a group × 16..64-column panel are converted once
 // into an L1/L2-resident f32 buffer and reused by every 6-row tile of x through a 6x16
 // register-tiled micro-kernel (12 accumulators + 2 panel vectors + 1 broadcast = 15 ymm).
