@@ -261,7 +261,25 @@ void termsF32(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, s
   for (size_t u = u0; u < u1; ++u) {
     const uint32_t* p = w.qweight + u * W * N + n0;
     const float* xk = a.xs + m * K + u * U;
-    for (size_t c = 0; c < nv; ++c) {
+    // Four vectors per step share each activation broadcast (1 broadcast per 32 weights
+    // instead of per 8: ~20% fewer instructions in this compute-bound loop).
+    size_t c = 0;
+    for (; c + 4 <= nv; c += 4) {
+      __m256i wv[4][W];
+      for (int v = 0; v < 4; ++v)
+        for (int r = 0; r < W; ++r) wv[v][r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * (c + v)));
+      __m256 s0 = acc[c], s1 = acc[c + 1], s2 = acc[c + 2], s3 = acc[c + 3];
+      forEach([&](auto jc) {
+        constexpr int J = decltype(jc)::value;
+        const __m256 xb = _mm256_broadcast_ss(xk + J);
+        s0 = _mm256_fmadd_ps(xb, _mm256_cvtepi32_ps(codeInPlace<BITS, J>(wv[0])), s0);
+        s1 = _mm256_fmadd_ps(xb, _mm256_cvtepi32_ps(codeInPlace<BITS, J>(wv[1])), s1);
+        s2 = _mm256_fmadd_ps(xb, _mm256_cvtepi32_ps(codeInPlace<BITS, J>(wv[2])), s2);
+        s3 = _mm256_fmadd_ps(xb, _mm256_cvtepi32_ps(codeInPlace<BITS, J>(wv[3])), s3);
+      }, std::make_integer_sequence<int, U>{});
+      acc[c] = s0, acc[c + 1] = s1, acc[c + 2] = s2, acc[c + 3] = s3;
+    }
+    for (; c < nv; ++c) {
       __m256i wv[W];
       for (int r = 0; r < W; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c));
       __m256 s = acc[c];
