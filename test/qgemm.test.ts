@@ -21,26 +21,50 @@ function poisoned(M: number, N: number): Tensor {
 
 /**
  * f64 reference y = x · Wᵀ (+ bias) on the exact dequantized weights, with a per-output bound.
- * The kernels compute per group A = Σ x·c (n_g sequential FMAs, error <= n_g·u·Σ|x c|),
- * X = Σ x (n_g adds; times z: <= z·n_g·u·Σ|x|), t = A − z·X (one rounding, <= u·Σ|x|(c+z)),
- * then y = Σ_g fma(s_g, t_g, y) (ng roundings, <= ng·u·Σ|s t|), then + bias (one rounding).
- * So |y − y64| <= (G + ng + 3)·u·Σ_k |x_k|·|s|·(c_k + z) + u·|y64|, first order (u = 2^-24).
+ * activations 'f32': the kernels compute per group A = Σ x·c (n_g sequential FMAs, error
+ * <= n_g·u·Σ|x c|), X = Σ x (n_g adds; times z: <= z·n_g·u·Σ|x|), t = A − z·X (one rounding,
+ * <= u·Σ|x|(c+z)), then y = Σ_g fma(s_g, t_g, y) (ng roundings, <= ng·u·Σ|s t|), then + bias:
+ *   |y − y64| <= (G + ng + 3)·u·Σ_k |x_k|·|s|·(c_k + z) + u·|y64|      (first order, u = 2^-24).
+ * activations 'int8' (2/4 bits): x̂ = d_b·q with q = round(x·fl(127/m_b)), d_b = fl(m_b/127),
+ * m_b = max|x| over the block of 32 kernel rows, so |x − x̂| <= d_b/2·(1+2u) + 4u·|x|; the
+ * integer block sums are exact, then bpg roundings per group and ng in the combine:
+ *   |y − y64| <= Σ_k |W_k|·(d_b/2·(1+2u) + 4u|x_k|) + (bpg + ng + 3)·u·Σ_k |s|(c+z)(|x_k| + d_b) + u·|y64|.
  */
-function check(y: Float32Array, x: Float32Array, q: MadeQuant, M: number, bias?: Float32Array): void {
+function check(y: Float32Array, x: Float32Array, q: MadeQuant, M: number, bias?: Float32Array, activations: 'f32' | 'int8' = 'f32'): void {
   const { K, N } = q.w.format;
-  for (let m = 0; m < M; m++)
+  const int8 = activations === 'int8' && (q.w.format.bits === 2 || q.w.format.bits === 4);
+  const perm = q.w.perm;
+  const bpg = Math.ceil(q.G / 32);
+  const d = new Float64Array(K); // block scale of each input channel (int8 mode)
+  for (let m = 0; m < M; m++) {
+    if (int8)
+      for (let g0 = 0; g0 < K; g0 += q.G)
+        for (let b0 = g0; b0 < Math.min(g0 + q.G, K); b0 += 32) {
+          const b1 = Math.min(b0 + 32, g0 + q.G, K);
+          let mx = 0;
+          for (let j = b0; j < b1; j++) mx = Math.max(mx, Math.abs(x[m * K + (perm ? perm[j] : j)]));
+          for (let j = b0; j < b1; j++) d[perm ? perm[j] : j] = mx / 127;
+        }
     for (let n = 0; n < N; n++) {
       let s = 0;
       let mag = 0;
+      let qerr = 0;
       for (let k = 0; k < K; k++) {
-        s += x[m * K + k] * q.W[n * K + k];
-        mag += Math.abs(x[m * K + k]) * q.mag[n * K + k];
+        const xv = x[m * K + k];
+        s += xv * q.W[n * K + k];
+        if (int8) {
+          mag += (Math.abs(xv) + d[k]) * q.mag[n * K + k];
+          qerr += Math.abs(q.W[n * K + k]) * (0.5 * d[k] * (1 + 2 * U) + 4 * U * Math.abs(xv));
+        } else {
+          mag += Math.abs(xv) * q.mag[n * K + k];
+        }
       }
       if (bias) s += bias[n];
-      const bound = (q.G + q.ng + 3) * U * mag + U * Math.abs(s) + 1e-30;
+      const bound = qerr + ((int8 ? bpg : q.G) + q.ng + 3) * U * mag + U * Math.abs(s) + 1e-30;
       const got = y[m * N + n];
-      if (!(Math.abs(got - s) <= bound)) throw new Error(`y[${m}, ${n}] = ${got} vs f64 ${s} (bound ${bound})`);
+      if (!(Math.abs(got - s) <= bound)) throw new Error(`y[${m}, ${n}] = ${got} vs f64 ${s} (bound ${bound}, ${activations})`);
     }
+  }
 }
 
 const code = (fn: () => unknown): string => {
@@ -111,6 +135,44 @@ describe.each(levels)('qlinear at ISA level %s', (isa) => {
       }
   });
 
+  it.each([2, 4] as const)("%i bits with int8 activations: groups 32/64/128/-1, M in 1..9 and 37, against f64 and the scalar reference", (bits) => {
+    const [K, N] = SIZES[bits];
+    let seed = bits * 2000;
+    for (const groupSize of [32, 64, 128, -1])
+      for (const v of VARIANTS) {
+        const q = makeQuant({ K, N, bits, groupSize, ...v, seed: ++seed });
+        for (const M of [1, 2, 3, 5, 8, 9, 37]) {
+          const x = randX(M, K, seed * 7 + M);
+          const out = poisoned(M, N);
+          qlinear(x, q.w, { out, isa, activations: 'int8' });
+          check(out.data() as Float32Array, x.toFloat32Array(), q, M, undefined, 'int8');
+          if (isa !== 'scalar') {
+            const ref = qlinear(x, q.w, { isa: 'scalar', activations: 'int8' }).data() as Float32Array;
+            expect(bytes(out.data() as Float32Array).equals(bytes(ref))).toBe(true);
+          }
+        }
+      }
+  });
+
+  it('int8 activations: act-order, batch invariance (M = 1 vs 37), and 3/8 bits keep f32', () => {
+    const q = makeQuant({ K: 296, N: 104, bits: 4, groupSize: 64, sym: false, v2: false, seed: 31, actOrder: true });
+    const x = randX(37, 296, 6);
+    const all = qlinear(x, q.w, { isa, activations: 'int8' }).data() as Float32Array;
+    check(all, x.toFloat32Array(), q, 37, undefined, 'int8');
+    for (const r of [0, 7, 36]) {
+      const one = qlinear(x.slice(r, r + 1), q.w, { isa, activations: 'int8' }).data() as Float32Array;
+      expect(bytes(one).equals(bytes(all.subarray(r * 104, (r + 1) * 104)))).toBe(true);
+    }
+    for (const bits of [3, 8] as const) {
+      const [K, N] = SIZES[bits];
+      const q3 = makeQuant({ K, N, bits, groupSize: 32, sym: true, v2: false, seed: 5 });
+      const x3 = randX(3, K, 2);
+      const a = qlinear(x3, q3.w, { isa, activations: 'int8' }).data() as Float32Array;
+      const b = qlinear(x3, q3.w, { isa }).data() as Float32Array;
+      expect(bytes(a).equals(bytes(b))).toBe(true);
+    }
+  });
+
   it('act-order: permutes x through perm (random permutation), with a sequential gIdx and bias', () => {
     for (const bits of [3, 4] as const) {
       const [K, N] = SIZES[bits];
@@ -126,7 +188,7 @@ describe.each(levels)('qlinear at ISA level %s', (isa) => {
   });
 
   it('is batch-invariant: a row gives the same bits alone (GEMV) and inside M = 5 and M = 37 (GEMM)', () => {
-    const q = makeQuant({ K: 296, N: 104, bits: 4, groupSize: 128, sym: false, v2: false, seed: 9 });
+    const q = makeQuant({ K: 296, N: 104, bits: 4, groupSize: 32, sym: false, v2: false, seed: 9 }); // ng = 10: M <= 8 takes the split-K path
     const x = randX(37, 296, 5);
     const all = qlinear(x, q.w, { isa }).data() as Float32Array;
     const five = qlinear(x.slice(0, 5), q.w, { isa }).data() as Float32Array;
@@ -183,6 +245,7 @@ describe('qlinear', () => {
     expect(code(() => qlinear(x, w, { out: Tensor.zeros([2, 15]) }))).toBe('KVANT_SHAPE');
     expect(code(() => qlinear(x, w, { bias: Tensor.zeros([15]) }))).toBe('KVANT_SHAPE');
     expect(code(() => qlinear(x, w, { isa: 'sse' as 'avx2' }))).toBe('KVANT_BACKEND');
+    expect(code(() => qlinear(x, w, { activations: 'int4' as 'int8' }))).toBe('KVANT_RANGE');
     const buf = new ArrayBuffer(2 * 64 * 4 + 2 * 16 * 4);
     const xa = Tensor.fromBuffer(buf, 'f32', [2, 64]);
     xa.byteView().set(x.byteView());
@@ -215,16 +278,18 @@ function silu(v: number): number {
 
 describe.each(levels)('moeMlp at ISA level %s', (isa) => {
   it('matches an f64 MoE of quantized and dense MLPs (pairs in order), and is batch-invariant', () => {
-    const H = 96;
-    const I = 64;
-    // MLP 0, 1: 4-bit g32 and 3-bit g32 (asym, v1); MLP 2: dense bf16 (a "shared expert").
+    const H = 128;
+    const I = 128;
+    // MLP 0, 1: 4-bit g32 and 3-bit g32 (asym, v1/v2; 4 groups, so one row alone takes the
+    // split-K decode path while the 10 rows of the batch take the panel GEMM); MLP 2: dense
+    // bf16 (a "shared expert").
     const qs = [4, 3].map((bits, e) => {
       const mk = (K: number, N: number, s: number) => makeQuant({ K, N, bits: bits as QuantBits, groupSize: 32, sym: false, v2: e === 1, seed: 100 + 10 * e + s });
       return { gate: mk(H, I, 1), up: mk(H, I, 2), down: mk(I, H, 3) };
     });
     const dense = [Tensor.random([I, H], 'bf16', { seed: 5, std: 0.1, dist: 'normal' }), Tensor.random([I, H], 'bf16', { seed: 6, std: 0.1, dist: 'normal' }), Tensor.random([H, I], 'bf16', { seed: 7, std: 0.1, dist: 'normal' })];
     const mlps = [...qs.map((m) => ({ gate: m.gate.w, up: m.up.w, down: m.down.w })), { gate: dense[0], up: dense[1], down: dense[2] }];
-    const M = 5;
+    const M = 10;
     const x = randX(M, H, 3);
     // Each row: two routed experts (0/1 in varying order with weights) + the shared one (2, weight 1).
     const mlp: number[] = [];

@@ -39,24 +39,55 @@ inline float zeroOf(const QMatrix& w, size_t g, size_t n) {
 namespace scalar {
 namespace {
 
-// The reference: the exact operation sequence of gemm_q.h with std::fma, one output at a time.
-void columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
+// The combined term of group g for output (m, n): kF32: A − z·X; kInt8: Σ_b (I_b − z·Q_b)·d_b.
+float term(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n) {
   const int bits = w.fmt.bits;
   const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt)), U = size_t(qUnitCodes(bits));
+  const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
+  const float* xs = a.xs + m * K;
+  const float z = zeroOf(w, g, n);
+  if (a.act == QAct::kInt8) {
+    float A = 0;
+    for (size_t b = 0, kb = g * G; kb < k1; ++b, kb += kQ8Block) {
+      const size_t kb1 = kb + kQ8Block < k1 ? kb + kQ8Block : k1;
+      int32_t I = 0;
+      for (size_t k = kb; k < kb1; ++k) I += int32_t(xs[k]) * int32_t(packedCode(w.qweight + n, N, k, bits));
+      const size_t bi = m * a.nbt + g * a.bpg + b;
+      A = std::fma(std::fma(-z, a.qsum[bi], float(I)), a.dx[bi], A);  // the inner fma is exact
+    }
+    return A;
+  }
+  float acc = 0;
+  for (size_t k = g * G; k < k1; ++k) {
+    const uint32_t c = packedCode(w.qweight + n, N, k, bits) << qInPlaceShift(bits, int(k % U));
+    acc = std::fma(xs[k], float(c), acc);
+  }
+  return std::fma(-z, a.xsum[m * a.ng + g], acc);
+}
+
+// The reference: the exact operation sequence of gemm_q.h with std::fma, one output at a time.
+void columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
+  const size_t N = size_t(w.fmt.N);
   for (size_t n = n0; n < n1; ++n)
     for (size_t m = 0; m < a.M; ++m) {
-      const float* xs = a.xs + m * K;
       float acc_y = 0;
-      for (size_t g = 0; g * G < K; ++g) {
-        const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
-        float acc = 0;
-        for (size_t k = g * G; k < k1; ++k) {
-          const uint32_t c = packedCode(w.qweight + n, N, k, bits) << qInPlaceShift(bits, int(k % U));
-          acc = std::fma(xs[k], float(c), acc);
-        }
-        const float t = std::fma(-zeroOf(w, g, n), a.xsum[m * a.ng + g], acc);
-        acc_y = std::fma(f16ToF32(w.scales[g * N + n]), t, acc_y);
-      }
+      for (size_t g = 0; g < a.ng; ++g) acc_y = std::fma(f16ToF32(w.scales[g * N + n]), term(w, a, m, g, n), acc_y);
+      y[m * ldy + n] = acc_y;
+    }
+}
+
+void groupTerms(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t n1, float* T) {
+  const size_t N = size_t(w.fmt.N);
+  for (size_t m = 0; m < a.M; ++m)
+    for (size_t n = n0; n < n1; ++n) T[(m * a.ng + g) * N + n] = term(w, a, m, g, n);
+}
+
+void groupCombine(const QMatrix& w, const float* T, size_t M, size_t n0, size_t n1, float* y, size_t ldy) {
+  const size_t N = size_t(w.fmt.N), ng = size_t(qGroupCount(w.fmt));
+  for (size_t m = 0; m < M; ++m)
+    for (size_t n = n0; n < n1; ++n) {
+      float acc_y = 0;
+      for (size_t g = 0; g < ng; ++g) acc_y = std::fma(f16ToF32(w.scales[g * N + n]), T[(m * ng + g) * N + n], acc_y);
       y[m * ldy + n] = acc_y;
     }
 }
@@ -66,7 +97,7 @@ void fmaRow(float a, const float* x, float* y, size_t n) {
 }
 
 }  // namespace
-const QGemmKernels kQGemmKernels = {columns, fmaRow};
+const QGemmKernels kQGemmKernels = {columns, fmaRow, groupTerms, groupCombine};
 }  // namespace scalar
 
 const QGemmKernels* qgemmKernelsFor(Isa isa) {
@@ -92,17 +123,51 @@ Status qgemmValidate(const QMatrix& w) {
   return Status::kOk;
 }
 
-size_t qgemmScratchFloats(const QuantFormat& f, size_t M) { return M * size_t(f.K) + M * size_t(qGroupCount(f)); }
+namespace {
+inline size_t up16(size_t n) { return (n + 15) / 16 * 16; }
+inline size_t blocksPerGroup(const QuantFormat& f) { return (size_t(qEffectiveGroup(f)) + kQ8Block - 1) / kQ8Block; }
 
-QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, size_t M, float* scratch) {
-  const size_t K = size_t(w.fmt.K), G = size_t(qEffectiveGroup(w.fmt)), ng = size_t(qGroupCount(w.fmt));
+inline bool useSplitK(const QuantFormat& f, size_t M) { return M >= 1 && M <= kQSplitMaxM && size_t(qGroupCount(f)) >= kQSplitMinGroups; }
+
+size_t qgemmActsFloats(const QuantFormat& f, size_t M, QAct act) {
+  const size_t K = size_t(f.K), ng = size_t(qGroupCount(f));
+  if (qActFor(f.bits, act) == QAct::kInt8) return up16(M * K) + up16((M * K + 3) / 4) + 2 * up16(M * ng * blocksPerGroup(f));
+  return up16(M * K) + up16(M * ng);
+}
+}  // namespace
+
+size_t qgemmScratchFloats(const QuantFormat& f, size_t M, QAct act) {
+  return qgemmActsFloats(f, M, act) + (useSplitK(f, M) ? M * size_t(qGroupCount(f)) * size_t(f.N) : 0);
+}
+
+QActs qgemmActsView(const QuantFormat& f, size_t M, QAct act, float* scratch) {
+  const size_t K = size_t(f.K), ng = size_t(qGroupCount(f));
+  QActs a{};
+  a.M = M;
+  a.K = K;
+  a.ng = ng;
+  a.act = qActFor(f.bits, act);
+  a.xs = scratch;
+  if (a.act == QAct::kInt8) {
+    a.bpg = blocksPerGroup(f);
+    a.nbt = ng * a.bpg;
+    float* p = scratch + up16(M * K);
+    a.qx = reinterpret_cast<const int8_t*>(p);
+    p += up16((M * K + 3) / 4);
+    a.dx = p;
+    a.qsum = p + up16(M * a.nbt);
+  } else {
+    a.xsum = scratch + up16(M * K);
+  }
+  return a;
+}
+
+QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, size_t M, float* scratch, QAct act) {
+  const QActs a = qgemmActsView(w.fmt, M, act, scratch);
+  const size_t K = a.K, G = size_t(qEffectiveGroup(w.fmt)), ng = a.ng;
   const int bits = w.fmt.bits;
   const size_t U = size_t(qUnitCodes(bits));
   float* xs = scratch;
-  float* xsum = scratch + M * K;
-  // 2^−e for each position inside a packing unit (exact powers of two).
-  float inv[32];
-  for (size_t j = 0; j < U; ++j) inv[j] = std::ldexp(1.0f, -qInPlaceShift(bits, int(j)));
   for (size_t m = 0; m < M; ++m) {
     float* xr = xs + m * K;
     for (size_t k = 0; k < K; ++k) {
@@ -113,18 +178,56 @@ QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, siz
       else v = bf16ToF32(static_cast<const uint16_t*>(x)[src]);
       xr[k] = v;
     }
-    for (size_t g = 0; g < ng; ++g) {
-      const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
-      float s = 0;
-      for (size_t k = g * G; k < k1; ++k) s += xr[k];
-      xsum[m * ng + g] = s;
+    if (a.act == QAct::kInt8) {
+      int8_t* qx = const_cast<int8_t*>(a.qx) + m * K;
+      float* dx = const_cast<float*>(a.dx) + m * a.nbt;
+      float* qs = const_cast<float*>(a.qsum) + m * a.nbt;
+      const size_t perByte = size_t(8 / bits);  // codes per byte of a packed word
+      for (size_t g = 0; g < ng; ++g) {
+        const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
+        for (size_t b = 0, kb = g * G; kb < k1; ++b, kb += kQ8Block) {
+          const size_t kb1 = kb + kQ8Block < k1 ? kb + kQ8Block : k1;
+          float mx = 0;
+          bool finite = true;
+          for (size_t k = kb; k < kb1; ++k) {
+            finite = finite && std::isfinite(xr[k]);
+            mx = std::fmax(mx, std::fabs(xr[k]));
+          }
+          // Non-finite input: d = NaN poisons exactly the outputs this block feeds, like kF32.
+          const float d = finite ? mx / 127.0f : NAN, inv = finite && mx > 0 ? 127.0f / mx : 0.0f;
+          int32_t sum = 0;
+          for (size_t k = kb; k < kb1; ++k) {
+            float q = std::nearbyint(xr[k] * inv);  // round half to even (default rounding mode)
+            q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+            xr[k] = q;
+            sum += int32_t(q);
+            const size_t u = k / U, jj = k % U;
+            qx[u * U + (jj % perByte) * 4 + jj / perByte] = int8_t(q);
+          }
+          dx[g * a.bpg + b] = d;
+          qs[g * a.bpg + b] = float(sum);
+        }
+        for (size_t b = (k1 - g * G + kQ8Block - 1) / kQ8Block; b < a.bpg; ++b) dx[g * a.bpg + b] = qs[g * a.bpg + b] = 0;
+      }
+    } else {
+      float* xsum = const_cast<float*>(a.xsum);
+      for (size_t g = 0; g < ng; ++g) {
+        const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
+        float s = 0;
+        for (size_t k = g * G; k < k1; ++k) s += xr[k];
+        xsum[m * ng + g] = s;
+      }
+      // 2^−e for each position inside a packing unit (exact powers of two).
+      float inv[32];
+      for (size_t j = 0; j < U; ++j) inv[j] = std::ldexp(1.0f, -qInPlaceShift(bits, int(j)));
+      for (size_t k = 0; k < K; ++k) xr[k] *= inv[k % U];
     }
-    for (size_t k = 0; k < K; ++k) xr[k] *= inv[k % U];
   }
-  return QActs{xs, xsum, M, K, ng};
+  return a;
 }
 
-Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, float* y, float* scratch, Isa isa) {
+Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, float* y, float* scratch, Isa isa,
+             QAct act) {
   const Status v = qgemmValidate(w);
   if (v != Status::kOk) return v;
   if (xType != DType::kF32 && xType != DType::kF16 && xType != DType::kBF16) return Status::kDtype;
@@ -132,10 +235,28 @@ Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float
   if (!kt) return Status::kBackend;
   if (M == 0) return Status::kOk;
   const size_t K = size_t(w.fmt.K), N = size_t(w.fmt.N);
-  const QActs a = qgemmPrepare(w, x, xType, K, M, scratch);
-  const size_t tasks = (N + kQGemmColsPerTask - 1) / kQGemmColsPerTask;
+  const QActs a = qgemmPrepare(w, x, xType, K, M, scratch, act);
+  const size_t cpt = kQGemmColsPerTask;
+  const size_t tasks = (N + cpt - 1) / cpt;
+  if (useSplitK(w.fmt, M)) {
+    // Phase 1: group × column-range tasks write the group terms; phase 2 combines them.
+    float* T = scratch + qgemmActsFloats(w.fmt, M, act);
+    const size_t colBlocks = (N + kQSplitCols - 1) / kQSplitCols;
+    threadPool().parallelFor(a.ng * colBlocks, [&](size_t t) {
+      const size_t g = t / colBlocks, n0 = (t % colBlocks) * kQSplitCols;
+      kt->groupTerms(w, a, g, n0, n0 + kQSplitCols < N ? n0 + kQSplitCols : N, T);
+    });
+    threadPool().parallelFor(tasks, [&](size_t t) {
+      const size_t n0 = t * cpt, n1 = n0 + cpt < N ? n0 + cpt : N;
+      kt->groupCombine(w, T, M, n0, n1, y, N);
+      if (bias)
+        for (size_t m = 0; m < M; ++m)
+          for (size_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
+    });
+    return Status::kOk;
+  }
   threadPool().parallelFor(tasks, [&](size_t t) {
-    const size_t n0 = t * kQGemmColsPerTask, n1 = n0 + kQGemmColsPerTask < N ? n0 + kQGemmColsPerTask : N;
+    const size_t n0 = t * cpt, n1 = n0 + cpt < N ? n0 + cpt : N;
     kt->columns(w, a, n0, n1, y, N);
     if (bias)
       for (size_t m = 0; m < M; ++m)
@@ -154,13 +275,14 @@ namespace {
 struct MoeLayout {
   size_t ints = 0, floats = 0;
   // int offsets
-  size_t cnt = 0, off = 0, pos = 0, tasksA = 0, tasksB = 0;
+  size_t cnt = 0, off = 0, pos = 0, tasks = 0;  // tasks: 4 prefix arrays of E + 1
   // float offsets
   size_t xg = 0, d = 0;
   size_t total = 0;
 };
 
-inline size_t prepFloats(const MlpProj& p, size_t m) { return p.q ? qgemmScratchFloats(p.q->fmt, m) : 0; }
+// Prepared activations, plus the split-K group terms when that path applies (qgemmScratchFloats).
+inline size_t prepFloats(const MlpProj& p, size_t m, QAct act) { return p.q ? qgemmScratchFloats(p.q->fmt, m, act) : 0; }
 
 constexpr size_t kDenseColsPerTask = 64;  // a multiple of the dense tile width (4)
 constexpr size_t kAccumCols = 256;        // columns per task of the final accumulation
@@ -170,15 +292,14 @@ constexpr size_t kAccumCols = 256;        // columns per task of the final accum
 // perE (when given; 5 per MLP) receives the float offsets of [gate out, up out, gate prep,
 // up prep, down prep]. The scratch starts with perE (as 64-bit slots), then the int arrays,
 // then the 64-byte aligned float buffers. No allocation: counts are recounted per MLP.
-static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H, uint64_t* perE) {
+static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H, QAct act, uint64_t* perE) {
   MoeLayout L;
   const size_t head = E * 5 * 2;  // perE in float-sized slots
   L.cnt = head;
   L.off = L.cnt + E;
   L.pos = L.off + E + 1;
-  L.tasksA = L.pos + P;
-  L.tasksB = L.tasksA + E + 1;
-  L.ints = L.tasksB + E + 1;
+  L.tasks = L.pos + P;
+  L.ints = L.tasks + 4 * (E + 1);
   size_t f = (L.ints + 15) / 16 * 16;
   L.xg = f;
   f += P * H;
@@ -188,7 +309,7 @@ static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, si
     size_t m = 0;
     for (size_t i = 0; i < P; ++i) m += size_t(mlp[i]) == e;
     const size_t I = mlps[e].gate.N;
-    const size_t sizes[5] = {m * I, m * I, prepFloats(mlps[e].gate, m), prepFloats(mlps[e].up, m), prepFloats(mlps[e].down, m)};
+    const size_t sizes[5] = {m * I, m * I, prepFloats(mlps[e].gate, m, act), prepFloats(mlps[e].up, m, act), prepFloats(mlps[e].down, m, act)};
     for (int j = 0; j < 5; ++j) {
       if (perE) perE[e * 5 + j] = f;
       f += m ? (sizes[j] + 15) / 16 * 16 : 0;
@@ -198,8 +319,8 @@ static MoeLayout moeLayout(const MlpDesc* mlps, size_t E, const int32_t* mlp, si
   return L;
 }
 
-size_t moeScratchFloats(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H) {
-  return moeLayout(mlps, E, mlp, P, H, nullptr).total;
+size_t moeScratchFloats(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H, QAct act) {
+  return moeLayout(mlps, E, mlp, P, H, act, nullptr).total;
 }
 
 static void denseColumns(const GemmKernels& gk, const float* x, size_t M, const MlpProj& p, size_t n0, size_t n1, float* y, size_t ldy) {
@@ -220,10 +341,9 @@ static size_t colsPerTask(const MlpProj& p) { return p.q ? kQGemmColsPerTask : k
 
 // Output columns [n0, n1) of projection p over m rows: prepared acts (quantized) or raw x (dense).
 static void projColumns(const QGemmKernels& qk, const GemmKernels& gk, const MlpProj& p, const float* x, size_t m, float* prep,
-                        size_t n0, size_t n1, float* y) {
+                        size_t n0, size_t n1, float* y, QAct act) {
   if (p.q) {
-    const QuantFormat& f = p.q->fmt;
-    const QActs a{prep, prep + m * size_t(f.K), m, size_t(f.K), size_t(qGroupCount(f))};
+    const QActs a = qgemmActsView(p.q->fmt, m, act, prep);
     qk.columns(*p.q, a, n0, n1, y, p.N);
   } else {
     denseColumns(gk, x, m, p, n0, n1, y, p.N);
@@ -231,7 +351,7 @@ static void projColumns(const QGemmKernels& qk, const GemmKernels& gk, const Mlp
 }
 
 Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E, const int32_t* mlp, const int32_t* row,
-              const float* weight, size_t P, float* out, float* scratch, size_t scratchFloats, Isa isa) {
+              const float* weight, size_t P, float* out, float* scratch, size_t scratchFloats, Isa isa, QAct act) {
   const QGemmKernels* qk = qgemmKernelsFor(isa);
   const GemmKernels* gk = gemmKernelsFor(isa);
   if (!qk || !gk) return Status::kBackend;
@@ -252,29 +372,40 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
   for (size_t i = 0; i < P; ++i)
     if (mlp[i] < 0 || size_t(mlp[i]) >= E || row[i] < 0 || size_t(row[i]) >= M) return Status::kRange;
   if (P > size_t(INT32_MAX) / 2) return Status::kRange;
-  if (scratchFloats < moeLayout(mlps, E, mlp, P, H, nullptr).total) return Status::kShape;
+  if (scratchFloats < moeLayout(mlps, E, mlp, P, H, act, nullptr).total) return Status::kShape;
   if (reinterpret_cast<uintptr_t>(scratch) % 8 != 0) return Status::kRange;  // perE holds 64-bit slots
   uint64_t* perE = reinterpret_cast<uint64_t*>(scratch);
-  const MoeLayout L = moeLayout(mlps, E, mlp, P, H, perE);
+  const MoeLayout L = moeLayout(mlps, E, mlp, P, H, act, perE);
   int32_t* ints = reinterpret_cast<int32_t*>(scratch);
   int32_t* cnt = ints + L.cnt;
   int32_t* off = ints + L.off;
   int32_t* pos = ints + L.pos;
-  int32_t* tA = ints + L.tasksA;  // prefix sums of gate+up tasks per MLP
-  int32_t* tB = ints + L.tasksB;  // prefix sums of down tasks per MLP
+  // Task counts per MLP, as prefix sums: [0] gate+up step 1, [1] gate+up combine (split-K),
+  // [2] down step 1, [3] down combine. Step 1 is split-K group terms (decode, >= 4 groups) or
+  // whole column blocks (prefill, dense weights, few groups).
+  int32_t* pre[4];
+  for (int j = 0; j < 4; ++j) pre[j] = ints + L.tasks + size_t(j) * (E + 1);
   for (size_t e = 0; e < E; ++e) cnt[e] = 0;
   for (size_t i = 0; i < P; ++i) ++cnt[mlp[i]];
   off[0] = 0;
   for (size_t e = 0; e < E; ++e) off[e + 1] = off[e] + cnt[e];
   for (size_t e = 0; e < E; ++e) cnt[e] = 0;
   for (size_t i = 0; i < P; ++i) pos[i] = off[mlp[i]] + cnt[mlp[i]]++;
-  tA[0] = tB[0] = 0;
+  auto split = [&](const MlpProj& p, size_t m) { return p.q && useSplitK(p.q->fmt, m); };
+  auto step1 = [&](const MlpProj& p, size_t m) -> size_t {
+    if (!m) return 0;
+    if (split(p, m)) return size_t(qGroupCount(p.q->fmt)) * ((p.N + kQSplitCols - 1) / kQSplitCols);
+    return (p.N + colsPerTask(p) - 1) / colsPerTask(p);
+  };
+  auto step2 = [&](const MlpProj& p, size_t m) -> size_t { return split(p, m) ? (p.N + kQGemmColsPerTask - 1) / kQGemmColsPerTask : 0; };
+  for (int j = 0; j < 4; ++j) pre[j][0] = 0;
   for (size_t e = 0; e < E; ++e) {
     const MlpDesc& d = mlps[e];
-    const size_t a = cnt[e] ? (d.gate.N + colsPerTask(d.gate) - 1) / colsPerTask(d.gate) + (d.up.N + colsPerTask(d.up) - 1) / colsPerTask(d.up) : 0;
-    const size_t b = cnt[e] ? (H + colsPerTask(d.down) - 1) / colsPerTask(d.down) : 0;
-    tA[e + 1] = tA[e] + int32_t(a);
-    tB[e + 1] = tB[e] + int32_t(b);
+    const size_t m = size_t(cnt[e]);
+    pre[0][e + 1] = pre[0][e] + int32_t(step1(d.gate, m) + step1(d.up, m));
+    pre[1][e + 1] = pre[1][e] + int32_t(step2(d.gate, m) + step2(d.up, m));
+    pre[2][e + 1] = pre[2][e] + int32_t(step1(d.down, m));
+    pre[3][e + 1] = pre[3][e] + int32_t(step2(d.down, m));
   }
   float* xg = scratch + L.xg;
   float* dOut = scratch + L.d;
@@ -290,20 +421,38 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
   pool.parallelFor(2 * E, [&](size_t t) {
     const size_t e = t / 2;
     const MlpProj& p = t % 2 ? mlps[e].up : mlps[e].gate;
-    if (cnt[e] && p.q) qgemmPrepare(*p.q, xg + size_t(off[e]) * H, DType::kF32, H, size_t(cnt[e]), scratch + perE[e * 5 + 2 + t % 2]);
+    if (cnt[e] && p.q) qgemmPrepare(*p.q, xg + size_t(off[e]) * H, DType::kF32, H, size_t(cnt[e]), scratch + perE[e * 5 + 2 + t % 2], act);
   });
-  // Phase 2: every gate and up column block of every MLP in one parallel loop.
-  pool.parallelFor(size_t(tA[E]), [&](size_t t) {
-    const size_t e = ownerOf(tA, t);
-    const MlpDesc& d = mlps[e];
-    size_t local = t - size_t(tA[e]);
-    const size_t gateTasks = (d.gate.N + colsPerTask(d.gate) - 1) / colsPerTask(d.gate);
-    const bool isUp = local >= gateTasks;
-    if (isUp) local -= gateTasks;
-    const MlpProj& p = isUp ? d.up : d.gate;
+  // Step 1 / step 2 of one projection: local task index within that projection.
+  auto runStep1 = [&](const MlpProj& p, size_t m, const float* xin, float* prep, float* yout, size_t local) {
+    if (split(p, m)) {
+      const size_t colBlocks = (p.N + kQSplitCols - 1) / kQSplitCols, g = local / colBlocks, n0 = (local % colBlocks) * kQSplitCols;
+      const QActs a = qgemmActsView(p.q->fmt, m, act, prep);
+      qk->groupTerms(*p.q, a, g, n0, n0 + kQSplitCols < p.N ? n0 + kQSplitCols : p.N, prep + qgemmActsFloats(p.q->fmt, m, act));
+      return;
+    }
     const size_t n0 = local * colsPerTask(p), n1 = n0 + colsPerTask(p) < p.N ? n0 + colsPerTask(p) : p.N;
-    projColumns(*qk, *gk, p, xg + size_t(off[e]) * H, size_t(cnt[e]), scratch + perE[e * 5 + 2 + isUp], n0, n1, scratch + perE[e * 5 + isUp]);
-  });
+    projColumns(*qk, *gk, p, xin, m, prep, n0, n1, yout, act);
+  };
+  auto runStep2 = [&](const MlpProj& p, size_t m, float* prep, float* yout, size_t local) {
+    const size_t n0 = local * kQGemmColsPerTask, n1 = n0 + kQGemmColsPerTask < p.N ? n0 + kQGemmColsPerTask : p.N;
+    qk->groupCombine(*p.q, prep + qgemmActsFloats(p.q->fmt, m, act), m, n0, n1, yout, p.N);
+  };
+  // Phase 2: every gate and up task of every MLP in one parallel loop (then their combines).
+  for (int stepIdx = 0; stepIdx < 2; ++stepIdx)
+    pool.parallelFor(size_t(pre[stepIdx][E]), [&](size_t t) {
+      const size_t e = ownerOf(pre[stepIdx], t), m = size_t(cnt[e]);
+      const MlpDesc& d = mlps[e];
+      size_t local = t - size_t(pre[stepIdx][e]);
+      const size_t gateTasks = stepIdx == 0 ? step1(d.gate, m) : step2(d.gate, m);
+      const bool isUp = local >= gateTasks;
+      if (isUp) local -= gateTasks;
+      const MlpProj& p = isUp ? d.up : d.gate;
+      float* prep = scratch + perE[e * 5 + 2 + isUp];
+      float* yout = scratch + perE[e * 5 + isUp];
+      if (stepIdx == 0) runStep1(p, m, xg + size_t(off[e]) * H, prep, yout, local);
+      else runStep2(p, m, prep, yout, local);
+    });
   // Phase 3: h = silu(gate) ⊙ up (in the gate buffer), then the down projection's activations.
   pool.parallelFor(E, [&](size_t e) {
     if (!cnt[e]) return;
@@ -312,16 +461,18 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
     const float* u = scratch + perE[e * 5 + 1];
     const size_t n = size_t(cnt[e]) * d.gate.N;
     for (size_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-    if (d.down.q) qgemmPrepare(*d.down.q, g, DType::kF32, d.down.K, size_t(cnt[e]), scratch + perE[e * 5 + 4]);
+    if (d.down.q) qgemmPrepare(*d.down.q, g, DType::kF32, d.down.K, size_t(cnt[e]), scratch + perE[e * 5 + 4], act);
   });
-  // Phase 4: every down column block.
-  pool.parallelFor(size_t(tB[E]), [&](size_t t) {
-    const size_t e = ownerOf(tB, t);
-    const MlpProj& p = mlps[e].down;
-    const size_t n0 = (t - size_t(tB[e])) * colsPerTask(p), n1 = n0 + colsPerTask(p) < H ? n0 + colsPerTask(p) : H;
-    // D rows of MLP e start at off[e]; its rows are H apart, as projColumns writes with ld = N = H.
-    projColumns(*qk, *gk, p, scratch + perE[e * 5], size_t(cnt[e]), scratch + perE[e * 5 + 4], n0, n1, dOut + size_t(off[e]) * H);
-  });
+  // Phase 4: every down task (then their combines). D rows of MLP e start at off[e], H apart.
+  for (int stepIdx = 2; stepIdx < 4; ++stepIdx)
+    pool.parallelFor(size_t(pre[stepIdx][E]), [&](size_t t) {
+      const size_t e = ownerOf(pre[stepIdx], t), m = size_t(cnt[e]);
+      const MlpProj& p = mlps[e].down;
+      const size_t local = t - size_t(pre[stepIdx][e]);
+      float* prep = scratch + perE[e * 5 + 4];
+      if (stepIdx == 2) runStep1(p, m, scratch + perE[e * 5], prep, dOut + size_t(off[e]) * H, local);
+      else runStep2(p, m, prep, dOut + size_t(off[e]) * H, local);
+    });
   // Phase 5: out = Σ_i weight[i] · D[pos[i]], pairs in the order given, per column block.
   pool.parallelFor((H + kAccumCols - 1) / kAccumCols, [&](size_t t) {
     const size_t c0 = t * kAccumCols, c1 = c0 + kAccumCols < H ? c0 + kAccumCols : H;

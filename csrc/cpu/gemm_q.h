@@ -22,6 +22,9 @@
 // Activations are prepared once per call (qgemmPrepare): permuted through w.perm (act-order),
 // converted from f16/bf16, pre-scaled, and summed per group. A row's result depends only on
 // its own x row, never on M or the thread count: batch-invariant and thread-invariant.
+// How N (and, for decode, the groups) are split into tasks never changes a result: each
+// output is one fixed operation sequence, and split-K tasks only hand the group terms t to
+// a combine step that applies y = fma(s, t, y) in the same group order.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -33,11 +36,31 @@
 
 namespace kvant {
 
-// Prepared activations: xs [M, K] (permuted, pre-scaled) and xsum [M, ng] (X above).
+// Activation precision. kF32: the math above. kInt8 (2- and 4-bit weights only; other widths
+// keep kF32): x is quantized per block of 32 consecutive kernel rows inside a group,
+// q = round(x / d) in [−127, 127], d = max|x| / 127 (llama.cpp's Q8 blocks), and
+//   I_b = Σ_{k∈b} q_k · c_k,  Q_b = Σ_{k∈b} q_k   (exact integers)
+//   J_b = I_b − z · Q_b (exact), A_g = Σ_b fma(J_b, d_b, ·), y = Σ_g fma(s_g, A_g, ·)
+// which lets the GEMV use byte dot products (maddubs): about 3x fewer instructions per
+// weight. Every path computes I_b exactly, so kInt8 is as batch- and thread-invariant as kF32.
+enum class QAct : int { kF32 = 0, kInt8 = 1 };
+inline QAct qActFor(int bits, QAct requested) { return requested == QAct::kInt8 && (bits == 2 || bits == 4) ? QAct::kInt8 : QAct::kF32; }
+constexpr size_t kQ8Block = 32;
+
+// Prepared activations (views into the caller's scratch).
+//   kF32:  xs [M, K] (permuted, pre-scaled), xsum [M, ng] (X above).
+//   kInt8: xs [M, K] = float(q) (natural order, for the GEMM panel kernel), qx [M, K] int8 in
+//          "word order" (per packed word, the bytes in the order the kernel's shifts extract
+//          codes: for shift j, byte i holds code (8/bits)·i + j), d and Q per block [M, nbt].
 struct QActs {
   const float* xs;
   const float* xsum;
   size_t M, K, ng;
+  QAct act;
+  const int8_t* qx;
+  const float* dx;
+  const float* qsum;
+  size_t bpg, nbt;  // blocks per group, blocks per row (ng · bpg)
 };
 
 // Writes y[m*ldy + n] for m < a.M, n0 <= n < n1 (n0, n1 multiples of 8 or n1 = N). Runs on
@@ -47,9 +70,18 @@ using QColumnsFn = void (*)(const QMatrix& w, const QActs& a, size_t n0, size_t 
 // y[i] = fma(a, x[i], y[i]) for i < n: the fixed-order accumulation of moeMlp.
 using FmaRowFn = void (*)(float a, const float* x, float* y, size_t n);
 
+// Decode with split-K (M <= 8, several groups): one task reads whole qweight rows of one
+// group (long contiguous runs, as a dense GEMV streams its rows) and writes the group's
+// combined term t(m,g,n) (kF32: A − z·X; kInt8: A) to T[(m·ng + g)·N + n], n0 <= n < n1;
+// then groupCombine forms y = Σ_g fma(s, t, y) over ascending g: the same chain as columns().
+using QGroupFn = void (*)(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t n1, float* T);
+using QCombineFn = void (*)(const QMatrix& w, const float* T, size_t M, size_t n0, size_t n1, float* y, size_t ldy);
+
 struct QGemmKernels {
   QColumnsFn columns;
   FmaRowFn fmaRow;
+  QGroupFn groupTerms;
+  QCombineFn groupCombine;
 };
 
 namespace scalar { extern const QGemmKernels kQGemmKernels; }
@@ -71,12 +103,20 @@ constexpr int qInPlaceShift(int bits, int j) {
 // group never starts inside a word) and the pointers. kFormat / kShape on failure.
 Status qgemmValidate(const QMatrix& w);
 
-// Floats of scratch qgemm needs for M rows: M*K (xs) + M*ng (xsum).
-size_t qgemmScratchFloats(const QuantFormat& f, size_t M);
+// Split-K decode: used when M <= kQSplitMaxM and the matrix has >= kQSplitMinGroups groups.
+// A task covers one group × up to kQSplitCols columns (8 KB per qweight row at 4 bits is
+// two pages read front to back; the per-column accumulators, 2 x 8 KB, stay in L1).
+constexpr size_t kQSplitMaxM = 8, kQSplitMinGroups = 4, kQSplitCols = 2048;
 
-// Fills xs/xsum in `scratch` (qgemmScratchFloats floats) from x [M, ldx] of type xType
-// (f32, f16, bf16) and returns the view. Plain C++, shared by every level.
-QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, size_t M, float* scratch);
+// Floats of scratch qgemm needs for M rows (act: the requested precision).
+size_t qgemmScratchFloats(const QuantFormat& f, size_t M, QAct act = QAct::kF32);
+
+// The views of a prepared scratch (no work). scratch must be 16-byte aligned.
+QActs qgemmActsView(const QuantFormat& f, size_t M, QAct act, float* scratch);
+
+// Fills the scratch (qgemmScratchFloats floats) from x [M, ldx] of type xType (f32, f16,
+// bf16) and returns the view. Plain C++, shared by every level.
+QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, size_t M, float* scratch, QAct act = QAct::kF32);
 
 // Output columns per pool task. 32 columns = 4 AVX2 vectors of accumulators per row; a task
 // of 64 columns reads K·bits/32 rows of 256 contiguous bytes of qweight. N = 576 (kv_a)
@@ -85,7 +125,7 @@ constexpr size_t kQGemmColsPerTask = 64;
 
 // y [M, N] f32 = x · dequant(W)ᵀ (+ bias f32 [N] or nullptr). scratch: qgemmScratchFloats.
 Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, float* y, float* scratch,
-             Isa isa = Isa(-1));
+             Isa isa = Isa(-1), QAct act = QAct::kF32);
 
 // ---- Grouped MoE MLP ----------------------------------------------------------------------
 
@@ -103,13 +143,14 @@ struct MlpDesc {
 };
 
 // Floats of scratch moeMlp needs (the buffer must be 8-byte aligned).
-size_t moeScratchFloats(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H);
+size_t moeScratchFloats(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H, QAct act = QAct::kF32);
 
 // out[M, H] = Σ_i weight[i] · mlps[mlp[i]](x[row[i]]), accumulated in pair order
 // (out = fma(weight, d, out) starting from 0). One call: gate+up of every (mlp, rows) set in
 // one parallel phase, a barrier, then the downs, then the fixed-order accumulation.
 // Validates indices (kRange) and shapes (kShape) before touching any output.
 Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E, const int32_t* mlp, const int32_t* row,
-              const float* weight, size_t P, float* out, float* scratch, size_t scratchFloats, Isa isa = Isa(-1));
+              const float* weight, size_t P, float* out, float* scratch, size_t scratchFloats, Isa isa = Isa(-1),
+              QAct act = QAct::kF32);
 
 }  // namespace kvant

@@ -6,9 +6,13 @@
 // Eight consecutive columns are therefore one 32-byte load, and code j of all eight is one
 // AND (kept in place, see gemm_q.h) + one int->float convert, then one FMA per activation row.
 //
-// GEMV (M <= 8, memory-bound): a block of 8·C columns keeps its accumulators in registers
-// and walks down the qweight rows, touching each weight byte once, with software prefetch
-// a few rows ahead (the rows are N·4 bytes apart, farther than the hardware streamer follows).
+// Decode (M <= 8, memory-bound), two shapes of the same arithmetic:
+//  - split-K (>= 4 groups, the usual case): a task reads the qweight rows of one group front
+//    to back over up to 2048 columns (long contiguous runs, like a dense GEMV's rows) and
+//    writes the group terms; groupCombine then applies the scales in group order.
+//  - column blocks (few groups): 8·C columns keep their accumulators in registers and walk
+//    down the qweight rows with software prefetch.
+// Each weight byte is read once per activation row group either way.
 // GEMM (M > 8, compute-bound): the codes of a group × 16..64-column panel are converted once
 // into an L1/L2-resident f32 buffer and reused by every 6-row tile of x through a 6x16
 // register-tiled micro-kernel (12 accumulators + 2 panel vectors + 1 broadcast = 15 ymm).
@@ -50,13 +54,31 @@ inline __m256i codeInPlace(const __m256i* w) {
 }
 
 // Zero points of columns n..n+7 of group g as floats. Column c's code starts at bit bits·c of
-// the qzeros row in every layout (2/4/8 bits and the 96-bit 3-bit units alike), so two
-// gathers (the word holding its low bit and the one holding its high bit) cover all formats.
+// the qzeros row in every layout (2/4/8 bits and the 96-bit 3-bit units alike). 2/4/8 bits:
+// one or two words and a variable shift; 3 bits: two gathers (the words holding each code's
+// low and high bit), as codes may cross words.
 inline __m256 zerosOf(const QMatrix& w, size_t g, size_t n) {
   const int bits = w.fmt.bits;
   const uint32_t maxq = (1u << bits) - 1;
   const uint32_t* row = w.qzeros + g * size_t(qZeroCols(w.fmt));
   const size_t gp0 = size_t(bits) * n;
+  const __m256i mq = _mm256_set1_epi32(int(maxq));
+  if (bits != 3) {
+    // 2/4 bits: the 8 codes sit in one word (n is a multiple of 8); 8 bits: in two words.
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i v;
+    if (bits == 8) {
+      v = _mm256_srlv_epi32(_mm256_setr_epi32(int(row[n / 4]), int(row[n / 4]), int(row[n / 4]), int(row[n / 4]), int(row[n / 4 + 1]),
+                                              int(row[n / 4 + 1]), int(row[n / 4 + 1]), int(row[n / 4 + 1])),
+                            _mm256_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24));
+    } else {
+      v = _mm256_srlv_epi32(_mm256_set1_epi32(int(row[gp0 / 32])),
+                            _mm256_add_epi32(_mm256_set1_epi32(int(gp0 % 32)), _mm256_mullo_epi32(_mm256_set1_epi32(bits), lane)));
+    }
+    v = _mm256_and_si256(v, mq);
+    if (w.fmt.zeroFormat == int32_t(ZeroFormat::kGptqV1)) v = _mm256_and_si256(_mm256_add_epi32(v, _mm256_set1_epi32(1)), mq);
+    return _mm256_cvtepi32_ps(v);
+  }
   const int* base = reinterpret_cast<const int*>(row + gp0 / 32);
   const __m256i bp = _mm256_add_epi32(_mm256_set1_epi32(int(gp0 % 32)), _mm256_mullo_epi32(_mm256_set1_epi32(bits), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
   const __m256i lo = _mm256_srli_epi32(bp, 5), hi = _mm256_srli_epi32(_mm256_add_epi32(bp, _mm256_set1_epi32(bits - 1)), 5);
@@ -64,7 +86,6 @@ inline __m256 zerosOf(const QMatrix& w, size_t g, size_t n) {
   const __m256i wl = _mm256_i32gather_epi32(base, lo, 4), wh = _mm256_i32gather_epi32(base, hi, 4);
   // sllv by 32 (s = 0) yields 0, as needed when the code does not cross a word.
   __m256i v = _mm256_or_si256(_mm256_srlv_epi32(wl, s), _mm256_sllv_epi32(wh, _mm256_sub_epi32(_mm256_set1_epi32(32), s)));
-  const __m256i mq = _mm256_set1_epi32(int(maxq));
   v = _mm256_and_si256(v, mq);
   if (w.fmt.zeroFormat == int32_t(ZeroFormat::kGptqV1)) v = _mm256_and_si256(_mm256_add_epi32(v, _mm256_set1_epi32(1)), mq);
   return _mm256_cvtepi32_ps(v);
@@ -74,9 +95,11 @@ inline __m256 scalesOf(const QMatrix& w, size_t g, size_t n) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales + g * size_t(w.fmt.N) + n)));
 }
 
-// How many qweight rows ahead to prefetch: ~8 units keep ~1 KB per 32 columns in flight
-// per thread, enough to cover DRAM latency at this machine's per-core bandwidth.
+// How many qweight rows ahead to prefetch. A row of a 32-column block is 128 bytes and takes
+// ~30 cycles in the f32 GEMV, ~10 in the int8 one; 8 (resp. 32) rows ahead is ~250-300 cycles,
+// about one DRAM latency, i.e. 1-4 KB in flight per thread (measured: 32 beat 8 for int8).
 constexpr size_t kPrefetchUnits = 8;
+constexpr size_t kPrefetchUnitsQ8 = 32;
 
 // GEMV block: rows m0..m0+MR, columns n..n+8C (all inside N).
 template <int BITS, int C, int MR>
@@ -144,6 +167,214 @@ void gemvColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
   if (n < n1) scalar::kQGemmKernels.columns(w, a, n, n1, y, ldy);  // 8-bit N % 8 == 4 tail: same math
 }
 
+// ---- GEMV with int8 activations (QAct::kInt8, 2 and 4 bits) ----------------------------
+//
+// One packed word holds 32/BITS codes of one column along K. Shifting the 8-column vector
+// right by BITS·j and masking every byte with maxq leaves, in byte i of each column's lane,
+// code (8/BITS)·i + j: exactly the byte order qgemmPrepare wrote the int8 activations in.
+// maddubs (u8 codes × s8 activations, adjacent pairs summed to i16) then yields partial dot
+// products, summed over a 32-row block in i16 (bound: 8 maddubs per block per lane, each
+// |pair| <= 2·maxq·127: 4 bits 8·3810 = 30480, 2 bits 8·762 = 6096, both < 32767) and
+// widened once per block with madd(·, 1). I_b is exact, so this equals the scalar reference.
+// All columns of the strip (up to kStripVectors·8) advance together one 32-row block at a
+// time, so every qweight row is read as one contiguous run (256 bytes for a 64-column task;
+// measured 25-40% faster from DRAM than 32-column blocks walking 128-byte runs N·4 bytes
+// apart); the per-vector accumulators live in small L1 arrays.
+constexpr size_t kStripVectors = 16;
+
+template <int BITS>
+void gemvQ8Strip(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t nv, float* y, size_t ldy) {
+  constexpr int U = 32 / BITS, SH = 8 / BITS, ROWS = int(kQ8Block) / U;
+  const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt)), units = K / U;
+  const uint32_t* qw = w.qweight + n0;
+  const int8_t* qx = a.qx + m * K;
+  const float* dx = a.dx + m * a.nbt;
+  const float* qs = a.qsum + m * a.nbt;
+  const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1)), ones = _mm256_set1_epi16(1);
+  __m256 A[kStripVectors], Z[kStripVectors], Y[kStripVectors];
+  for (size_t c = 0; c < nv; ++c) Y[c] = _mm256_setzero_ps();
+  for (size_t g = 0; g < a.ng; ++g) {
+    const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K;
+    for (size_t c = 0; c < nv; ++c) A[c] = _mm256_setzero_ps(), Z[c] = zerosOf(w, g, n0 + 8 * c);
+    for (size_t b = 0, kb = k0; kb < k1; ++b, kb += kQ8Block) {
+      const size_t u0 = kb / U, rows = ((kb + kQ8Block < k1 ? kb + kQ8Block : k1) - kb) / U;
+      if (u0 + rows + kPrefetchUnitsQ8 <= units)
+        for (size_t r = 0; r < rows; ++r) {
+          const char* pf = reinterpret_cast<const char*>(qw + (u0 + r + kPrefetchUnitsQ8) * N);
+          for (size_t o = 0; o < nv * 32; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+        }
+      __m256i xv[ROWS][SH];
+      for (size_t r = 0; r < rows; ++r)
+        for (int j = 0; j < SH; ++j) {
+          int32_t v;
+          std::memcpy(&v, qx + (u0 + r) * U + 4 * j, 4);
+          xv[r][j] = _mm256_set1_epi32(v);
+        }
+      const __m256 q = _mm256_broadcast_ss(qs + g * a.bpg + b), d = _mm256_broadcast_ss(dx + g * a.bpg + b);
+      const uint32_t* p = qw + u0 * N;
+      for (size_t c = 0; c < nv; ++c) {
+        __m256i isum = _mm256_setzero_si256();
+        auto row = [&](size_t r) {
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c));
+          for (int j = 0; j < SH; ++j)
+            isum = _mm256_add_epi16(isum, _mm256_maddubs_epi16(_mm256_and_si256(j ? _mm256_srli_epi32(wv, BITS * j) : wv, mask), xv[r][j]));
+        };
+        if (rows == size_t(ROWS)) {
+          for (int r = 0; r < ROWS; ++r) row(size_t(r));
+        } else {
+          for (size_t r = 0; r < rows; ++r) row(r);
+        }
+        const __m256 I = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum, ones));
+        A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(Z[c], q, I), d, A[c]);
+      }
+    }
+    for (size_t c = 0; c < nv; ++c) Y[c] = _mm256_fmadd_ps(scalesOf(w, g, n0 + 8 * c), A[c], Y[c]);
+  }
+  for (size_t c = 0; c < nv; ++c) _mm256_storeu_ps(y + m * ldy + n0 + 8 * c, Y[c]);
+}
+
+template <int BITS>
+void gemvQ8Columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
+  for (size_t m = 0; m < a.M; ++m)
+    for (size_t n = n0; n < n1; n += kStripVectors * 8) {
+      const size_t nv = (n1 - n) / 8 < kStripVectors ? (n1 - n) / 8 : kStripVectors;
+      gemvQ8Strip<BITS>(w, a, m, n, nv, y, ldy);
+    }
+  // (N is a multiple of 8 for 2 and 4 bits: no scalar tail.)
+}
+
+// ---- Split-K decode: one group × a wide column range per task ----------------------------
+//
+// Both kernels below read the qweight rows of one group front to back over up to 2048
+// columns (the whole row for N <= 2048), which is what lets the DRAM streams run like a dense
+// GEMV's; per-column accumulators live in L1 arrays. They write the group term t that
+// columns() would have formed in registers, with the same operations.
+constexpr size_t kSplitVectors = kQSplitCols / 8;
+
+template <int BITS>
+void termsF32(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, float* T) {
+  constexpr int U = unitCodes(BITS), W = unitWords(BITS);
+  const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt));
+  const size_t u0 = g * G / U, u1 = ((g + 1) * G < K ? (g + 1) * G : K) / U;
+  __m256 acc[kSplitVectors];
+  for (size_t c = 0; c < nv; ++c) acc[c] = _mm256_setzero_ps();
+  for (size_t u = u0; u < u1; ++u) {
+    const uint32_t* p = w.qweight + u * W * N + n0;
+    const float* xk = a.xs + m * K + u * U;
+    // Four vectors per step share each activation broadcast (1 broadcast per 32 weights
+    // instead of per 8: ~20% fewer instructions in this compute-bound loop).
+    size_t c = 0;
+    for (; c + 4 <= nv; c += 4) {
+      __m256i wv[4][W];
+      for (int v = 0; v < 4; ++v)
+        for (int r = 0; r < W; ++r) wv[v][r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * (c + v)));
+      __m256 s0 = acc[c], s1 = acc[c + 1], s2 = acc[c + 2], s3 = acc[c + 3];
+      forEach([&](auto jc) {
+        constexpr int J = decltype(jc)::value;
+        const __m256 xb = _mm256_broadcast_ss(xk + J);
+        s0 = _mm256_fmadd_ps(xb, _mm256_cvtepi32_ps(codeInPlace<BITS, J>(wv[0])), s0);
+        s1 = _mm256_fmadd_ps(xb, _mm256_cvtepi32_ps(codeInPlace<BITS, J>(wv[1])), s1);
+        s2 = _mm256_fmadd_ps(xb, _mm256_cvtepi32_ps(codeInPlace<BITS, J>(wv[2])), s2);
+        s3 = _mm256_fmadd_ps(xb, _mm256_cvtepi32_ps(codeInPlace<BITS, J>(wv[3])), s3);
+      }, std::make_integer_sequence<int, U>{});
+      acc[c] = s0, acc[c + 1] = s1, acc[c + 2] = s2, acc[c + 3] = s3;
+    }
+    for (; c < nv; ++c) {
+      __m256i wv[W];
+      for (int r = 0; r < W; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c));
+      __m256 s = acc[c];
+      forEach([&](auto jc) {
+        constexpr int J = decltype(jc)::value;
+        s = _mm256_fmadd_ps(_mm256_broadcast_ss(xk + J), _mm256_cvtepi32_ps(codeInPlace<BITS, J>(wv)), s);
+      }, std::make_integer_sequence<int, U>{});
+      acc[c] = s;
+    }
+  }
+  const __m256 xsum = _mm256_broadcast_ss(a.xsum + m * a.ng + g);
+  float* t = T + (m * a.ng + g) * N + n0;
+  for (size_t c = 0; c < nv; ++c) _mm256_storeu_ps(t + 8 * c, _mm256_fnmadd_ps(zerosOf(w, g, n0 + 8 * c), xsum, acc[c]));
+}
+
+template <int BITS>
+void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, float* T) {
+  constexpr int U = 32 / BITS, SH = 8 / BITS, ROWS = int(kQ8Block) / U;
+  const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt));
+  const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K;
+  const int8_t* qx = a.qx + m * K;
+  const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1)), ones = _mm256_set1_epi16(1);
+  __m256 A[kSplitVectors], Z[kSplitVectors];
+  for (size_t c = 0; c < nv; ++c) A[c] = _mm256_setzero_ps(), Z[c] = zerosOf(w, g, n0 + 8 * c);
+  for (size_t b = 0, kb = k0; kb < k1; ++b, kb += kQ8Block) {
+    const size_t u0 = kb / U, rows = ((kb + kQ8Block < k1 ? kb + kQ8Block : k1) - kb) / U;
+    __m256i xv[ROWS][SH];
+    for (size_t r = 0; r < rows; ++r)
+      for (int j = 0; j < SH; ++j) {
+        int32_t v;
+        std::memcpy(&v, qx + (u0 + r) * U + 4 * j, 4);
+        xv[r][j] = _mm256_set1_epi32(v);
+      }
+    const size_t bi = m * a.nbt + g * a.bpg + b;
+    const __m256 q = _mm256_broadcast_ss(a.qsum + bi), d = _mm256_broadcast_ss(a.dx + bi);
+    const uint32_t* p = w.qweight + u0 * N + n0;
+    for (size_t c = 0; c < nv; ++c) {
+      __m256i isum = _mm256_setzero_si256();
+      auto row = [&](size_t r) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c));
+        for (int j = 0; j < SH; ++j)
+          isum = _mm256_add_epi16(isum, _mm256_maddubs_epi16(_mm256_and_si256(j ? _mm256_srli_epi32(wv, BITS * j) : wv, mask), xv[r][j]));
+      };
+      if (rows == size_t(ROWS)) {
+        for (int r = 0; r < ROWS; ++r) row(size_t(r));
+      } else {
+        for (size_t r = 0; r < rows; ++r) row(r);
+      }
+      const __m256 I = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum, ones));
+      A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(Z[c], q, I), d, A[c]);
+    }
+  }
+  float* t = T + (m * a.ng + g) * N + n0;
+  for (size_t c = 0; c < nv; ++c) _mm256_storeu_ps(t + 8 * c, A[c]);
+}
+
+template <int BITS>
+void groupTermsFor(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t n1, float* T) {
+  const size_t n8 = n0 + (n1 - n0) / 8 * 8;
+  for (size_t m = 0; m < a.M; ++m)
+    for (size_t n = n0; n < n8; n += kQSplitCols) {
+      const size_t nv = ((n8 - n < kQSplitCols ? n8 - n : kQSplitCols)) / 8;
+      if constexpr (BITS == 2 || BITS == 4) {
+        if (a.act == QAct::kInt8) {
+          termsQ8<BITS>(w, a, m, g, n, nv, T);
+          continue;
+        }
+      }
+      termsF32<BITS>(w, a, m, g, n, nv, T);
+    }
+  if (n8 < n1) scalar::kQGemmKernels.groupTerms(w, a, g, n8, n1, T);  // 8-bit N % 8 == 4 tail
+}
+
+void groupTerms(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t n1, float* T) {
+  switch (w.fmt.bits) {
+    case 2: return groupTermsFor<2>(w, a, g, n0, n1, T);
+    case 3: return groupTermsFor<3>(w, a, g, n0, n1, T);
+    case 4: return groupTermsFor<4>(w, a, g, n0, n1, T);
+    case 8: return groupTermsFor<8>(w, a, g, n0, n1, T);
+    default: return;
+  }
+}
+
+void groupCombine(const QMatrix& w, const float* T, size_t M, size_t n0, size_t n1, float* y, size_t ldy) {
+  const size_t N = size_t(w.fmt.N), ng = size_t(qGroupCount(w.fmt));
+  const size_t n8 = n0 + (n1 - n0) / 8 * 8;
+  for (size_t m = 0; m < M; ++m)
+    for (size_t n = n0; n < n8; n += 8) {
+      __m256 acc = _mm256_setzero_ps();
+      for (size_t g = 0; g < ng; ++g) acc = _mm256_fmadd_ps(scalesOf(w, g, n), _mm256_loadu_ps(T + (m * ng + g) * N + n), acc);
+      _mm256_storeu_ps(y + m * ldy + n, acc);
+    }
+  if (n8 < n1) scalar::kQGemmKernels.groupCombine(w, T, M, n8, n1, y, ldy);
+}
+
 // ---- GEMM -------------------------------------------------------------------------------
 
 // Per-thread panel: up to 4 tiles of 16 columns × G rows of f32 codes (128 KB: L2-resident,
@@ -152,7 +383,15 @@ constexpr size_t kPanelFloats = 32768;
 alignas(64) thread_local float tPanel[kPanelFloats];
 
 // Converts the codes of rows [k0, k1) (a group) × columns n..n+8·NV into panel[(k−k0)·16 + 8v].
-template <int BITS>
+// Q8: plain codes (the int8 path multiplies them by integer activations), else in place.
+template <int BITS, int J, bool Q8>
+inline __m256i panelCode(const __m256i* w) {
+  constexpr int s = qInPlaceShift(BITS, J);
+  if constexpr (Q8 && s != 0) return _mm256_srli_epi32(codeInPlace<BITS, J>(w), s);
+  else return codeInPlace<BITS, J>(w);
+}
+
+template <int BITS, bool Q8>
 void fillPanel(const QMatrix& w, size_t k0, size_t k1, size_t n, int nv, float* panel) {
   constexpr int U = unitCodes(BITS), W = unitWords(BITS);
   const size_t N = size_t(w.fmt.N);
@@ -162,8 +401,46 @@ void fillPanel(const QMatrix& w, size_t k0, size_t k1, size_t n, int nv, float* 
     for (int v = 0; v < nv; ++v) {
       __m256i wv[W];
       for (int r = 0; r < W; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * v));
-      forEach([&](auto jc) { _mm256_store_ps(dst + decltype(jc)::value * 16 + 8 * v, _mm256_cvtepi32_ps(codeInPlace<BITS, decltype(jc)::value>(wv))); },
+      forEach([&](auto jc) { _mm256_store_ps(dst + decltype(jc)::value * 16 + 8 * v, _mm256_cvtepi32_ps(panelCode<BITS, decltype(jc)::value, Q8>(wv))); },
               std::make_integer_sequence<int, U>{});
+    }
+  }
+}
+
+// acc[i][v] += Σ_k x[i·ldx + k] · panel[k·16 + 8v], k ascending. The 6x2 case is written
+// out with named registers: GCC spills the array version's accumulators on every iteration
+// (measured: half the time went to those stores).
+template <int MR, int NV>
+inline void panelDot(const float* x, size_t ldx, const float* panel, size_t kn, __m256 (&acc)[MR][NV]) {
+  if constexpr (MR == 6 && NV == 2) {
+    __m256 a00 = acc[0][0], a01 = acc[0][1], a10 = acc[1][0], a11 = acc[1][1], a20 = acc[2][0], a21 = acc[2][1];
+    __m256 a30 = acc[3][0], a31 = acc[3][1], a40 = acc[4][0], a41 = acc[4][1], a50 = acc[5][0], a51 = acc[5][1];
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx, *x4 = x + 4 * ldx, *x5 = x + 5 * ldx;
+    for (size_t k = 0; k < kn; ++k) {
+      const __m256 b0 = _mm256_load_ps(panel + k * 16), b1 = _mm256_load_ps(panel + k * 16 + 8);
+      __m256 xb = _mm256_broadcast_ss(x0 + k);
+      a00 = _mm256_fmadd_ps(xb, b0, a00), a01 = _mm256_fmadd_ps(xb, b1, a01);
+      xb = _mm256_broadcast_ss(x1 + k);
+      a10 = _mm256_fmadd_ps(xb, b0, a10), a11 = _mm256_fmadd_ps(xb, b1, a11);
+      xb = _mm256_broadcast_ss(x2 + k);
+      a20 = _mm256_fmadd_ps(xb, b0, a20), a21 = _mm256_fmadd_ps(xb, b1, a21);
+      xb = _mm256_broadcast_ss(x3 + k);
+      a30 = _mm256_fmadd_ps(xb, b0, a30), a31 = _mm256_fmadd_ps(xb, b1, a31);
+      xb = _mm256_broadcast_ss(x4 + k);
+      a40 = _mm256_fmadd_ps(xb, b0, a40), a41 = _mm256_fmadd_ps(xb, b1, a41);
+      xb = _mm256_broadcast_ss(x5 + k);
+      a50 = _mm256_fmadd_ps(xb, b0, a50), a51 = _mm256_fmadd_ps(xb, b1, a51);
+    }
+    acc[0][0] = a00, acc[0][1] = a01, acc[1][0] = a10, acc[1][1] = a11, acc[2][0] = a20, acc[2][1] = a21;
+    acc[3][0] = a30, acc[3][1] = a31, acc[4][0] = a40, acc[4][1] = a41, acc[5][0] = a50, acc[5][1] = a51;
+  } else {
+    for (size_t k = 0; k < kn; ++k) {
+      __m256 b[NV];
+      for (int v = 0; v < NV; ++v) b[v] = _mm256_load_ps(panel + k * 16 + 8 * v);
+      for (int i = 0; i < MR; ++i) {
+        const __m256 xb = _mm256_broadcast_ss(x + i * ldx + k);
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(xb, b[v], acc[i][v]);
+      }
     }
   }
 }
@@ -176,16 +453,7 @@ void microTile(const float* xs, size_t K, size_t m0, size_t k0, size_t kn, const
   __m256 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_setzero_ps();
-  const float* xr[MR];
-  for (int i = 0; i < MR; ++i) xr[i] = xs + (m0 + i) * K + k0;
-  for (size_t k = 0; k < kn; ++k) {
-    __m256 b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = _mm256_load_ps(panel + k * 16 + 8 * v);
-    for (int i = 0; i < MR; ++i) {
-      const __m256 xb = _mm256_broadcast_ss(xr[i] + k);
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(xb, b[v], acc[i][v]);
-    }
-  }
+  panelDot<MR, NV>(xs + m0 * K + k0, K, panel, kn, acc);
   for (int i = 0; i < MR; ++i) {
     const __m256 xsb = _mm256_broadcast_ss(xsum + (m0 + i) * ng + g);
     for (int v = 0; v < NV; ++v) {
@@ -194,6 +462,49 @@ void microTile(const float* xs, size_t K, size_t m0, size_t k0, size_t kn, const
       const __m256 prev = g == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(yp);
       _mm256_storeu_ps(yp, _mm256_fmadd_ps(s[v], t, prev));
     }
+  }
+}
+
+// Q8 variant: per 32-row block, I = Σ q·c in f32 FMAs is exact (|partial| <= 32·15·127 < 2^24),
+// then A += (I − z·Q)·d as in every other path; A lives in a small stack tile (L1).
+template <int MR, int NV>
+void microTileQ8(const QActs& a, size_t m0, size_t k0, size_t kn, const float* panel, const __m256* z, const __m256* s, size_t g,
+                 float* y, size_t ldy, size_t n) {
+  __m256 A[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) A[i][v] = _mm256_setzero_ps();
+  for (size_t b = 0, kb = 0; kb < kn; ++b, kb += kQ8Block) {
+    const size_t kb1 = kb + kQ8Block < kn ? kb + kQ8Block : kn;
+    __m256 I[MR][NV];
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NV; ++v) I[i][v] = _mm256_setzero_ps();
+    panelDot<MR, NV>(a.xs + m0 * a.K + k0 + kb, a.K, panel + kb * 16, kb1 - kb, I);
+    for (int i = 0; i < MR; ++i) {
+      const size_t bi = (m0 + i) * a.nbt + g * a.bpg + b;
+      const __m256 q = _mm256_broadcast_ss(a.qsum + bi), d = _mm256_broadcast_ss(a.dx + bi);
+      for (int v = 0; v < NV; ++v) A[i][v] = _mm256_fmadd_ps(_mm256_fnmadd_ps(z[v], q, I[i][v]), d, A[i][v]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) {
+      float* yp = y + (m0 + i) * ldy + n + 8 * v;
+      const __m256 prev = g == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(yp);
+      _mm256_storeu_ps(yp, _mm256_fmadd_ps(s[v], A[i][v], prev));
+    }
+}
+
+template <int NV>
+void microRowsQ8(const QActs& a, size_t k0, size_t kn, const float* panel, const __m256* z, const __m256* s, size_t g, float* y,
+                 size_t ldy, size_t n) {
+  size_t m = 0;
+  for (; m + 6 <= a.M; m += 6) microTileQ8<6, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n);
+  switch (a.M - m) {
+    case 5: microTileQ8<5, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n); break;
+    case 4: microTileQ8<4, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n); break;
+    case 3: microTileQ8<3, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n); break;
+    case 2: microTileQ8<2, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n); break;
+    case 1: microTileQ8<1, NV>(a, m, k0, kn, panel, z, s, g, y, ldy, n); break;
+    default: break;
   }
 }
 
@@ -212,13 +523,15 @@ void microRows(const QActs& a, size_t k0, size_t kn, const float* panel, const _
   }
 }
 
-template <int BITS>
+template <int BITS, bool Q8>
 void gemmColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
   const size_t K = a.K, G = size_t(qEffectiveGroup(w.fmt));
   const size_t n8 = n0 + (n1 - n0) / 8 * 8;
   const size_t tilesPerPass = kPanelFloats / (G * 16) < 4 ? kPanelFloats / (G * 16) : 4;
   if (tilesPerPass == 0) {
-    for (size_t n = n0; n < n8; n += 8) gemvRows<BITS, 1>(w, a, n, y, ldy);
+    if constexpr (Q8) gemvQ8Columns<BITS>(w, a, n0, n8, y, ldy);
+    else
+      for (size_t n = n0; n < n8; n += 8) gemvRows<BITS, 1>(w, a, n, y, ldy);
   } else {
     for (size_t nb = n0; nb < n8; nb += 16 * tilesPerPass) {
       const size_t nbEnd = nb + 16 * tilesPerPass < n8 ? nb + 16 * tilesPerPass : n8;
@@ -228,13 +541,19 @@ void gemmColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
         __m256 z[4][2], s[4][2];
         for (size_t n = nb; n < nbEnd; n += 16, ++t) {
           const int nv = nbEnd - n >= 16 ? 2 : 1;
-          fillPanel<BITS>(w, k0, k1, n, nv, tPanel + t * G * 16);
+          fillPanel<BITS, Q8>(w, k0, k1, n, nv, tPanel + t * G * 16);
           for (int v = 0; v < nv; ++v) z[t][v] = zerosOf(w, g, n + 8 * v), s[t][v] = scalesOf(w, g, n + 8 * v);
         }
         t = 0;
         for (size_t n = nb; n < nbEnd; n += 16, ++t) {
-          if (nbEnd - n >= 16) microRows<2>(a, k0, k1 - k0, tPanel + t * G * 16, z[t], s[t], g, y, ldy, n);
-          else microRows<1>(a, k0, k1 - k0, tPanel + t * G * 16, z[t], s[t], g, y, ldy, n);
+          const float* panel = tPanel + t * G * 16;
+          if constexpr (Q8) {
+            if (nbEnd - n >= 16) microRowsQ8<2>(a, k0, k1 - k0, panel, z[t], s[t], g, y, ldy, n);
+            else microRowsQ8<1>(a, k0, k1 - k0, panel, z[t], s[t], g, y, ldy, n);
+          } else {
+            if (nbEnd - n >= 16) microRows<2>(a, k0, k1 - k0, panel, z[t], s[t], g, y, ldy, n);
+            else microRows<1>(a, k0, k1 - k0, panel, z[t], s[t], g, y, ldy, n);
+          }
         }
       }
     }
@@ -245,8 +564,15 @@ void gemmColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
 template <int BITS>
 void columnsFor(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
   // M <= 8 streams the weights once per row pair; beyond that the panel kernel's reuse wins.
+  if constexpr (BITS == 2 || BITS == 4) {
+    if (a.act == QAct::kInt8) {
+      if (a.M <= 8) gemvQ8Columns<BITS>(w, a, n0, n1, y, ldy);
+      else gemmColumns<BITS, true>(w, a, n0, n1, y, ldy);
+      return;
+    }
+  }
   if (a.M <= 8) gemvColumns<BITS>(w, a, n0, n1, y, ldy);
-  else gemmColumns<BITS>(w, a, n0, n1, y, ldy);
+  else gemmColumns<BITS, false>(w, a, n0, n1, y, ldy);
 }
 
 void columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
@@ -267,6 +593,6 @@ void fmaRow(float a, const float* x, float* y, size_t n) {
 }
 
 }  // namespace
-const QGemmKernels kQGemmKernels = {columns, fmaRow};
+const QGemmKernels kQGemmKernels = {columns, fmaRow, groupTerms, groupCombine};
 }  // namespace avx2
 }  // namespace kvant

@@ -87,16 +87,41 @@ void checkX(Napi::Env env, DType t, const char* name) {
     throwKvant(env, "KVANT_DTYPE", std::string("Expected f32, f16 or bf16 for ") + name + " but received " + dtypeName(t));
 }
 
-template <class T>
-std::vector<T> allocScratch(Napi::Env env, size_t n) {
+// Scratch for one call. Calls run synchronously on the JS thread, so one buffer per thread
+// is reused: a fresh multi-hundred-KB allocation per decode GEMV costs page faults and zeroing
+// comparable to the kernel itself. Large requests (prefill) are not kept.
+struct Scratch {
+  std::vector<float> owned;
+  float* data = nullptr;
+};
+constexpr size_t kKeepScratchFloats = size_t(16) << 20;  // 64 MB
+
+Scratch allocScratch(Napi::Env env, size_t n, std::vector<float>& cache) {
+  Scratch s;
   try {
-    return std::vector<T>(n);
+    if (n <= kKeepScratchFloats) {
+      if (cache.size() < n) cache.resize(n);
+      s.data = cache.data();
+    } else {
+      s.owned.resize(n);
+      s.data = s.owned.data();
+    }
   } catch (const std::bad_alloc&) {
-    throwKvant(env, "KVANT_OOM", "Could not allocate " + std::to_string(n * sizeof(T)) + " bytes of qgemm scratch");
+    throwKvant(env, "KVANT_OOM", "Could not allocate " + std::to_string(n * sizeof(float)) + " bytes of qgemm scratch");
   }
+  return s;
 }
 
-// qgemm(x, xo, xb, xDtype, M, <13 QMatrix args>, bias|null, bo, bb, y, yo, yb, isa)
+thread_local std::vector<float> tQgemmScratch, tMoeScratch;
+
+QAct actArg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || info[i].IsUndefined()) return QAct::kF32;
+  const uint64_t v = getSize(info, i, "activations");
+  if (v > 1) throwKvant(info.Env(), "KVANT_RANGE", "Expected activations 0 (f32) or 1 (int8)");
+  return QAct(int(v));
+}
+
+// qgemm(x, xo, xb, xDtype, M, <13 QMatrix args>, bias|null, bo, bb, y, yo, yb, isa, act)
 Napi::Value qgemmB(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType xt = getDType(info, 3, "x.dtype");
@@ -113,9 +138,10 @@ Napi::Value qgemmB(const Napi::CallbackInfo& info) {
   for (const Span& s : w.spans) alias = alias || overlaps(y, s);
   if (alias) throwKvant(env, "KVANT_RANGE", "Expected the output not to overlap x, the weight tensors or bias");
   const Isa isa = isaArg(info, 24);
-  std::vector<float> scratch = allocScratch<float>(env, qgemmScratchFloats(w.q.fmt, size_t(M)));
+  const QAct act = actArg(info, 25);
+  Scratch scratch = allocScratch(env, qgemmScratchFloats(w.q.fmt, size_t(M), act), tQgemmScratch);
   const Status s = qgemm(w.q, x.data, xt, size_t(M), b.data ? reinterpret_cast<const float*>(b.data) : nullptr,
-                         reinterpret_cast<float*>(y.data), scratch.data(), isa);
+                         reinterpret_cast<float*>(y.data), scratch.data, isa, act);
   if (s != Status::kOk) throwStatus(env, s, "qgemm failed");
   return env.Undefined();
 }
@@ -152,11 +178,11 @@ ProjArgs getProj(const Napi::CallbackInfo& info, size_t i, const std::string& na
   return r;
 }
 
-// moeMlp(x, xo, xb, M, H, E, mlp, mo, mb, row, ro, rb, weight, wo, wb, out, oo, ob, isa, ...E*3 projections)
+// moeMlp(x, xo, xb, M, H, E, mlp, mo, mb, row, ro, rb, weight, wo, wb, out, oo, ob, isa, act, ...E*3 projections)
 Napi::Value moeMlpB(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const uint64_t M = getSize(info, 3, "M"), H = getSize(info, 4, "H"), E = getSize(info, 5, "E");
-  if (info.Length() < 19 + E * 3 * kProjArgs) throwKvant(env, "KVANT_SHAPE", "Expected " + std::to_string(E * 3) + " projections");
+  if (E == 0 || E > (uint64_t(1) << 20) || info.Length() < 20 + E * 3 * kProjArgs) throwKvant(env, "KVANT_SHAPE", "Expected " + std::to_string(E * 3) + " projections");
   if (H == 0 || M > (uint64_t(1) << 40) / H) throwKvant(env, "KVANT_SHAPE", "Expected H > 0 and M * H in range");
   const Span x = getSpan(info, 0, "x", 4), mi = getSpan(info, 6, "routes.mlp", 4), ri = getSpan(info, 9, "routes.row", 4);
   const Span wi = getSpan(info, 12, "routes.weight", 4), out = getSpan(info, 15, "out", 4);
@@ -166,13 +192,14 @@ Napi::Value moeMlpB(const Napi::CallbackInfo& info) {
   need(env, ri, P * 4, "routes.row (one per pair)");
   need(env, wi, P * 4, "routes.weight (one per pair)");
   const Isa isa = isaArg(info, 18);
+  const QAct act = actArg(info, 19);
   std::vector<ProjArgs> projs;
   projs.reserve(size_t(E) * 3);
   std::vector<MlpDesc> mlps(static_cast<size_t>(E), MlpDesc{});
   const char* which[3] = {"gate", "up", "down"};
   for (size_t e = 0; e < size_t(E); ++e)
     for (int j = 0; j < 3; ++j) {
-      projs.push_back(getProj(info, 19 + (e * 3 + size_t(j)) * kProjArgs, "mlps[" + std::to_string(e) + "]." + which[j]));
+      projs.push_back(getProj(info, 20 + (e * 3 + size_t(j)) * kProjArgs, "mlps[" + std::to_string(e) + "]." + which[j]));
       MlpProj& p = projs.back().p;
       if (projs.back().q.q.qweight) p.q = &projs.back().q.q;
       (j == 0 ? mlps[e].gate : j == 1 ? mlps[e].up : mlps[e].down) = p;
@@ -198,9 +225,10 @@ Napi::Value moeMlpB(const Napi::CallbackInfo& info) {
     for (const Span& s : p.q.spans) alias = alias || overlaps(out, s);
   }
   if (alias) throwKvant(env, "KVANT_RANGE", "Expected out not to overlap x, the routes or any weight tensor");
-  std::vector<float> scratch = allocScratch<float>(env, moeScratchFloats(mlps.data(), size_t(E), mp, P, size_t(H)));
+  const size_t scratchFloats = moeScratchFloats(mlps.data(), size_t(E), mp, P, size_t(H), act);
+  Scratch scratch = allocScratch(env, scratchFloats, tMoeScratch);
   const Status s = moeMlp(reinterpret_cast<const float*>(x.data), size_t(M), size_t(H), mlps.data(), size_t(E), mp, rp,
-                          reinterpret_cast<const float*>(wi.data), P, reinterpret_cast<float*>(out.data), scratch.data(), scratch.size(), isa);
+                          reinterpret_cast<const float*>(wi.data), P, reinterpret_cast<float*>(out.data), scratch.data, scratchFloats, isa, act);
   if (s != Status::kOk) throwStatus(env, s, "moeMlp failed");
   return env.Undefined();
 }

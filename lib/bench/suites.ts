@@ -7,6 +7,7 @@
 import { attentionCases } from './attention-cases';
 import { convertCases } from './convert-cases';
 import { quantCases } from './quant-cases';
+import { gemmCases } from './gemm-cases';
 import { BenchCase, Machine } from './harness';
 
 /** Number of distinct copies of `bytesPerCopy` needed to exceed 4x LLC. */
@@ -20,5 +21,6 @@ export function allCases(machine: Machine, quick: boolean): BenchCase[] {
     ...convertCases(machine, quick),
     ...attentionCases(machine, quick),
     ...quantCases(machine, quick),
+    ...gemmCases(machine, quick),
   ];
 }

@@ -2,6 +2,7 @@
 // agreeing bit for bit, NaN-poisoned outputs, and the status codes of bad formats.
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -142,4 +143,56 @@ TEST(moe_mlp_validates_indices_and_scratch) {
   int32_t badIdx[2] = {0, 1}, badRow[2] = {0, 2};
   EXPECT_TRUE(moeMlp(x.data(), 2, 32, &mlp, 1, badIdx, rows, w, 2, out.data(), scratch.data(), scratch.size()) == Status::kRange);
   EXPECT_TRUE(moeMlp(x.data(), 2, 32, &mlp, 1, idx, badRow, w, 2, out.data(), scratch.data(), scratch.size()) == Status::kRange);
+}
+
+TEST(qgemm_int8_activations_match_f64_and_agree_across_levels_and_regimes) {
+  uint64_t seed = 100;
+  for (int bits : {2, 4})
+    for (int groupSize : {32, 128, -1}) {
+      const size_t K = bits == 2 ? 304 : 296, N = 48;
+      const Made m = make(bits, groupSize, false, K, N, ++seed);
+      const QMatrix q = m.q();
+      const size_t G = size_t(qEffectiveGroup(m.f)), ng = size_t(qGroupCount(m.f)), bpg = (G + 31) / 32;
+      const size_t M = 11;
+      std::vector<float> x(M * K);
+      fillRandom(x.data(), DType::kF32, x.size(), seed, RandomDist::kNormal, 0, 1);
+      std::vector<float> scratch(qgemmScratchFloats(m.f, M, QAct::kInt8)), one(qgemmScratchFloats(m.f, 1, QAct::kInt8));
+      std::vector<float> ref;
+      for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+        if (!qgemmKernelsFor(isa)) continue;
+        std::vector<float> y(M * N, NAN), y1(N, NAN);
+        EXPECT_TRUE(qgemm(q, x.data(), DType::kF32, M, nullptr, y.data(), scratch.data(), isa, QAct::kInt8) == Status::kOk);
+        // Row 3 alone (GEMV) equals row 3 of the M = 11 call (panel GEMM).
+        EXPECT_TRUE(qgemm(q, x.data() + 3 * K, DType::kF32, 1, nullptr, y1.data(), one.data(), isa, QAct::kInt8) == Status::kOk);
+        EXPECT_TRUE(std::memcmp(y1.data(), y.data() + 3 * N, N * 4) == 0);
+        for (size_t i = 0; i < M; ++i) {
+          std::vector<double> d(K);
+          for (size_t g0 = 0; g0 < K; g0 += G)
+            for (size_t b0 = g0; b0 < std::min(g0 + G, K); b0 += 32) {
+              const size_t b1 = std::min({b0 + 32, g0 + G, K});
+              double mx = 0;
+              for (size_t k = b0; k < b1; ++k) mx = std::fmax(mx, std::fabs(double(x[i * K + k])));
+              for (size_t k = b0; k < b1; ++k) d[k] = mx / 127;
+            }
+          for (size_t n = 0; n < N; ++n) {
+            double want = 0, mag = 0, qerr = 0;
+            const double u = std::ldexp(1.0, -24);
+            for (size_t k = 0; k < K; ++k) {
+              const double xv = x[i * K + k];
+              want += xv * m.W[n * K + k];
+              mag += (std::fabs(xv) + d[k]) * m.mag[n * K + k];
+              qerr += std::fabs(m.W[n * K + k]) * (0.5 * d[k] * (1 + 2 * u) + 4 * u * std::fabs(xv));
+            }
+            // Bound derived in test/qgemm.test.ts (int8 activations).
+            const double bound = qerr + double(bpg + ng + 3) * u * mag + u * std::fabs(want);
+            if (!(std::fabs(double(y[i * N + n]) - want) <= bound)) {
+              EXPECT_TRUE(std::fabs(double(y[i * N + n]) - want) <= bound);
+              return;
+            }
+          }
+        }
+        if (ref.empty()) ref = y;
+        else EXPECT_TRUE(std::memcmp(ref.data(), y.data(), y.size() * 4) == 0);
+      }
+    }
 }
