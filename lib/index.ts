@@ -29,7 +29,6 @@ export { quantizeModel, isLinearWeight } from './quant/quantize-model';
 export type { QuantizeModelOptions, QuantizeReport, QuantizedTensorReport, CalibrationSource, CalibrationRequest } from './quant/quantize-model';
 export { configFor, dynamicRuleFor } from './quant/checkpoint';
 export { qlinear, moeMlp } from './ops/qlinear';
-export type { QLinearOptions, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';
 export { MlaKVCache } from './kv/mla-cache';
 export type { MlaCacheOptions } from './kv/mla-cache';
 export { KV_CACHE_TYPES, KV_BYTES_PER_VALUE, KV_DEFAULT_HADAMARD } from './kv/format';
