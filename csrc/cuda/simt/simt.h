@@ -44,7 +44,7 @@
 
 #include "kvant/half.h"
 
-#define __global__
+#define __global__ inline  // kernels live in headers included by several test files
 #define __device__
 #define __host__
 #define __forceinline__ inline
@@ -228,7 +228,10 @@ inline unsigned atomicOr(unsigned* p, unsigned v) {
   return old;
 }
 
-// Device intrinsics with their host meaning.
+// Device intrinsics with their host meaning (CUDA declares the classification functions globally).
+using std::isfinite;
+using std::isinf;
+using std::isnan;
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 inline float __expf(float x) { return std::exp(x); }

@@ -1,11 +1,12 @@
-// GPTQ dequantize and the fused dequant GEMV (csrc/cuda/gptq.cuh) under the emulation,
+// GPTQ dequantize and the fused dequant GEMV (csrc/cuda/quant.cuh, gemm_q.cuh) under the emulation,
 // against an f64 evaluation of the packed format's definition (quant_format.h, SPEC §2.5):
 // 2/3/4/8 bits, v1 and v2 zeros, partial last groups, act-order permutations, M = 1..8.
 #include <algorithm>
 #include <numeric>
 
-#include "gptq.cuh"
+#include "gemm_q.cuh"
 #include "helpers.h"
+#include "quant.cuh"
 
 using namespace simttest;
 using kvant::QMatrix;
