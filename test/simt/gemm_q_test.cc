@@ -226,3 +226,37 @@ TEST(cuda_launch_limits_per_arch) {
                 Status::kRange);
   EXPECT_TRUE(std::string(kvant::cuda::lastLaunchError().message).find("1024") != std::string::npos);
 }
+
+TEST(cuda_gptq_wmma_gemm_matches_f64) {
+  Rng r(15);
+  struct G {
+    int bits;
+    int64_t K, N;
+    int G;
+    int64_t M;
+  };
+  // M, N and K not multiples of the 64 x 64 x 32 block tile; 3-bit triples; act-order.
+  const G shapes[] = {{4, 200, 72, 64, 70}, {3, 352, 96, 32, 17}, {2, 48, 16, 128, 5}, {8, 100, 136, -1, 33}};
+  for (const G& s : shapes) {
+    const Packed p = makePacked(r, s.bits, s.K, s.N, s.G, ZeroFormat::kGptqV1, s.bits != 8);
+    std::vector<float> x = randomF32(r, s.M * s.K, -2, 2), y = poisoned(s.M * s.N);
+    EXPECT_OK(kvant::cuda::gptqGemm(device(89), p.view(), x.data(), s.M, y.data()));
+    std::vector<double> want(s.M * s.N), tol(s.M * s.N);
+    for (int64_t m = 0; m < s.M; ++m)
+      for (int64_t n = 0; n < s.N; ++n) {
+        double acc = 0, mag = 0;
+        for (int64_t j = 0; j < s.K; ++j) {
+          const double t = double(x[m * s.K + (p.perm.empty() ? j : p.perm[j])]) * p.w(j, n);
+          acc += t;
+          mag += std::fabs(t);
+        }
+        want[m * s.N + n] = acc;
+        // x and w each rounded to f16 once (relative 2^-11 each, products exact in f32), then a
+        // chain of K f32 accumulations (tensor cores: at most one rounding per product added).
+        tol[m * s.N + n] = (2 * 0x1.0p-11 + double(s.K + 16) * kU32) * mag + 1e-30;
+      }
+    EXPECT_CLOSE("gptqGemm vs f64", y.data(), want.data(), y.size(), [&](size_t i) { return tol[i]; });
+  }
+  EXPECT_STATUS(kvant::cuda::gptqGemm(device(89), makePacked(r, 4, 64, 16, 32, ZeroFormat::kGptqV1, false).view(), nullptr, 0, nullptr),
+                Status::kShape);
+}

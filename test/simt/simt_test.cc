@@ -290,7 +290,12 @@ TEST(simt_reports_deadlocks_and_limits) {
 }
 
 TEST(simt_wmma_scrambled_fragments) {
-  std::vector<__half> a(256), b(256);
+  // WMMA pointers must be 32-byte aligned (checked by the emulation, as the API requires).
+  struct alignas(32) Tile16 { __half v[256 + 16]; };  // room for the misaligned read below
+  struct alignas(32) Tile32 { float v[256]; };
+  Tile16 ta, tb;
+  __half* a = ta.v;
+  __half* b = tb.v;
   std::vector<double> A(256), B(256);
   uint64_t s = 12345;
   for (int i = 0; i < 256; ++i) {
@@ -305,8 +310,10 @@ TEST(simt_wmma_scrambled_fragments) {
       const int r = i / 16, c = i % 16;
       b[colMajor ? c * 16 + r : i] = __float2half(float(B[i]));
     }
-    std::vector<float> c(256, NAN);
-    EXPECT_TRUE(launch(dim3(1), dim3(32), 0, wmmaKernel, a.data(), b.data(), c.data(), colMajor));
+    Tile32 tc;
+    float* c = tc.v;
+    std::fill(c, c + 256, NAN);
+    EXPECT_TRUE(launch(dim3(1), dim3(32), 0, wmmaKernel, static_cast<const __half*>(a), static_cast<const __half*>(b), c, colMajor));
     for (int r = 0; r < 16; ++r)
       for (int col = 0; col < 16; ++col) {
         double e = 0;
@@ -316,8 +323,10 @@ TEST(simt_wmma_scrambled_fragments) {
   }
   // Guessing the mapping gives a wrong tile (the map is a seeded permutation, never identity).
   for (int i = 0; i < 256; ++i) b[i] = __float2half(float(B[i]));
-  std::vector<float> c(256, NAN);
-  EXPECT_TRUE(launch(dim3(1), dim3(32), 0, wmmaAssumesLayoutKernel, a.data(), b.data(), c.data()));
+  Tile32 tc;
+  float* c = tc.v;
+  std::fill(c, c + 256, NAN);
+  EXPECT_TRUE(launch(dim3(1), dim3(32), 0, wmmaAssumesLayoutKernel, static_cast<const __half*>(a), static_cast<const __half*>(b), c));
   int wrong = 0;
   for (int r = 0; r < 16; ++r)
     for (int col = 0; col < 16; ++col) {
@@ -326,4 +335,7 @@ TEST(simt_wmma_scrambled_fragments) {
       wrong += double(c[r * 16 + col]) != e;
     }
   EXPECT_TRUE(wrong > 0);
+  // A misaligned fragment pointer is reported as the launch's error.
+  EXPECT_TRUE(!launch(dim3(1), dim3(32), 0, wmmaKernel, static_cast<const __half*>(a + 8), static_cast<const __half*>(b), c, 0));
+  EXPECT_TRUE(lastError().find("aligned") != std::string::npos);
 }

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <new>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -281,7 +282,10 @@ bool resolveWarp(Fiber** lanes, int nLanes) {
 bool runBlock(dim3 grid, dim3 block, uint3 bIdx, size_t smemBytes) {
   const int nThreads = int(block.x * block.y * block.z);
   while (int(gR.fibers.size()) < nThreads) gR.fibers.push_back(std::make_unique<Fiber>());
-  std::unique_ptr<unsigned char[]> smem(new unsigned char[smemBytes ? smemBytes : 1]);
+  struct Free {
+    void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(128)); }
+  };
+  std::unique_ptr<unsigned char[], Free> smem(static_cast<unsigned char*>(::operator new[](smemBytes ? smemBytes : 1, std::align_val_t(128))));
   std::memset(smem.get(), 0xff, smemBytes ? smemBytes : 1);
   gR.smem = smem.get();
   for (int t = 0; t < nThreads; ++t) {
@@ -371,6 +375,10 @@ void* dynamicSmem() {
   return gR.smem;
 }
 
+void reportMisuse(const std::string& what) {
+  if (gR.error.empty()) gR.error = what;
+}
+
 void blockBarrier() {
   Fiber* f = gR.cur;
   if (!f) std::abort();
@@ -427,7 +435,7 @@ bool run(dim3 grid, dim3 block, size_t dynamicSmemBytes, const std::function<voi
   bool ok = true;
   for (uint64_t b : blocks) {
     const uint3 bIdx{unsigned(b % grid.x), unsigned((b / grid.x) % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
-    if (!runBlock(grid, block, bIdx, dynamicSmemBytes)) {
+    if (!runBlock(grid, block, bIdx, dynamicSmemBytes) || !gR.error.empty()) {
       ok = false;
       break;
     }
@@ -437,7 +445,7 @@ bool run(dim3 grid, dim3 block, size_t dynamicSmemBytes, const std::function<voi
   gR.smem = nullptr;
   gR.body = nullptr;
   gR.inLaunch = false;
-  return ok;
+  return ok && gR.error.empty();
 }
 
 }  // namespace kvant::simt
