@@ -206,3 +206,34 @@ TEST(cuda_embedding_gather_matches_reference) {
   EXPECT_STATUS(kvant::cuda::rmsNorm(dev, nullptr, nullptr, DType::kI32, 1e-6f, nullptr, 1, 4), Status::kDtype);
   EXPECT_STATUS(kvant::cuda::rmsNorm(dev, nullptr, nullptr, DType::kF32, 1e-6f, nullptr, 1, 0), Status::kShape);
 }
+
+TEST(cuda_route_topk_matches_cpu_exactly) {
+  Rng r(7);
+  const auto dev = device(90);
+  struct R {
+    size_t rows, experts, k, nGroup, topkGroup;
+    bool groupLimited, norm;
+  };
+  // V2-Lite (64 experts, greedy top-6, not normalized), V2 (160 experts, 8 groups, 3 kept,
+  // top-6, normalized), and odd sizes with more experts than lanes and a single expert.
+  const R cases[] = {{5, 64, 6, 1, 1, false, false}, {4, 160, 6, 8, 3, true, true}, {3, 37, 4, 1, 1, false, true}, {2, 1, 1, 1, 1, false, true},
+                     {6, 100, 8, 10, 2, true, false}};
+  for (const R& c : cases) {
+    std::vector<float> logits = randomF32(r, c.rows * c.experts, -3, 3);
+    // Ties: equal logits in row 0 must resolve to the lower index on both sides.
+    for (size_t e = 0; e + 2 < c.experts; e += 3) logits[e + 1] = logits[e];
+    std::vector<int32_t> gi(c.rows * c.k, -7), ci(c.rows * c.k, -7);
+    std::vector<float> gw = poisoned(c.rows * c.k), cw = poisoned(c.rows * c.k);
+    EXPECT_OK(kvant::cuda::routeTopK(dev, logits.data(), c.rows, c.experts, c.k, c.nGroup, c.topkGroup, c.groupLimited, c.norm, 2.5f, gi.data(),
+                                     gw.data()));
+    EXPECT_TRUE(kvant::routeTopK(logits.data(), c.rows, c.experts, c.k, c.nGroup, c.topkGroup, c.groupLimited, c.norm, 2.5f, ci.data(), cw.data()) ==
+                Status::kOk);
+    EXPECT_TRUE(gi == ci);
+    EXPECT_TRUE(std::memcmp(gw.data(), cw.data(), gw.size() * 4) == 0);
+  }
+  std::vector<int32_t> i(8);
+  std::vector<float> w(8), l(64);
+  EXPECT_STATUS(kvant::cuda::routeTopK(dev, l.data(), 1, 64, 0, 1, 1, false, true, 1.f, i.data(), w.data()), Status::kShape);
+  EXPECT_STATUS(kvant::cuda::routeTopK(dev, l.data(), 1, 64, 6, 5, 1, true, true, 1.f, i.data(), w.data()), Status::kShape);  // 64 % 5
+  EXPECT_STATUS(kvant::cuda::routeTopK(dev, l.data(), 1, 64, 20, 8, 2, true, true, 1.f, i.data(), w.data()), Status::kShape);  // k > kept experts
+}
