@@ -122,6 +122,25 @@ __global__ void barrierVsWarpKernel(int* out) {
   }
 }
 
+// Lanes are never in lockstep: lane 0 publishing to its warp needs __syncwarp.
+__global__ void missingSyncwarpKernel(int* out, int withSync) {
+  int* s = dynamicSmem<int>();
+  if (threadIdx.x % 32 == 0) s[threadIdx.x / 32] = 7;
+  if (withSync) __syncwarp();
+  out[threadIdx.x] = s[threadIdx.x / 32];
+}
+
+__global__ void mismatchedCollectivesKernel(int* out) {
+  // Half the warp shuffles while the other half votes: different collectives, same mask.
+  if (threadIdx.x < 16) out[threadIdx.x] = __shfl_sync(0xffffffffu, 1, 0);
+  else out[threadIdx.x] = int(__ballot_sync(0xffffffffu, 1));
+}
+
+__global__ void outsideMaskKernel(int* out) {
+  // Lanes 0..15 shuffle among themselves but read lane 20, which is not in the mask.
+  if (threadIdx.x < 16) out[threadIdx.x] = __shfl_sync(0xffffu, int(threadIdx.x), 20);
+}
+
 using namespace nvcuda;
 
 // C = A·B for one 16x16x16 tile through the fragment API (the correct use).
@@ -185,6 +204,24 @@ TEST(simt_missing_barrier_fails_under_reverse_order) {
     EXPECT_TRUE(launch(dim3(1), dim3(64), 16, missingBarrierKernel, fixed.data(), 1));
     for (int v : fixed) EXPECT_EQ(v, 42);
   }
+}
+
+TEST(simt_missing_syncwarp_fails_under_reverse_order) {
+  ScheduleGuard g;
+  setSchedule({Order::kReverse, 0});
+  std::vector<int> out(64, 0);
+  EXPECT_TRUE(launch(dim3(1), dim3(64), 64, missingSyncwarpKernel, out.data(), 0));
+  EXPECT_EQ(out[31], -1);  // lane 31 ran before lane 0 wrote: poison
+  EXPECT_TRUE(launch(dim3(1), dim3(64), 64, missingSyncwarpKernel, out.data(), 1));
+  for (int v : out) EXPECT_EQ(v, 7);
+}
+
+TEST(simt_reports_collective_misuse) {
+  std::vector<int> out(32, 0);
+  EXPECT_TRUE(!launch(dim3(1), dim3(32), 0, mismatchedCollectivesKernel, out.data()));
+  EXPECT_TRUE(lastError().find("mismatched") != std::string::npos);
+  EXPECT_TRUE(!launch(dim3(1), dim3(32), 0, outsideMaskKernel, out.data()));
+  EXPECT_TRUE(lastError().find("outside the shuffle mask") != std::string::npos);
 }
 
 TEST(simt_thread_order_follows_schedule) {
