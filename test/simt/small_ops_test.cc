@@ -34,6 +34,10 @@ TEST(cuda_rmsnorm_matches_reference) {
         std::vector<float> y = poisoned(rows * n), cpu = poisoned(rows * n);
         EXPECT_OK(kvant::cuda::rmsNorm(dev, x.data(), w, wt, eps, y.data(), rows, n));
         EXPECT_TRUE(kvant::rmsNorm(x.data(), w, wt, eps, cpu.data(), rows, n, Isa::kScalar) == Status::kOk);
+        // The AVX2 level of the CPU reference too, where this CPU has it (same f64 sum bound).
+        std::vector<float> cpu2 = poisoned(rows * n);
+        const bool haveAvx2 = kvant::isaSupported(Isa::kAvx2);
+        if (haveAvx2) EXPECT_TRUE(kvant::rmsNorm(x.data(), w, wt, eps, cpu2.data(), rows, n, Isa::kAvx2) == Status::kOk);
         std::vector<double> want(rows * n);
         for (size_t t = 0; t < rows; ++t) {
           double ss = 0;
@@ -51,6 +55,10 @@ TEST(cuda_rmsnorm_matches_reference) {
         // The CPU reference sums in f64: its own error is < 4u.
         const std::vector<double> c = toDouble(cpu);
         EXPECT_CLOSE("rmsNorm vs CPU", y.data(), c.data(), y.size(), [&](size_t i) { return (rel + 4 * kU32) * std::fabs(c[i]) + 1e-30; });
+        if (haveAvx2) {
+          const std::vector<double> c2 = toDouble(cpu2);
+          EXPECT_CLOSE("rmsNorm vs CPU avx2", y.data(), c2.data(), y.size(), [&](size_t i) { return (rel + 4 * kU32) * std::fabs(c2[i]) + 1e-30; });
+        }
         // In place (y aliases x) gives the same bits.
         std::vector<float> inplace = x;
         EXPECT_OK(kvant::cuda::rmsNorm(dev, inplace.data(), w, wt, eps, inplace.data(), rows, n));
@@ -130,6 +138,9 @@ TEST(cuda_softmax_matches_reference) {
     std::vector<float> gpu = x, cpu = x;
     EXPECT_OK(kvant::cuda::softmaxRows(dev, gpu.data(), rows, n));
     EXPECT_TRUE(kvant::softmaxRows(cpu.data(), rows, n, Isa::kScalar) == Status::kOk);
+    std::vector<float> cpu2 = x;
+    const bool haveAvx2 = kvant::isaSupported(Isa::kAvx2);
+    if (haveAvx2) EXPECT_TRUE(kvant::softmaxRows(cpu2.data(), rows, n, Isa::kAvx2) == Status::kOk);
     std::vector<double> want(rows * n), tol(rows * n);
     const double T = double(kvant::cuda::rowConfig(rows, n, 0).block.x);
     for (size_t t = 0; t < rows; ++t) {
@@ -147,6 +158,10 @@ TEST(cuda_softmax_matches_reference) {
     EXPECT_CLOSE("softmax vs f64", gpu.data(), want.data(), gpu.size(), [&](size_t i) { return tol[i]; });
     const std::vector<double> c = toDouble(cpu);
     EXPECT_CLOSE("softmax vs CPU", gpu.data(), c.data(), gpu.size(), [&](size_t i) { return 2 * tol[i] + 1e-40; });
+    if (haveAvx2) {
+      const std::vector<double> c2 = toDouble(cpu2);
+      EXPECT_CLOSE("softmax vs CPU avx2", gpu.data(), c2.data(), gpu.size(), [&](size_t i) { return 2 * tol[i] + 1e-40; });
+    }
   }
   EXPECT_STATUS(kvant::cuda::softmaxRows(dev, nullptr, 3, 0), Status::kShape);
 }
