@@ -1,5 +1,6 @@
 #include "attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -24,13 +25,45 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 }  // namespace
 
+namespace scalar {
+namespace {
+void qk(const float* q, size_t ldq, size_t m, const float* k, size_t ldk, size_t n, size_t d, float* s, size_t lds) {
+  for (size_t i = 0; i < m; ++i)
+    for (size_t j = 0; j < n; ++j) {
+      float a = 0;
+      for (size_t t = 0; t < d; ++t) a += q[i * ldq + t] * k[j * ldk + t];
+      s[i * lds + j] = a;
+    }
+}
+
+void pv(const float* p, size_t ldp, size_t m, size_t n, const float* v, size_t ldv, size_t dv, float* acc, size_t lda) {
+  for (size_t i = 0; i < m; ++i)
+    for (size_t j = 0; j < n; ++j) {
+      const float w = p[i * ldp + j];
+      for (size_t d = 0; d < dv; ++d) acc[i * lda + d] += w * v[j * ldv + d];
+    }
+}
+}  // namespace
+const AttnKernels kAttnKernels = {qk, pv};
+}  // namespace scalar
+
+const AttnKernels* attnKernelsFor(Isa isa) {
+  if (int(isa) < 0) isa = isaChoice().isa;
+#if defined(__x86_64__) || defined(_M_X64)
+  return tableForIsa<AttnKernels>(isa, scalar::kAttnKernels, &avx2::kAttnKernels, nullptr);
+#else
+  return tableForIsa<AttnKernels>(isa, scalar::kAttnKernels, nullptr, nullptr);
+#endif
+}
+
 size_t flashScratchBytes() { return gFlashScratch.load(); }
 void resetFlashScratchBytes() { gFlashScratch.store(0); }
 
 Status flashAttention(const FlashArgs& a, Isa isa) {
   const GemmKernels* g = gemmKernelsFor(isa);
   const SmallOpsKernels* so = smallOpsKernelsFor(isa);
-  if (!g || !so) return Status::kBackend;
+  const AttnKernels* ak = attnKernelsFor(isa);
+  if (!g || !so || !ak) return Status::kBackend;
   if (a.Hkv == 0 || a.Hq % a.Hkv != 0) return Status::kShape;
   const bool varlen = a.cuQ != nullptr;
   const size_t B = a.B, Hq = a.Hq, Hkv = a.Hkv, Dqk = a.Dqk, Dv = a.Dv;
@@ -70,15 +103,13 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
     for (size_t j0 = 0; j0 < kEnd; j0 += kFlashBc) {
       const size_t cols = kEnd - j0 < kFlashBc ? kEnd - j0 : kFlashBc;
       const float* kBase = a.k + ((k0 + j0) * Hkv + hk) * Dqk;
-      // S = Q_blk · K_blkᵀ through the gemm tile (4x4 at a time).
-      for (size_t i = 0; i < rows; i += 4)
-        for (size_t j = 0; j < cols; j += 4)
-          g->tileF32(qBase + i * ldq, ldq, rows - i < 4 ? rows - i : 4, kBase + j * ldk, ldk, cols - j < 4 ? cols - j : 4, Dqk,
-                     s + i * kFlashBc + j, kFlashBc);
+      // S = Q_blk · K_blkᵀ (2x4 register tiles, one joint reduction per tile).
+      ak->qk(qBase, ldq, rows, kBase, ldk, cols, Dqk, s, kFlashBc);
       for (size_t i = 0; i < rows; ++i) {
         float* si = s + i * kFlashBc;
         const long visible = a.causal ? long(r0 + i) + shift + 1 - long(j0) : long(cols);  // keys j0.. visible to row i
         const size_t n = visible <= 0 ? 0 : size_t(visible) < cols ? size_t(visible) : cols;
+        for (size_t j = n; j < cols; ++j) si[j] = 0;  // masked: probability exactly 0 in the P·V block
         if (n == 0) continue;
         float bm = kNegInf;
         for (size_t j = 0; j < n; ++j) {
@@ -92,10 +123,10 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
         float* ai = acc.data() + i * Dv;
         if (corr != 1.f)
           for (size_t d = 0; d < Dv; ++d) ai[d] *= corr;
-        const float* vBase = a.v + ((k0 + j0) * Hkv + hk) * Dv;
-        for (size_t j = 0; j < n; ++j) so->axpy(si[j], vBase + j * ldv, ai, Dv);
         m[i] = mNew;
       }
+      // O_blk += P · V_blk for all rows at once (each V row loaded once per 4 query rows).
+      ak->pv(s, kFlashBc, rows, cols, a.v + ((k0 + j0) * Hkv + hk) * Dv, ldv, Dv, acc.data(), Dv);
     }
     for (size_t i = 0; i < rows; ++i) {
       float* o = a.out + ((q0 + r0 + i) * Hq + h) * Dv;
@@ -110,6 +141,40 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
       if (a.lse) a.lse[lseIdx] = m[i] + std::log(l[i]);
     }
   });
+  return Status::kOk;
+}
+
+Status naiveAttention(const FlashArgs& a, Isa isa) {
+  if (a.Hkv == 0 || a.Hq % a.Hkv != 0) return Status::kShape;
+  if (a.cuQ || a.cuK) return Status::kShape;
+  const size_t Sq = a.Sq, Sk = a.Sk, Dqk = a.Dqk, Dv = a.Dv, group = a.Hq / a.Hkv;
+  std::vector<float> q(Sq * Dqk), k(Sk * Dqk), vt(Dv * Sk), s(Sq * Sk), o(Sq * Dv);
+  for (size_t b = 0; b < a.B; ++b)
+    for (size_t h = 0; h < a.Hq; ++h) {
+      const size_t hk = h / group;
+      for (size_t i = 0; i < Sq; ++i) std::copy_n(a.q + ((b * Sq + i) * a.Hq + h) * Dqk, Dqk, q.data() + i * Dqk);
+      for (size_t j = 0; j < Sk; ++j) {
+        std::copy_n(a.k + ((b * Sk + j) * a.Hkv + hk) * Dqk, Dqk, k.data() + j * Dqk);
+        for (size_t d = 0; d < Dv; ++d) vt[d * Sk + j] = a.v[((b * Sk + j) * a.Hkv + hk) * Dv + d];
+      }
+      Status st = gemm(q.data(), Sq, Dqk, k.data(), DType::kF32, Sk, nullptr, s.data(), isa);
+      if (st != Status::kOk) return st;
+      const long shift = long(Sk) - long(Sq);
+      for (size_t i = 0; i < Sq; ++i) {
+        float* si = s.data() + i * Sk;
+        const long vis = a.causal ? std::max<long>(0, std::min<long>(long(Sk), long(i) + shift + 1)) : long(Sk);
+        for (size_t j = 0; j < Sk; ++j) si[j] = long(j) < vis ? si[j] * a.scale : kNegInf;
+        float m = kNegInf;
+        for (size_t j = 0; j < Sk; ++j) m = si[j] > m ? si[j] : m;
+        double z = 0;
+        for (size_t j = 0; j < Sk; ++j) z += si[j] = m == kNegInf ? 0.f : std::exp(si[j] - m);
+        for (size_t j = 0; j < Sk; ++j) si[j] = z > 0 ? float(si[j] / z) : 0.f;
+        if (a.lse) a.lse[(b * a.Hq + h) * Sq + i] = z > 0 ? float(m + std::log(z)) : std::numeric_limits<float>::infinity();
+      }
+      st = gemm(s.data(), Sq, Sk, vt.data(), DType::kF32, Dv, nullptr, o.data(), isa);
+      if (st != Status::kOk) return st;
+      for (size_t i = 0; i < Sq; ++i) std::copy_n(o.data() + i * Dv, Dv, a.out + ((b * Sq + i) * a.Hq + h) * Dv);
+    }
   return Status::kOk;
 }
 
@@ -201,6 +266,167 @@ Status mlaDecode(const MlaDecodeArgs& a, Isa isa) {
     const float inv = 1.f / denom;
     for (size_t d = 0; d < L; ++d) o[d] *= inv;
     if (a.lse) a.lse[b * H + h] = M + std::log(denom);
+  });
+  return Status::kOk;
+}
+
+}  // namespace kvant
+
+namespace kvant {
+
+Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
+  const GemmKernels* g = gemmKernelsFor(isa);
+  const SmallOpsKernels* so = smallOpsKernelsFor(isa);
+  const KvKernels* kv = kvKernelsFor(isa);
+  const AttnKernels* ak = attnKernelsFor(isa);
+  if (!g || !so || !kv || !ak) return Status::kBackend;
+  if (a.Hkv == 0 || a.Hq % a.Hkv != 0) return Status::kShape;
+  const KvPages& P = a.pages;
+  const size_t Dk = a.k0.n + a.k1.n, Dv = a.v.n, group = a.Hq / a.Hkv;
+  if (Dk == 0 || Dv == 0 || P.pageSize == 0) return Status::kShape;
+  if (a.vFromKey && (a.Hkv != 1 || a.v.n > a.k0.n || a.v.type != a.k0.type || a.v.hadamard != a.k0.hadamard)) return Status::kShape;
+  for (const KvSegment* s : {&a.k0, &a.k1, &a.v}) {
+    const size_t bytes = kvSegmentBytes(s->type, s->n);
+    // The farthest byte this segment reaches (last slot, last head) must stay inside the page.
+    if ((bytes == 0 && s->n != 0) || P.layerOffset + (P.pageSize - 1) * P.rowBytes + s->offset + (a.Hkv - 1) * a.headStride + bytes > P.pageBytes)
+      return Status::kShape;
+  }
+  for (size_t b = 0; b < a.B; ++b) {
+    if (a.seqLens[b] < 0) return Status::kRange;
+    const size_t pages = (size_t(a.seqLens[b]) + P.pageSize - 1) / P.pageSize;
+    if (pages > a.maxPages) return Status::kRange;
+    for (size_t p = 0; p < pages; ++p) {
+      const int32_t page = a.pageTable[b * a.maxPages + p];
+      if (page < 0 || size_t(page) >= P.numPages) return Status::kRange;
+    }
+  }
+  const bool rotK = a.k0.hadamard && kvQuantized(a.k0.type), rotV = a.v.hadamard && kvQuantized(a.v.type);
+  std::vector<size_t> splitStart(a.B + 1, 0);
+  for (size_t b = 0; b < a.B; ++b) splitStart[b + 1] = splitStart[b] + std::max<size_t>(1, (size_t(a.seqLens[b]) + kDecodeSplit - 1) / kDecodeSplit);
+  const size_t nSplits = splitStart[a.B];
+  std::vector<float> pm(nSplits * a.Hq), pl(nSplits * a.Hq), pacc(nSplits * a.Hq * Dv);
+  // Rows decoded per step: 16 rows of up to 576 f32 (36 KB) stay in L1/L2 while every query
+  // head of the kv head uses them.
+  constexpr size_t kRows = 16;
+  threadPool().parallelFor(nSplits * a.Hkv, [&](size_t task) {
+    const size_t sidx = task / a.Hkv, hk = task % a.Hkv;
+    size_t b = 0;
+    while (splitStart[b + 1] <= sidx) ++b;
+    const size_t len = size_t(a.seqLens[b]);
+    const size_t t0 = (sidx - splitStart[b]) * kDecodeSplit, t1 = std::min(len, t0 + kDecodeSplit);
+    thread_local std::vector<float> qbuf, kbuf, vbuf, sbuf;
+    qbuf.resize(group * Dk), kbuf.resize(kRows * Dk), vbuf.resize(kRows * Dv), sbuf.resize(group * kRows);
+    // The query heads of this kv head, with the rotated part of the key pre-transformed:
+    // q·x = (H·q)·y / 32 where y = H·x is what the cache stores (1/32 is exact).
+    for (size_t j = 0; j < group; ++j) {
+      float* qr = qbuf.data() + j * Dk;
+      std::copy(a.q + (b * a.Hq + hk * group + j) * Dk, a.q + (b * a.Hq + hk * group + j + 1) * Dk, qr);
+      if (rotK) {
+        kv->hadamard32(qr, a.k0.n);
+        for (size_t d = 0; d < a.k0.n; ++d) qr[d] *= 1.0f / 32;
+      }
+    }
+    float* m = pm.data() + sidx * a.Hq + hk * group;
+    float* l = pl.data() + sidx * a.Hq + hk * group;
+    float* acc = pacc.data() + (sidx * a.Hq + hk * group) * Dv;
+    for (size_t j = 0; j < group; ++j) m[j] = kNegInf, l[j] = 0;
+    std::fill(acc, acc + group * Dv, 0.f);
+    auto rowAt = [&](size_t t) {
+      return P.pool + size_t(a.pageTable[b * a.maxPages + t / P.pageSize]) * P.pageBytes + P.layerOffset + t % P.pageSize * P.rowBytes;
+    };
+    // Bytes of this kv head's part of a row: from its first segment to the end of its last.
+    const size_t segEnd[3] = {a.k0.offset + kvSegmentBytes(a.k0.type, a.k0.n), a.k1.n ? a.k1.offset + kvSegmentBytes(a.k1.type, a.k1.n) : 0,
+                              a.vFromKey ? 0 : a.v.offset + kvSegmentBytes(a.v.type, a.v.n)};
+    const size_t segBeg = std::min(a.k0.offset, a.vFromKey ? a.k0.offset : a.v.offset);
+    const size_t prefetchFrom = segBeg + hk * a.headStride;
+    const size_t prefetchBytes = std::max({segEnd[0], segEnd[1], segEnd[2]}) - segBeg;
+    constexpr size_t kAhead = 16;
+    const float* vrows = a.vFromKey ? kbuf.data() : vbuf.data();
+    const size_t ldv = a.vFromKey ? Dk : Dv;
+    float* s = sbuf.data();
+    // One query head per kv head (standard-cache decode without GQA): nothing would reuse a
+    // decoded row, so decode it in registers straight into the dot and the accumulation.
+    const bool fused = group == 1 && !a.vFromKey && a.k1.n == 0;
+    for (size_t c0 = t0; fused && c0 < t1; c0 += kRows) {
+      const size_t n = std::min(kRows, t1 - c0);
+      const uint8_t* rp[kRows];
+      float bm = kNegInf;
+      for (size_t r = 0; r < n; ++r) {
+        const size_t t = c0 + r;
+        rp[r] = rowAt(t) + hk * a.headStride;
+        if (t + kAhead < t1) {
+          const uint8_t* ahead = rowAt(t + kAhead);
+          for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(ahead + prefetchFrom + off, 0, 0);
+        }
+        s[r] = kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk) * a.scale;
+        bm = s[r] > bm ? s[r] : bm;
+      }
+      const float mNew = m[0] > bm ? m[0] : bm;
+      const float corr = m[0] == kNegInf ? 0.f : std::exp(m[0] - mNew);
+      l[0] = l[0] * corr + float(so->expShift(s, mNew, s, n));
+      if (corr != 1.f)
+        for (size_t d = 0; d < Dv; ++d) acc[d] *= corr;
+      m[0] = mNew;
+      for (size_t r = 0; r < n; ++r) kv->axpy(a.v.type, rp[r] + a.v.offset, s[r], acc, Dv);
+    }
+    for (size_t c0 = t0; !fused && c0 < t1; c0 += kRows) {
+      const size_t n = std::min(kRows, t1 - c0);
+      // Dequantize each row once (into this L1-sized tile), then use it for all heads.
+      for (size_t r = 0; r < n; ++r) {
+        const size_t t = c0 + r;
+        const uint8_t* row = rowAt(t);
+        // Software prefetch kAhead rows ahead: a head's run of rows is contiguous only within
+        // a page (pages are scattered), and the kernel is a pure stream otherwise.
+        if (t + kAhead < t1) {
+          const uint8_t* ahead = rowAt(t + kAhead);
+          for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(ahead + prefetchFrom + off, 0, 0);
+        }
+        kv->decode(a.k0.type, row + a.k0.offset + hk * a.headStride, a.k0.n, kbuf.data() + r * Dk);
+        if (a.k1.n) kv->decode(a.k1.type, row + a.k1.offset + hk * a.headStride, a.k1.n, kbuf.data() + r * Dk + a.k0.n);
+        if (!a.vFromKey) kv->decode(a.v.type, row + a.v.offset + hk * a.headStride, Dv, vbuf.data() + r * Dv);
+      }
+      ak->qk(qbuf.data(), Dk, group, kbuf.data(), Dk, n, Dk, s, kRows);
+      for (size_t j = 0; j < group; ++j) {
+        float* sj = s + j * kRows;
+        float bm = kNegInf;
+        for (size_t r = 0; r < n; ++r) {
+          sj[r] *= a.scale;
+          bm = sj[r] > bm ? sj[r] : bm;
+        }
+        const float mNew = m[j] > bm ? m[j] : bm;
+        const float corr = m[j] == kNegInf ? 0.f : std::exp(m[j] - mNew);
+        l[j] = l[j] * corr + float(so->expShift(sj, mNew, sj, n));
+        float* aj = acc + j * Dv;
+        if (corr != 1.f)
+          for (size_t d = 0; d < Dv; ++d) aj[d] *= corr;
+        m[j] = mNew;
+      }
+      ak->pv(s, kRows, group, n, vrows, ldv, Dv, acc, Dv);  // all heads of the group per V row read
+    }
+  });
+  // Merge each sequence's splits in order: out = Σ_s e^{m_s - M} acc_s / Σ_s e^{m_s - M} l_s,
+  // then undo the value rotation once: x = H·y / 32.
+  threadPool().parallelFor(a.B * a.Hq, [&](size_t bh) {
+    const size_t b = bh / a.Hq, h = bh % a.Hq;
+    float M = kNegInf;
+    for (size_t s = splitStart[b]; s < splitStart[b + 1]; ++s) M = pm[s * a.Hq + h] > M ? pm[s * a.Hq + h] : M;
+    float* o = a.out + bh * Dv;
+    for (size_t d = 0; d < Dv; ++d) o[d] = 0;
+    if (M == kNegInf) {  // empty sequence: output 0, lse +inf
+      if (a.lse) a.lse[bh] = std::numeric_limits<float>::infinity();
+      return;
+    }
+    float denom = 0;
+    for (size_t s = splitStart[b]; s < splitStart[b + 1]; ++s) {
+      if (pm[s * a.Hq + h] == kNegInf) continue;
+      const float w = std::exp(pm[s * a.Hq + h] - M);
+      denom += w * pl[s * a.Hq + h];
+      so->axpy(w, pacc.data() + (s * a.Hq + h) * Dv, o, Dv);
+    }
+    const float inv = (rotV ? 1.0f / 32 : 1.0f) / denom;
+    if (rotV) kv->hadamard32(o, Dv);
+    for (size_t d = 0; d < Dv; ++d) o[d] *= inv;
+    if (a.lse) a.lse[bh] = M + std::log(denom);
   });
   return Status::kOk;
 }

@@ -11,9 +11,27 @@
 #include <cstdint>
 
 #include "isa.h"
+#include "kv_cache.h"
 #include "kvant/status.h"
 
 namespace kvant {
+
+// The P·V step of every attention loop, one table per ISA level:
+//   acc[i·lda + d] += Σ_j p[i·ldp + j] · v[j·ldv + d]   for i < m, j < n, d < dv,
+// j summed in order for every output element (so a result never depends on how callers
+// split rows among threads). The AVX2 version keeps a 4-row x 16-column block of acc in
+// registers across all n rows of V: each V vector loaded is used by 4 rows (query heads),
+// where a per-row axpy would reload and re-store acc for every j.
+//
+// qk: s[i·lds + j] = Σ_t q[i·ldq + t] · k[j·ldk + t] (i < m, j < n), 2 query rows x 4 keys
+// per register tile; an output depends only on its own row and key, never on m or n.
+struct AttnKernels {
+  void (*qk)(const float* q, size_t ldq, size_t m, const float* k, size_t ldk, size_t n, size_t d, float* s, size_t lds);
+  void (*pv)(const float* p, size_t ldp, size_t m, size_t n, const float* v, size_t ldv, size_t dv, float* acc, size_t lda);
+};
+namespace scalar { extern const AttnKernels kAttnKernels; }
+namespace avx2 { extern const AttnKernels kAttnKernels; }
+const AttnKernels* attnKernelsFor(Isa isa);  // Isa(-1): chosen level; nullptr if unsupported
 
 struct FlashArgs {
   // Fixed-length: q [B, Sq, Hq, Dqk], k [B, Sk, Hkv, Dqk], v [B, Sk, Hkv, Dv],
@@ -36,6 +54,11 @@ struct FlashArgs {
 constexpr size_t kFlashBr = 16, kFlashBc = 64;
 
 Status flashAttention(const FlashArgs& a, Isa isa = Isa(-1));
+
+// The textbook baseline FlashAttention is measured against (benchmarks and tests only):
+// per head, materialize S = Q·Kᵀ [Sq, Sk] with the GEMM, mask + row softmax, then O = P·V
+// with the GEMM. O(Sq·Sk) extra memory, allocated here. Fixed-length batches only.
+Status naiveAttention(const FlashArgs& a, Isa isa = Isa(-1));
 
 // Peak scratch bytes any flashAttention task used since the last reset (tests check that it
 // depends on the tile sizes and head dims, never on Sk).
@@ -63,5 +86,36 @@ struct MlaDecodeArgs {
 constexpr size_t kMlaSplit = 512;
 
 Status mlaDecode(const MlaDecodeArgs& a, Isa isa = Isa(-1));
+
+// Batched decode attention over a paged, possibly quantized cache (both the standard K/V cache
+// and the MLA latent cache). q [B, Hq, Dk] f32 with Dk = k0.n + k1.n; out [B, Hq, Dv]; lse [B, Hq].
+// The key of kv head h is [k0 | k1] at row offsets k0.offset + h·headStride (k1 likewise);
+// the value is segment v at v.offset + h·headStride, or, with vFromKey (MLA: V is the latent
+// c, the first Dv values of the key), the first v.n values of the decoded key.
+// Sequence b has seqLens[b] rows, row t at page pageTable[b·maxPages + t / pageSize].
+// GQA: query head j uses kv head j / (Hq / Hkv). All query heads of a kv head are processed
+// per cache row read; splits of kDecodeSplit rows (a function of the length alone) are
+// merged by LSE in split order, so results are bit-identical for any thread count and
+// independent of the other sequences of the batch.
+struct PagedDecodeArgs {
+  const float* q;
+  float* out;
+  float* lse;
+  size_t B, Hq, Hkv;
+  KvSegment k0, k1, v;
+  size_t headStride;
+  bool vFromKey;
+  float scale;
+  KvPages pages;
+  const int32_t* pageTable;
+  size_t maxPages;
+  const int32_t* seqLens;
+};
+
+constexpr size_t kDecodeSplit = 512;
+
+// kShape: head counts that do not divide, segments that do not fit the row or pages;
+// kRange: a sequence length beyond its page table or a page index outside the pool.
+Status pagedDecode(const PagedDecodeArgs& a, Isa isa = Isa(-1));
 
 }  // namespace kvant

@@ -52,7 +52,9 @@ Napi::Value flashB(const Napi::CallbackInfo& info) {
   if (overlaps(out, q) || overlaps(out, k) || overlaps(out, v) || overlaps(lse, out)) throwKvant(env, "KVANT_RANGE", "Expected out and lse not to overlap the inputs");
   a.q = reinterpret_cast<const float*>(q.data), a.k = reinterpret_cast<const float*>(k.data), a.v = reinterpret_cast<const float*>(v.data);
   a.out = reinterpret_cast<float*>(out.data), a.lse = reinterpret_cast<float*>(lse.data);
-  const Status s = flashAttention(a, isaAt(info, 30));
+  const bool naive = info.Length() > 31 && info[31].ToBoolean();
+  if (naive && varlen) throwKvant(env, "KVANT_SHAPE", "Expected fixed-length batches for the naive attention baseline");
+  const Status s = naive ? naiveAttention(a, isaAt(info, 30)) : flashAttention(a, isaAt(info, 30));
   if (s != Status::kOk) throwStatus(env, s, "flashAttention failed (Hq must be a multiple of Hkv)");
   return env.Undefined();
 }

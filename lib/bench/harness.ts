@@ -80,13 +80,13 @@ export interface BenchOptions {
   log?: (line: string) => void;
 }
 
+/**
+ * The last-level cache this CPU's cores share. sysfs describes the cache domain the kernel sees
+ * (in a VM: the host cache slice it was given, as lscpu reports); glibc's getconf reads CPUID's
+ * package-wide figure, which on multi-CCX parts (e.g. EPYC: 256 MiB vs 32 MiB per CCX) is far
+ * larger than what one core can use. Prefer sysfs, fall back to getconf.
+ */
 function llcBytes(): number {
-  try {
-    const v = Number(execFileSync('getconf', ['LEVEL3_CACHE_SIZE'], { encoding: 'utf8' }).trim());
-    if (v > 0) return v;
-  } catch {
-    // fall through
-  }
   for (const idx of [3, 2]) {
     try {
       const s = fs.readFileSync(`/sys/devices/system/cpu/cpu0/cache/index${idx}/size`, 'utf8').trim();
@@ -95,6 +95,12 @@ function llcBytes(): number {
     } catch {
       // fall through
     }
+  }
+  try {
+    const v = Number(execFileSync('getconf', ['LEVEL3_CACHE_SIZE'], { encoding: 'utf8' }).trim());
+    if (v > 0) return v;
+  } catch {
+    // fall through
   }
   return 32 << 20;
 }

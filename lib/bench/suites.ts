@@ -4,6 +4,7 @@
  * bandwidth-bound kernels cycle through distinct copies of the data totalling at least
  * 4x the last-level cache, as a model's layers would, so caches cannot serve repeat runs.
  */
+import { attentionCases } from './attention-cases';
 import { convertCases } from './convert-cases';
 import { BenchCase, Machine } from './harness';
 
@@ -16,5 +17,6 @@ export function copiesFor(bytesPerCopy: number, machine: Pick<Machine, 'llc_byte
 export function allCases(machine: Machine, quick: boolean): BenchCase[] {
   return [
     ...convertCases(machine, quick),
+    ...attentionCases(machine, quick),
   ];
 }

@@ -88,6 +88,64 @@ export function topKIndices(values: Float32Array, k: number): Uint32Array {
   return Uint32Array.from(out);
 }
 
+/** Index of the largest value (ties to the lower index; NaN skipped; undefined if all NaN). */
+export function argmax(values: Float32Array): number | undefined {
+  let best = -1;
+  let bv = -Infinity;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v > bv || (best < 0 && v === -Infinity)) {
+      best = i;
+      bv = v;
+    }
+  }
+  return best < 0 ? undefined : best;
+}
+
+/** An order-preserving u32 key of logits[i] (IEEE bits with the sign folded: larger float, larger key). */
+export function sortKey(logits: Float32Array, i: number): number {
+  const bits = new Uint32Array(logits.buffer, logits.byteOffset + 4 * i, 1)[0];
+  return bits & 0x80000000 ? ~bits >>> 0 : (bits | 0x80000000) >>> 0;
+}
+
+/**
+ * The last token of the top-p prefix: walking tokens in (logit desc, id asc) order and adding
+ * their weights e, the first one at which the running mass reaches `target`. Found with a
+ * 65536-bucket histogram of the keys' top 16 bits (mass per bucket, walked from the top) and
+ * an exact sort of the one boundary bucket only. Null when rounding leaves the total short of
+ * the target (keep everything).
+ */
+export function topPBoundary(logits: Float32Array, e: Float64Array, target: number): { key: number; index: number; keys: Uint32Array } | null {
+  const V = logits.length;
+  const bits = new Uint32Array(logits.buffer, logits.byteOffset, V);
+  const keys = new Uint32Array(V);
+  const hist = new Float64Array(65536);
+  for (let i = 0; i < V; i++) {
+    const b = bits[i];
+    keys[i] = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;
+    if (!Number.isNaN(logits[i])) hist[keys[i] >>> 16] += e[i];
+  }
+  let acc = 0;
+  let bucket = -1;
+  for (let h = 65535; h >= 0; h--) {
+    if (hist[h] > 0 && acc + hist[h] >= target) {
+      bucket = h;
+      break;
+    }
+    acc += hist[h];
+  }
+  if (bucket < 0) return null;
+  const inBucket: number[] = [];
+  for (let i = 0; i < V; i++) if (!Number.isNaN(logits[i]) && keys[i] >>> 16 === bucket) inBucket.push(i);
+  inBucket.sort((a, b) => keys[b] - keys[a] || a - b);
+  for (const i of inBucket) {
+    acc += e[i];
+    if (acc >= target) return { key: keys[i], index: i, keys };
+  }
+  const last = inBucket[inBucket.length - 1];
+  return { key: keys[last], index: last, keys };
+}
+
 /** Natural-log softmax probability of `token` under `logits`. */
 export function logSoftmaxAt(logits: Float32Array, token: number): number {
   let m = -Infinity;
@@ -101,6 +159,7 @@ export class Sampler {
   private readonly opts: Required<SamplingOptions>;
   private readonly rng: SeededRandom;
   private readonly seen = new Set<number>();
+  private exps = new Float64Array(0);
 
   constructor(opts: SamplingOptions, history: readonly number[] = []) {
     this.opts = checkSampling(opts);
@@ -116,9 +175,9 @@ export class Sampler {
       logits = Float32Array.from(raw);
       for (const t of this.seen) if (t < logits.length) logits[t] = logits[t] > 0 ? logits[t] / repetitionPenalty : logits[t] * repetitionPenalty;
     }
-    let token: number;
+    let token: number | undefined;
     if (temperature === 0) {
-      token = topKIndices(logits, 1)[0];
+      token = argmax(logits);
     } else {
       token = this.draw(logits, temperature, topK, topP);
     }
@@ -129,29 +188,12 @@ export class Sampler {
 
   private draw(logits: Float32Array, temperature: number, topK: number, topP: number): number {
     if (topK === 0 && topP >= 1) return this.drawFull(logits, temperature);
-    // Candidates: the top-k (or, for top-p alone, a growing prefix until it holds mass p).
-    const V = logits.length;
-    let cand = topKIndices(logits, topK > 0 ? topK : Math.min(V, 256));
-    const probsOf = (idx: Uint32Array) => {
-      const m = logits[idx[0]];
-      let z = 0;
-      if (topK > 0 || idx.length === V) {
-        const p = Array.from(idx, (i) => Math.exp((logits[i] - m) / temperature));
-        z = p.reduce((a, b) => a + b, 0);
-        return { p, z };
-      }
-      // Normalize over the whole vocabulary so the prefix's mass is known.
-      for (let i = 0; i < V; i++) if (!Number.isNaN(logits[i])) z += Math.exp((logits[i] - m) / temperature);
-      return { p: Array.from(idx, (i) => Math.exp((logits[i] - m) / temperature)), z };
-    };
-    let { p, z } = probsOf(cand);
-    if (topK === 0 && topP < 1) {
-      while (p.reduce((a, b) => a + b, 0) / z < topP && cand.length < V) {
-        cand = topKIndices(logits, Math.min(V, cand.length * 8));
-        ({ p, z } = probsOf(cand));
-      }
-    }
-    // Top-p cut over the (sorted) candidates.
+    if (topK === 0) return this.drawTopP(logits, temperature, topP);
+    // Top-k candidates (sorted, best first), probabilities renormalized over them, then top-p within.
+    const cand = topKIndices(logits, topK);
+    const m = logits[cand[0]];
+    const p = Array.from(cand, (i) => Math.exp((logits[i] - m) / temperature));
+    const z = p.reduce((a, b) => a + b, 0);
     let keep = p.length;
     if (topP < 1) {
       let acc = 0;
@@ -163,7 +205,13 @@ export class Sampler {
         }
       }
     }
-    const mass = p.slice(0, keep).reduce((a, b) => a + b, 0);
+    return this.pick(cand, p, keep);
+  }
+
+  /** Draws among the first `keep` candidates with weights p (in candidate order). */
+  private pick(cand: Uint32Array, p: readonly number[], keep: number): number {
+    let mass = 0;
+    for (let i = 0; i < keep; i++) mass += p[i];
     let u = this.rng.next() * mass;
     for (let i = 0; i < keep; i++) {
       u -= p[i];
@@ -172,18 +220,70 @@ export class Sampler {
     return cand[keep - 1];
   }
 
-  /** Plain temperature sampling over the whole vocabulary: one pass, no sort. */
-  private drawFull(logits: Float32Array, temperature: number): number {
+  /**
+   * Top-p over the whole vocabulary. Peaked distributions (the usual case) are settled by the
+   * 256 best tokens, drawn in sorted order. Otherwise the kept set, the shortest prefix of the
+   * tokens sorted by (logit desc, id asc) whose mass reaches p, is found without sorting the
+   * vocabulary (see topPBoundary) and drawn from in id order: one exp pass and a few linear
+   * passes instead of an O(V log V) sort per token.
+   */
+  private drawTopP(logits: Float32Array, temperature: number, topP: number): number {
+    const V = logits.length;
+    const e = this.expsOf(logits, temperature);
+    let z = 0;
+    for (let i = 0; i < V; i++) z += e[i];
+    const cand = topKIndices(logits, Math.min(V, 256));
+    let acc = 0;
+    for (let i = 0; i < cand.length; i++) {
+      acc += e[cand[i]];
+      if (acc / z >= topP) return this.pick(cand, Array.from(cand.subarray(0, i + 1), (t) => e[t]), i + 1);
+    }
+    const b = topPBoundary(logits, e, topP * z);
+    if (!b) return this.drawFull(logits, temperature);
+    const keys = b.keys;
+    const kept = (i: number) => keys[i] > b.key || (keys[i] === b.key && i <= b.index);
+    let mass = 0;
+    for (let i = 0; i < V; i++) if (!Number.isNaN(logits[i]) && kept(i)) mass += e[i];
+    let u = this.rng.next() * mass;
+    let last = b.index;
+    for (let i = 0; i < V; i++) {
+      if (Number.isNaN(logits[i]) || !kept(i)) continue;
+      last = i;
+      u -= e[i];
+      if (u < 0) return i;
+    }
+    return last;
+  }
+
+  /** exp((logit - max) / T) per token into a reused buffer (0 for NaN). */
+  private expsOf(logits: Float32Array, temperature: number): Float64Array {
     let m = -Infinity;
     for (let i = 0; i < logits.length; i++) if (logits[i] > m) m = logits[i];
+    if (this.exps.length < logits.length) this.exps = new Float64Array(logits.length);
+    const e = this.exps;
+    for (let i = 0; i < logits.length; i++) {
+      const v = logits[i];
+      e[i] = Number.isNaN(v) ? 0 : Math.exp((v - m) / temperature);
+    }
+    return e;
+  }
+
+  /**
+   * Plain temperature sampling over the whole vocabulary, no sort: the exponentials are
+   * computed once (kept for the scan; a 100k vocabulary costs one pass of exp, not two) and
+   * the draw walks their running sum in index order, so the result is a function of the
+   * logits and the seed only.
+   */
+  private drawFull(logits: Float32Array, temperature: number): number {
+    const e = this.expsOf(logits, temperature);
     let z = 0;
-    for (let i = 0; i < logits.length; i++) if (!Number.isNaN(logits[i])) z += Math.exp((logits[i] - m) / temperature);
+    for (let i = 0; i < logits.length; i++) z += e[i];
     let u = this.rng.next() * z;
     let last = -1;
     for (let i = 0; i < logits.length; i++) {
       if (Number.isNaN(logits[i])) continue;
       last = i;
-      u -= Math.exp((logits[i] - m) / temperature);
+      u -= e[i];
       if (u < 0) return i;
     }
     return last;

@@ -12,14 +12,27 @@
 import { KvantError, expected } from '../errors';
 import { Sampler, SamplingOptions, checkSampling, logSoftmaxAt } from './sampler';
 
-/** What a model must offer the scheduler. */
+/** The KV cache's answer to "can `tokens` tokens be reserved?". */
+export interface Admission {
+  verdict: 'ok' | 'wait' | 'never';
+  /** Bytes the request needs. */
+  needed: number;
+  /** Bytes of the whole budget. */
+  available: number;
+}
+
+/**
+ * What a model must offer the scheduler. admission() and open() may answer through a promise
+ * (the model lives in a worker thread); close() is fire-and-forget, and an engine must apply
+ * it before any later admission()/open() (a worker's message queue is FIFO, which gives this).
+ */
 export interface DecodeEngine<S> {
   readonly vocabSize: number;
   readonly maxContext: number;
   /** 'ok' if KV memory for `tokens` tokens can be reserved now, 'wait' if only after others finish, 'never' if it exceeds the budget. */
-  admission(tokens: number): { verdict: 'ok' | 'wait' | 'never'; needed: number; available: number };
+  admission(tokens: number): Admission | Promise<Admission>;
   /** Opens a sequence with KV memory reserved for `tokens` tokens. */
-  open(tokens: number): S;
+  open(tokens: number): S | Promise<S>;
   /** Runs the prompt through the model (chunked as the engine likes); logits of the last position. */
   prefill(seq: S, tokens: readonly number[]): Promise<Float32Array>;
   /** One decode step: each sequence consumes one token; logits per sequence. */
@@ -33,7 +46,7 @@ export interface GenerateOptions extends SamplingOptions {
   maxTokens?: number;
   /** Token ids that end generation (not included in the output). */
   stopTokens?: readonly number[];
-  /** Strings that end generation (needs a detokenizer; the text is cut before them). */
+  /** Strings that end generation (needs a detokenizer). The text is cut before the stop string; `tokens` keeps the token that completed it. */
   stopStrings?: readonly string[];
   signal?: AbortSignal;
   /** Report the log-probability (natural log, under the unmodified model distribution) of each token. */
@@ -43,8 +56,17 @@ export interface GenerateOptions extends SamplingOptions {
 export type FinishReason = 'stop' | 'length' | 'abort';
 
 export interface GenerationChunk {
+  /**
+   * The token generated, or -1 for a trailing text-only chunk: text held back while it could
+   * still have been the start of a stop string (or an incomplete UTF-8 character) and released
+   * when generation ended on a stop token or an abort.
+   */
   token: number;
-  /** Text added by this token (when a detokenizer is set). */
+  /**
+   * Text added by this token (when a detokenizer is set). Text that may turn out to begin a
+   * stop string, or that ends in an incomplete UTF-8 character, is held back until it is
+   * decided, so the chunks' texts always concatenate to the result's text.
+   */
   text?: string;
   logprob?: number;
 }
@@ -55,7 +77,11 @@ export interface GenerationResult {
   finishReason: FinishReason;
   usage: { promptTokens: number; completionTokens: number };
   logprobs?: number[];
-  timing: { prefillMs: number; decodeMs: number; queuedMs: number };
+  /**
+   * Milliseconds in prefill, in decode steps (each step shared with the rest of its batch) and
+   * waiting in the queue; decodeSteps is how many decode steps this sequence took part in.
+   */
+  timing: { prefillMs: number; decodeMs: number; queuedMs: number; decodeSteps: number };
 }
 
 export interface SchedulerOptions {
@@ -63,6 +89,8 @@ export interface SchedulerOptions {
   maxWaitMs?: number;
   /** Tokens a stream may buffer before its sequence is paused (default 64). */
   streamBuffer?: number;
+  /** Prompt tokens per prefill call; decode steps of running sequences interleave between chunks (default 256). */
+  prefillChunk?: number;
   /** token ids -> text, for stop strings and chunk text. */
   detokenize?: (tokens: readonly number[]) => string;
 }
@@ -75,7 +103,8 @@ interface Request<S> {
   seq?: S;
   out: number[];
   logprobs: number[];
-  text: string;
+  text: string; // decoded and released so far (chunks' texts concatenated)
+  pending: string; // decoded but held back (may start a stop string or end mid-character)
   last: number;
   buffer: GenerationChunk[];
   limit: number; // Infinity for generate(): nothing consumes incrementally
@@ -89,6 +118,8 @@ interface Request<S> {
   tAdmit: number;
   prefillMs: number;
   decodeMs: number;
+  decodeSteps: number;
+  prefilled: number;
   onAbort?: () => void;
 }
 
@@ -105,10 +136,14 @@ export class Scheduler<S> {
   private readonly detokenize?: (tokens: readonly number[]) => string;
   private readonly waiting: Request<S>[] = [];
   private readonly active: Request<S>[] = [];
+  /** Admitted (sequence open) but prompt not fully prefilled yet, oldest first. */
+  private readonly prefilling: Request<S>[] = [];
+  private readonly prefillChunk: number;
   private running = false;
+  private closed = false;
   private wake?: () => void;
   /** Decode steps run so far and the largest batch seen (for tests and stats). */
-  readonly stats = { steps: 0, maxBatch: 0, prefills: 0 };
+  readonly stats = { steps: 0, maxBatch: 0, prefills: 0, /** ms awaiting engine.decode */ decodeMs: 0, /** ms sampling and detokenizing after decode steps */ acceptMs: 0 };
 
   constructor(engine: DecodeEngine<S>, opts: SchedulerOptions = {}) {
     this.engine = engine;
@@ -116,6 +151,8 @@ export class Scheduler<S> {
     this.maxWaitMs = opts.maxWaitMs ?? 2;
     this.streamBuffer = opts.streamBuffer ?? 64;
     this.detokenize = opts.detokenize;
+    this.prefillChunk = opts.prefillChunk ?? 256;
+    if (!Number.isInteger(this.prefillChunk) || this.prefillChunk < 1) throw expected('KVANT_RANGE', 'an integer >= 1', 'prefillChunk', this.prefillChunk);
     if (!Number.isInteger(this.maxBatchSize) || this.maxBatchSize < 1) throw expected('KVANT_RANGE', 'an integer >= 1', 'maxBatchSize', this.maxBatchSize);
     if (!(this.maxWaitMs >= 0)) throw expected('KVANT_RANGE', 'a number >= 0', 'maxWaitMs', this.maxWaitMs);
     if (!Number.isInteger(this.streamBuffer) || this.streamBuffer < 1) throw expected('KVANT_RANGE', 'an integer >= 1', 'streamBuffer', this.streamBuffer);
@@ -145,6 +182,7 @@ export class Scheduler<S> {
     if (opts.stopStrings?.length && !this.detokenize) throw new KvantError('KVANT_RANGE', 'stopStrings need a tokenizer (this model was loaded without one)');
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw expected('KVANT_DTYPE', 'an AbortSignal', 'signal', opts.signal);
     checkSampling(opts);
+    if (this.closed) throw new KvantError('KVANT_ABORTED', 'The model is closed');
     let resolve!: (r: GenerationResult) => void;
     let reject!: (e: unknown) => void;
     const result = new Promise<GenerationResult>((res, rej) => {
@@ -159,6 +197,7 @@ export class Scheduler<S> {
       out: [],
       logprobs: [],
       text: '',
+      pending: '',
       last: -1,
       buffer: [],
       limit,
@@ -171,6 +210,8 @@ export class Scheduler<S> {
       tAdmit: 0,
       prefillMs: 0,
       decodeMs: 0,
+      decodeSteps: 0,
+      prefilled: 0,
     };
     if (opts.signal) {
       if (opts.signal.aborted) req.aborted = true;
@@ -229,30 +270,56 @@ export class Scheduler<S> {
     void this.loop();
   }
 
+  /**
+   * Ends every waiting and running request (finish reason 'abort'), e.g. when the model is
+   * closed. Resolves once the loop has stopped touching the engine.
+   */
+  async shutdown(): Promise<void> {
+    this.closed = true;
+    for (const r of [...this.waiting, ...this.prefilling, ...this.active]) {
+      r.aborted = true;
+      this.poke(r);
+    }
+    while (this.running) await new Promise((r) => setTimeout(r, 1));
+    for (const r of this.waiting.splice(0)) this.finish(r, 'abort');
+  }
+
   private finish(req: Request<S>, reason: FinishReason): void {
     if (req.done) return;
+    if (req.pending) {
+      // Held-back text is decided now: nothing more will follow it.
+      req.text += req.pending;
+      if (req.limit !== Infinity) req.buffer.push({ token: -1, text: req.pending });
+      req.pending = '';
+    }
     req.done = true;
     if (req.seq !== undefined) this.engine.close(req.seq);
     req.opts.signal?.removeEventListener('abort', req.onAbort!);
-    const i = this.active.indexOf(req);
-    if (i >= 0) this.active.splice(i, 1);
+    this.unlist(req);
     req.resolve({
       tokens: req.out,
       text: this.detokenize ? req.text : undefined,
       finishReason: reason,
       usage: { promptTokens: req.prompt.length, completionTokens: req.out.length },
       logprobs: req.opts.logprobs ? req.logprobs : undefined,
-      timing: { prefillMs: req.prefillMs, decodeMs: req.decodeMs, queuedMs: req.tAdmit - req.t0 },
+      timing: { prefillMs: req.prefillMs, decodeMs: req.decodeMs, decodeSteps: req.decodeSteps, queuedMs: (req.tAdmit || performance.now()) - req.t0 },
     });
     this.poke(req);
+  }
+
+  private unlist(req: Request<S>): void {
+    for (const list of [this.active, this.prefilling]) {
+      const i = list.indexOf(req);
+      if (i >= 0) list.splice(i, 1);
+    }
   }
 
   private fail(req: Request<S>, e: unknown): void {
     if (req.done) return;
     req.done = true;
     if (req.seq !== undefined) this.engine.close(req.seq);
-    const i = this.active.indexOf(req);
-    if (i >= 0) this.active.splice(i, 1);
+    req.opts.signal?.removeEventListener('abort', req.onAbort!);
+    this.unlist(req);
     req.reject(e);
     this.poke(req);
   }
@@ -273,23 +340,41 @@ export class Scheduler<S> {
     req.last = token;
     if (this.detokenize) {
       const text = this.detokenize(req.out);
-      const stop = req.opts.stopStrings?.map((s) => text.indexOf(s, Math.max(0, req.text.length - s.length))).filter((i) => i >= 0);
-      if (stop && stop.length) {
-        const cut = text.slice(0, Math.min(...stop));
-        chunk.text = cut.slice(req.text.length);
+      const stops = req.opts.stopStrings ?? [];
+      // A stop string can only newly appear in the part not yet released (plus the released
+      // text's tail it may straddle: released text never ends with a stop string's prefix).
+      const from = req.text.length;
+      let cutAt = -1;
+      for (const s of stops) {
+        const i = text.indexOf(s, Math.max(0, from - s.length + 1));
+        if (i >= 0 && (cutAt < 0 || i < cutAt)) cutAt = i;
+      }
+      if (cutAt >= 0) {
+        const cut = text.slice(0, Math.max(cutAt, from));
+        chunk.text = cut.slice(from);
         req.text = cut;
-        if (chunk.text) this.emit(req, chunk);
+        req.pending = '';
+        this.emit(req, chunk);
         this.finish(req, 'stop');
         return false;
       }
-      chunk.text = text.slice(req.text.length);
-      req.text = text;
+      const release = releasable(text, from, stops);
+      chunk.text = text.slice(from, release);
+      req.text = text.slice(0, release);
+      req.pending = text.slice(release);
     }
-    this.emit(req, chunk);
     if (req.out.length >= req.maxTokens) {
+      // The last token: everything decoded is final.
+      if (req.pending) {
+        chunk.text = (chunk.text ?? '') + req.pending;
+        req.text += req.pending;
+        req.pending = '';
+      }
+      this.emit(req, chunk);
       this.finish(req, 'length');
       return false;
     }
+    this.emit(req, chunk);
     return true;
   }
 
@@ -312,8 +397,9 @@ export class Scheduler<S> {
     });
   }
 
+  /** Admits waiting requests in FIFO order while KV memory and batch room allow: reserves and opens their sequences. */
   private async admit(): Promise<void> {
-    while (this.waiting.length > 0 && this.active.length < this.maxBatchSize) {
+    while (this.waiting.length > 0 && this.active.length + this.prefilling.length < this.maxBatchSize) {
       const req = this.waiting[0];
       if (req.aborted) {
         this.waiting.shift();
@@ -321,8 +407,16 @@ export class Scheduler<S> {
         continue;
       }
       const need = req.prompt.length + req.maxTokens;
-      const a = this.engine.admission(need);
-      if (a.verdict === 'never' || (a.verdict === 'wait' && this.active.length === 0)) {
+      let a: Admission;
+      try {
+        a = await this.engine.admission(need);
+      } catch (e) {
+        this.waiting.shift();
+        this.fail(req, e); // e.g. the model's worker has died
+        continue;
+      }
+      if (req.aborted) continue; // aborted while the engine answered: finished next turn
+      if (a.verdict === 'never' || (a.verdict === 'wait' && this.active.length + this.prefilling.length === 0)) {
         this.waiting.shift();
         this.fail(req, new KvantError('KVANT_OOM', `KV cache budget exceeded: this request needs ${a.needed} bytes for ${need} tokens but the budget is ${a.available} bytes`));
         continue;
@@ -331,18 +425,39 @@ export class Scheduler<S> {
       this.waiting.shift();
       req.tAdmit = performance.now();
       try {
-        req.seq = this.engine.open(need);
-        const t0 = performance.now();
-        const logits = await this.engine.prefill(req.seq, req.prompt);
-        this.stats.prefills++;
-        req.prefillMs = performance.now() - t0;
-        this.active.push(req);
-        if (req.aborted) this.finish(req, 'abort');
-        else this.accept(req, logits);
+        req.seq = await this.engine.open(need);
+        this.prefilling.push(req);
       } catch (e) {
         this.fail(req, e);
       }
     }
+  }
+
+  /**
+   * Runs one prefill chunk of the oldest admitted request. Chunking bounds how long a long
+   * prompt holds up the running batch: one chunk, then one decode step, and so on. The
+   * engine's logits do not depend on how a prompt is split, so neither do the tokens.
+   */
+  private async prefillStep(): Promise<void> {
+    const req = this.prefilling[0];
+    const part = req.prompt.slice(req.prefilled, req.prefilled + this.prefillChunk);
+    const t0 = performance.now();
+    let logits: Float32Array;
+    try {
+      logits = await this.engine.prefill(req.seq as S, part);
+    } catch (e) {
+      this.fail(req, e);
+      return;
+    }
+    req.prefillMs += performance.now() - t0;
+    req.prefilled += part.length;
+    if (req.done) return;
+    if (req.prefilled < req.prompt.length) return;
+    this.prefilling.shift();
+    this.stats.prefills++;
+    this.active.push(req);
+    if (req.aborted) this.finish(req, 'abort');
+    else this.accept(req, logits);
   }
 
   private async loop(): Promise<void> {
@@ -351,9 +466,11 @@ export class Scheduler<S> {
       if (this.maxWaitMs > 0 && this.active.length === 0 && this.waiting.length < this.maxBatchSize) await this.sleep(this.maxWaitMs);
       for (;;) {
         await this.admit();
-        for (const r of [...this.active]) if (r.aborted) this.finish(r, 'abort');
+        for (const r of [...this.active, ...this.prefilling]) if (r.aborted) this.finish(r, 'abort');
+        if (this.prefilling.length > 0) await this.prefillStep();
         const batch = this.active.filter((r) => !r.paused && !r.done);
         if (batch.length === 0) {
+          if (this.prefilling.length > 0) continue;
           if (this.active.length === 0 && this.waiting.length === 0) break;
           await this.sleep(1000); // paused consumers, or KV memory to be freed: woken by a pull, an abort or an arrival
           continue;
@@ -371,11 +488,15 @@ export class Scheduler<S> {
           for (const r of batch) this.fail(r, e);
           continue;
         }
-        const ms = performance.now() - t0;
+        const t1 = performance.now();
+        const ms = t1 - t0;
+        this.stats.decodeMs += ms;
         batch.forEach((r, i) => {
           r.decodeMs += ms;
+          r.decodeSteps++;
           if (!r.done) this.accept(r, logits[i]);
         });
+        this.stats.acceptMs += performance.now() - t1;
       }
     } finally {
       this.running = false;
@@ -383,4 +504,24 @@ export class Scheduler<S> {
       if (this.waiting.length > 0) this.kick();
     }
   }
+}
+
+/**
+ * How much of `text` (from `from` on) can be released to a stream: everything except an
+ * incomplete UTF-8 character at the end (decoders render it as U+FFFD until its last byte
+ * arrives) and the longest tail that is a proper prefix of a stop string (it may yet become one).
+ */
+export function releasable(text: string, from: number, stops: readonly string[]): number {
+  let end = text.length;
+  while (end > from && text.charCodeAt(end - 1) === 0xfffd) end--;
+  let hold = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, end - from); k > hold; k--) {
+      if (text.endsWith(s.slice(0, k), end)) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  return end - hold;
 }

@@ -17,6 +17,11 @@ export interface FlashOptions {
   cuSeqlensQ?: Int32Array;
   cuSeqlensK?: Int32Array;
   isa?: IsaLevel;
+  /**
+   * Run the textbook materialized attention instead (S = Q·Kᵀ, softmax, P·V with O(Sq·Sk)
+   * memory): the baseline of the benchmarks. Fixed-length batches only.
+   */
+  naive?: boolean;
 }
 
 function f32(t: Tensor): Tensor {
@@ -86,7 +91,7 @@ export function flashAttention(q: Tensor, k: Tensor, v: Tensor, opts: FlashOptio
   const [qf, kf, vf] = [f32(q), f32(k), f32(v)];
   callNative(() =>
     native().flashAttention(...raw(qf), ...raw(kf), ...raw(vf), ...raw(out), ...raw(lse), B, Sq, Sk, Hq, Hkv, Dqk, Dv, scale, opts.causal ?? false,
-      cq[0], cq[1], cq[2], ck[0], ck[1], ck[2], isa),
+      cq[0], cq[1], cq[2], ck[0], ck[1], ck[2], isa, opts.naive ?? false),
   );
   return { out, lse };
 }

@@ -8,10 +8,10 @@ import * as os from 'node:os';
 import { DeepSeekV2Config } from './config';
 import { expectedTensors } from './tensors';
 
-export type KvCacheType = 'f16' | 'bf16' | 'q8' | 'q6' | 'q4';
+import { KV_BYTES_PER_VALUE, KvCacheType } from '../../kv/format';
 
-/** Bytes per cached value: 16-bit types, or codes + one f16 scale per group of 32 values. */
-export const KV_BYTES_PER_VALUE: Record<KvCacheType, number> = { f16: 2, bf16: 2, q8: 1 + 2 / 32, q6: 0.75 + 2 / 32, q4: 0.5 + 2 / 32 };
+export type { KvCacheType } from '../../kv/format';
+export { KV_BYTES_PER_VALUE } from '../../kv/format';
 
 export interface PlanOptions {
   /** Bits of quantized linear layers; 16 = unquantized (bf16). */

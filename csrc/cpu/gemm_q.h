@@ -1,0 +1,115 @@
+// Fused dequant GEMV/GEMM: y[M,N] = x[M,K] · dequant(W)[N,K]ᵀ (+ bias) straight from the GPTQ
+// checkpoint layout (csrc/include/kvant/quant_format.h), never materializing float weights.
+//
+// The math every level performs, per output (m, n), is fixed so that all paths (scalar,
+// AVX2 GEMV, AVX2 GEMM) produce the same bits:
+//   W[n][k] = s(g,n) · (c(k,n) − z(g,n))            g = k / G (kernel row order)
+//   y(m,n)  = Σ_g s(g,n) · (A(m,g,n) − z(g,n) · X(m,g))
+//   A(m,g,n) = Σ_{k∈g} x(m,k) · c(k,n)   (sequential correctly-rounded FMAs, k ascending, from 0)
+//   X(m,g)   = Σ_{k∈g} x(m,k)            (sequential f32 adds, computed once per call)
+//   combine: t = fma(−z, X, A); y = fma(s, t, y), groups ascending from y = 0; then y += bias.
+// Factoring the scale and zero out of the inner loop leaves one FMA per weight (ExLlama and
+// llama.cpp apply the scale per block the same way). The codes enter the FMA as exact small
+// integers, so the only rounding is that of the sums (bounds in test/qgemm.test.ts).
+//
+// "In-place" codes: a code sitting at bit offset e of its word is used as (word & mask << e),
+// an exact integer c·2^e, without the shift; the activation it multiplies is stored
+// pre-scaled by 2^−e, so the product x·2^−e · c·2^e is exactly x·c (power-of-two scaling is
+// exact unless x·2^−e falls below 2^−126, i.e. |x| < 2^−98: then every path still agrees bit
+// for bit, as they all read the same pre-scaled x). Codes at the top of a word, or split
+// across two words (3 bits), are shifted down instead (e = 0).
+//
+// Activations are prepared once per call (qgemmPrepare): permuted through w.perm (act-order),
+// converted from f16/bf16, pre-scaled, and summed per group. A row's result depends only on
+// its own x row, never on M or the thread count: batch-invariant and thread-invariant.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "isa.h"
+#include "kvant/dtype.h"
+#include "kvant/quant_format.h"
+#include "kvant/status.h"
+
+namespace kvant {
+
+// Prepared activations: xs [M, K] (permuted, pre-scaled) and xsum [M, ng] (X above).
+struct QActs {
+  const float* xs;
+  const float* xsum;
+  size_t M, K, ng;
+};
+
+// Writes y[m*ldy + n] for m < a.M, n0 <= n < n1 (n0, n1 multiples of 8 or n1 = N). Runs on
+// the calling thread: the dispatcher (qgemm, moeMlp) splits N into fixed blocks.
+using QColumnsFn = void (*)(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy);
+
+// y[i] = fma(a, x[i], y[i]) for i < n: the fixed-order accumulation of moeMlp.
+using FmaRowFn = void (*)(float a, const float* x, float* y, size_t n);
+
+struct QGemmKernels {
+  QColumnsFn columns;
+  FmaRowFn fmaRow;
+};
+
+namespace scalar { extern const QGemmKernels kQGemmKernels; }
+namespace avx2 { extern const QGemmKernels kQGemmKernels; }
+const QGemmKernels* qgemmKernelsFor(Isa isa);  // Isa(-1): the chosen level; nullptr if unsupported
+
+// Codes per packing unit and words per unit: 2/4/8 bits pack 32/bits codes in one word;
+// 3 bits pack 32 codes in 3 words (the 96-bit cross-word layout).
+inline int qUnitCodes(int bits) { return bits == 3 ? 32 : 32 / bits; }
+inline int qUnitWords(int bits) { return bits == 3 ? 3 : 1; }
+
+// Bit offset at which code j (0 <= j < qUnitCodes) is used in place (see above), else 0.
+constexpr int qInPlaceShift(int bits, int j) {
+  const int pos = bits * j, s = pos % 32;
+  return s + bits < 32 ? s : 0;
+}
+
+// Checks the format (bits, K/N packable, group size a multiple of the packing unit so a
+// group never starts inside a word) and the pointers. kFormat / kShape on failure.
+Status qgemmValidate(const QMatrix& w);
+
+// Floats of scratch qgemm needs for M rows: M*K (xs) + M*ng (xsum).
+size_t qgemmScratchFloats(const QuantFormat& f, size_t M);
+
+// Fills xs/xsum in `scratch` (qgemmScratchFloats floats) from x [M, ldx] of type xType
+// (f32, f16, bf16) and returns the view. Plain C++, shared by every level.
+QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, size_t M, float* scratch);
+
+// Output columns per pool task. 32 columns = 4 AVX2 vectors of accumulators per row; a task
+// of 64 columns reads K·bits/32 rows of 256 contiguous bytes of qweight. N = 576 (kv_a)
+// still gives 9 tasks for 2 threads.
+constexpr size_t kQGemmColsPerTask = 64;
+
+// y [M, N] f32 = x · dequant(W)ᵀ (+ bias f32 [N] or nullptr). scratch: qgemmScratchFloats.
+Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, float* y, float* scratch,
+             Isa isa = Isa(-1));
+
+// ---- Grouped MoE MLP ----------------------------------------------------------------------
+
+// One projection of an MLP: quantized (q != nullptr) or dense [N, K] f32/f16/bf16 (dense).
+struct MlpProj {
+  const QMatrix* q = nullptr;
+  const void* dense = nullptr;
+  DType denseType = DType::kF32;
+  size_t N = 0, K = 0;
+};
+
+// down(silu(gate(x)) ⊙ up(x)): gate, up [I, H]; down [H, I].
+struct MlpDesc {
+  MlpProj gate, up, down;
+};
+
+// Floats of scratch moeMlp needs (the buffer must be 8-byte aligned).
+size_t moeScratchFloats(const MlpDesc* mlps, size_t E, const int32_t* mlp, size_t P, size_t H);
+
+// out[M, H] = Σ_i weight[i] · mlps[mlp[i]](x[row[i]]), accumulated in pair order
+// (out = fma(weight, d, out) starting from 0). One call: gate+up of every (mlp, rows) set in
+// one parallel phase, a barrier, then the downs, then the fixed-order accumulation.
+// Validates indices (kRange) and shapes (kShape) before touching any output.
+Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E, const int32_t* mlp, const int32_t* row,
+              const float* weight, size_t P, float* out, float* scratch, size_t scratchFloats, Isa isa = Isa(-1));
+
+}  // namespace kvant

@@ -1,0 +1,273 @@
+// AVX2 level of the KV cache codecs. Same bytes (encode) and same floats (decode) as the
+// scalar reference: the same IEEE operations in the same order, only eight lanes at a time.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "kv_cache.h"
+#include "kvant/half.h"
+
+namespace kvant {
+namespace avx2 {
+namespace {
+
+// One butterfly stage at distance h < 8 inside a vector: lanes with bit h clear get own +
+// partner, lanes with it set get partner - own (= lower - upper, as the scalar stage).
+template <int h>
+inline __m256 stageIn(__m256 v) {
+  __m256 p;
+  if (h == 1) p = _mm256_permute_ps(v, 0xB1);                                 // swap pairs
+  else if (h == 2) p = _mm256_permute_ps(v, 0x4E);                            // swap pairs of pairs
+  else p = _mm256_permute2f128_ps(v, v, 0x01);                                // swap 128-bit halves
+  const __m256 sum = _mm256_add_ps(v, p), diff = _mm256_sub_ps(p, v);
+  constexpr int m = h == 1 ? 0xAA : h == 2 ? 0xCC : 0xF0;                     // lanes with bit h set
+  return _mm256_blend_ps(sum, diff, m);
+}
+
+inline void wht32(__m256& a, __m256& b, __m256& c, __m256& d) {
+  a = stageIn<4>(stageIn<2>(stageIn<1>(a)));
+  b = stageIn<4>(stageIn<2>(stageIn<1>(b)));
+  c = stageIn<4>(stageIn<2>(stageIn<1>(c)));
+  d = stageIn<4>(stageIn<2>(stageIn<1>(d)));
+  __m256 t;
+  t = _mm256_add_ps(a, b), b = _mm256_sub_ps(a, b), a = t;  // distance 8
+  t = _mm256_add_ps(c, d), d = _mm256_sub_ps(c, d), c = t;
+  t = _mm256_add_ps(a, c), c = _mm256_sub_ps(a, c), a = t;  // distance 16
+  t = _mm256_add_ps(b, d), d = _mm256_sub_ps(b, d), b = t;
+}
+
+void hadamard32(float* x, size_t n) {
+  for (size_t g = 0; g < n; g += kKvGroup) {
+    __m256 a = _mm256_loadu_ps(x + g), b = _mm256_loadu_ps(x + g + 8), c = _mm256_loadu_ps(x + g + 16), d = _mm256_loadu_ps(x + g + 24);
+    wht32(a, b, c, d);
+    _mm256_storeu_ps(x + g, a), _mm256_storeu_ps(x + g + 8, b), _mm256_storeu_ps(x + g + 16, c), _mm256_storeu_ps(x + g + 24, d);
+  }
+}
+
+inline bool allFinite(const float* x, size_t n) {
+  const __m256 inf = _mm256_set1_ps(INFINITY), absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)  // !(|x| < inf) catches Inf and NaN
+    if (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), absMask), inf, _CMP_NLT_UQ))) return false;
+  for (; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
+}
+
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+bool encode(KvType t, bool hadamard, const float* x, size_t n, uint8_t* dst) {
+  if (!allFinite(x, n)) return false;
+  if (t == KvType::kF16) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7c00)), _mm_set1_epi16(0x7c00)))) return false;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i), h);
+    }
+    for (; i < n; ++i) {
+      const uint16_t h = f32ToF16(x[i]);
+      if ((h & 0x7c00u) == 0x7c00u) return false;
+      std::memcpy(dst + 2 * i, &h, 2);
+    }
+    return true;
+  }
+  if (t == KvType::kBf16) {  // not the hot path (one row per token): the scalar rounding
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t h = f32ToBf16(x[i]);
+      if ((h & 0x7f80u) == 0x7f80u) return false;
+      std::memcpy(dst + 2 * i, &h, 2);
+    }
+    return true;
+  }
+  const int qmax = kvQmax(t);
+  const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i hi = _mm256_set1_epi32(qmax), lo = _mm256_set1_epi32(-qmax);
+  for (size_t g = 0; g < n; g += kKvGroup) {
+    __m256 v[4] = {_mm256_loadu_ps(x + g), _mm256_loadu_ps(x + g + 8), _mm256_loadu_ps(x + g + 16), _mm256_loadu_ps(x + g + 24)};
+    if (hadamard) wht32(v[0], v[1], v[2], v[3]);
+    const __m256 am = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absMask), _mm256_and_ps(v[1], absMask)),
+                                    _mm256_max_ps(_mm256_and_ps(v[2], absMask), _mm256_and_ps(v[3], absMask)));
+    const uint16_t dh = f32ToF16(hmax(am) / float(qmax));
+    if ((dh & 0x7c00u) == 0x7c00u) return false;
+    const float d = f16ToF32(dh);
+    const __m256 inv = _mm256_set1_ps(d != 0 ? 1.0f / d : 0.0f);
+    alignas(32) int32_t q[32];
+    for (int k = 0; k < 4; ++k)  // cvtps rounds to nearest even (MXCSR default), as nearbyint
+      _mm256_store_si256(reinterpret_cast<__m256i*>(q + 8 * k), _mm256_max_epi32(lo, _mm256_min_epi32(hi, _mm256_cvtps_epi32(_mm256_mul_ps(v[k], inv)))));
+    if (t == KvType::kQ8) {
+      KvBlockQ8 b;
+      b.d = dh;
+      for (size_t i = 0; i < 32; ++i) b.qs[i] = int8_t(q[i]);
+      std::memcpy(dst + g / 32 * sizeof(b), &b, sizeof(b));
+    } else if (t == KvType::kQ6) {
+      KvBlockQ6 b;
+      b.d = dh;
+      for (size_t i = 0; i < 8; ++i) {
+        const uint32_t w = uint32_t(q[i] + 32) | uint32_t(q[8 + i] + 32) << 6 | uint32_t(q[16 + i] + 32) << 12 | uint32_t(q[24 + i] + 32) << 18;
+        b.qs[3 * i] = uint8_t(w), b.qs[3 * i + 1] = uint8_t(w >> 8), b.qs[3 * i + 2] = uint8_t(w >> 16);
+      }
+      std::memcpy(dst + g / 32 * sizeof(b), &b, sizeof(b));
+    } else {
+      KvBlockQ4 b;
+      b.d = dh;
+      for (size_t j = 0; j < 16; ++j) b.qs[j] = uint8_t((q[j] + 8) | (q[16 + j] + 8) << 4);
+      std::memcpy(dst + g / 32 * sizeof(b), &b, sizeof(b));
+    }
+  }
+  return true;
+}
+
+inline float scaleOf(const uint8_t* block) {
+  uint16_t h;
+  std::memcpy(&h, block, 2);
+  return f16ToF32(h);
+}
+
+void decode(KvType t, const uint8_t* src, size_t n, float* y) {
+  if (t == KvType::kF16 || t == KvType::kBf16) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
+      _mm256_storeu_ps(y + i, t == KvType::kF16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    }
+    for (; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      y[i] = t == KvType::kF16 ? f16ToF32(h) : bf16ToF32(h);
+    }
+    return;
+  }
+  if (t == KvType::kQ8) {
+    for (size_t g = 0; g < n; g += 32, src += sizeof(KvBlockQ8)) {
+      const __m256 d = _mm256_set1_ps(scaleOf(src));
+      for (int k = 0; k < 4; ++k) {
+        const __m128i c = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 2 + 8 * k));
+        _mm256_storeu_ps(y + g + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)), d));
+      }
+    }
+  } else if (t == KvType::kQ6) {
+    // Bytes 0..11 -> words 0..3 (low lane), bytes 12..23 -> words 4..7 (high lane, loaded from
+    // byte 8 so the 16-byte load ends at the block's last byte).
+    const __m128i shLo = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+    const __m128i shHi = _mm_setr_epi8(4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
+    const __m256i m63 = _mm256_set1_epi32(63), off = _mm256_set1_epi32(32);
+    for (size_t g = 0; g < n; g += 32, src += sizeof(KvBlockQ6)) {
+      const __m256 d = _mm256_set1_ps(scaleOf(src));
+      const __m128i a = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2)), shLo);
+      const __m128i b = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 10)), shHi);
+      const __m256i w = _mm256_set_m128i(b, a);
+      _mm256_storeu_ps(y + g, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(w, m63), off)), d));
+      _mm256_storeu_ps(y + g + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 6), m63), off)), d));
+      _mm256_storeu_ps(y + g + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 12), m63), off)), d));
+      _mm256_storeu_ps(y + g + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 18), m63), off)), d));
+    }
+  } else {
+    const __m128i m15 = _mm_set1_epi8(15);
+    const __m256i off = _mm256_set1_epi32(8);
+    for (size_t g = 0; g < n; g += 32, src += sizeof(KvBlockQ4)) {
+      const __m256 d = _mm256_set1_ps(scaleOf(src));
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2));
+      const __m128i l = _mm_and_si128(raw, m15), h = _mm_and_si128(_mm_srli_epi16(raw, 4), m15);
+      const __m128i parts[4] = {l, _mm_srli_si128(l, 8), h, _mm_srli_si128(h, 8)};
+      for (int k = 0; k < 4; ++k)
+        _mm256_storeu_ps(y + g + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[k]), off)), d));
+    }
+  }
+}
+
+// The 32 values of quantized block `blk` as four vectors (the same floats decode() stores).
+inline void block32(KvType t, const uint8_t* blk, __m256 v[4]) {
+  const __m256 d = _mm256_set1_ps(scaleOf(blk));
+  if (t == KvType::kQ8) {
+    for (int k = 0; k < 4; ++k)
+      v[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * k)))), d);
+  } else if (t == KvType::kQ6) {
+    const __m128i shLo = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+    const __m128i shHi = _mm_setr_epi8(4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
+    const __m256i m63 = _mm256_set1_epi32(63), off = _mm256_set1_epi32(32);
+    const __m256i w = _mm256_set_m128i(_mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 10)), shHi),
+                                       _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)), shLo));
+    v[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(w, m63), off)), d);
+    v[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 6), m63), off)), d);
+    v[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 12), m63), off)), d);
+    v[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 18), m63), off)), d);
+  } else {
+    const __m128i m15 = _mm_set1_epi8(15);
+    const __m256i off = _mm256_set1_epi32(8);
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m128i l = _mm_and_si128(raw, m15), h = _mm_and_si128(_mm_srli_epi16(raw, 4), m15);
+    const __m128i parts[4] = {l, _mm_srli_si128(l, 8), h, _mm_srli_si128(h, 8)};
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[k]), off)), d);
+  }
+}
+
+inline __m256 half8(KvType t, const uint8_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return t == KvType::kF16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+inline float hsum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 u = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)));
+}
+
+float dot(KvType t, const uint8_t* src, const float* q, size_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+  size_t i = 0;
+  if (kvQuantized(t)) {
+    const size_t bytes = kvSegmentBytes(t, kKvGroup);
+    for (; i < n; i += 32, src += bytes) {
+      __m256 v[4];
+      block32(t, src, v);
+      a0 = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(q + i), a0);
+      a1 = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(q + i + 8), a1);
+      a0 = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(q + i + 16), a0);
+      a1 = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(q + i + 24), a1);
+    }
+    return hsum(_mm256_add_ps(a0, a1));
+  }
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_fmadd_ps(half8(t, src + 2 * i), _mm256_loadu_ps(q + i), a0);
+    a1 = _mm256_fmadd_ps(half8(t, src + 2 * i + 16), _mm256_loadu_ps(q + i + 8), a1);
+  }
+  float s = hsum(_mm256_add_ps(a0, a1));
+  for (; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    s += q[i] * (t == KvType::kF16 ? f16ToF32(h) : bf16ToF32(h));
+  }
+  return s;
+}
+
+void axpy(KvType t, const uint8_t* src, float p, float* acc, size_t n) {
+  const __m256 vp = _mm256_set1_ps(p);
+  size_t i = 0;
+  if (kvQuantized(t)) {
+    const size_t bytes = kvSegmentBytes(t, kKvGroup);
+    for (; i < n; i += 32, src += bytes) {
+      __m256 v[4];
+      block32(t, src, v);
+      for (int k = 0; k < 4; ++k) _mm256_storeu_ps(acc + i + 8 * k, _mm256_fmadd_ps(vp, v[k], _mm256_loadu_ps(acc + i + 8 * k)));
+    }
+    return;
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(vp, half8(t, src + 2 * i), _mm256_loadu_ps(acc + i)));
+  for (; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    acc[i] += p * (t == KvType::kF16 ? f16ToF32(h) : bf16ToF32(h));
+  }
+}
+
+}  // namespace
+const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy};
+}  // namespace avx2
+}  // namespace kvant

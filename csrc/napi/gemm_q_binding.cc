@@ -1,0 +1,217 @@
+// qgemm() and moeMlp(): the fused dequant GEMV/GEMM and the grouped MoE MLP. Argument checks
+// only (sizes of every packed tensor against the format, permutations, aliasing); the math is
+// in csrc/cpu/gemm_q.*. lib/ops/qlinear.ts validates first with friendlier messages.
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "addon.h"
+#include "args.h"
+#include "gemm_q.h"
+
+namespace kvant::napi {
+namespace {
+
+Span optSpan(const Napi::CallbackInfo& info, size_t i, const char* name, size_t align) {
+  if (info[i].IsNull() || info[i].IsUndefined()) return Span{};
+  return getSpan(info, i, name, align);
+}
+
+void need(Napi::Env env, const Span& s, uint64_t bytes, const std::string& name) {
+  if (s.bytes != bytes)
+    throwKvant(env, "KVANT_SHAPE", "Expected " + name + " to hold " + std::to_string(bytes) + " bytes but it holds " + std::to_string(s.bytes));
+}
+
+Isa isaArg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || !info[i].IsNumber()) return Isa(-1);
+  const int v = info[i].As<Napi::Number>().Int32Value();
+  if (v >= 0 && !qgemmKernelsFor(Isa(v)))
+    throwKvant(info.Env(), "KVANT_BACKEND", std::string("ISA level ") + isaName(Isa(v)) + " is not supported on this CPU");
+  return Isa(v);
+}
+
+struct QArgs {
+  QMatrix q{};
+  std::vector<Span> spans;  // for aliasing checks
+};
+
+// 13 arguments from info[i]: fmt (32-byte Uint8Array), qweight, qzeros, scales, perm|null (each
+// storage, byteOffset, byteLength).
+QArgs getQMatrix(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
+  Napi::Env env = info.Env();
+  QArgs r;
+  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().ByteLength() != sizeof(QuantFormat))
+    throwKvant(env, "KVANT_FORMAT", "Expected a 32-byte encoded QuantFormat for " + name + ".format");
+  Napi::Uint8Array fb = info[i].As<Napi::Uint8Array>();
+  std::memcpy(&r.q.fmt, fb.Data(), sizeof(QuantFormat));
+  const QuantFormat& f = r.q.fmt;
+  if (!qBitsSupported(f.bits)) throwKvant(env, "KVANT_FORMAT", "Expected bits 2, 3, 4 or 8 for " + name + ".format.bits but received " + std::to_string(f.bits));
+  if (f.groupSize == 0 || f.groupSize < -1)
+    throwKvant(env, "KVANT_FORMAT", "Expected a positive group size or -1 for " + name + ".format.groupSize but received " + std::to_string(f.groupSize));
+  if (f.zeroFormat != 0 && f.zeroFormat != 1) throwKvant(env, "KVANT_FORMAT", "Expected zero format 0 (gptq) or 1 (gptq_v2) for " + name);
+  if (f.K <= 0 || f.N <= 0 || f.K > (int64_t(1) << 40) || f.N > (int64_t(1) << 40))
+    throwKvant(env, "KVANT_SHAPE", "Expected positive K and N for " + name + " but received K = " + std::to_string(f.K) + ", N = " + std::to_string(f.N));
+  if (!qDimPackable(f.K, f.bits) || !qDimPackable(f.N, f.bits))
+    throwKvant(env, "KVANT_SHAPE", "Expected " + name + ".K and N to fill whole int32 words at " + std::to_string(f.bits) + " bits but K = " +
+                                       std::to_string(f.K) + ", N = " + std::to_string(f.N));
+  if (f.groupSize > 0 && f.groupSize < f.K && f.groupSize % qUnitCodes(f.bits) != 0)
+    throwKvant(env, "KVANT_FORMAT", "Expected " + name + ".groupSize to be a multiple of " + std::to_string(qUnitCodes(f.bits)) +
+                                        " (codes per packed word at " + std::to_string(f.bits) + " bits) but it is " + std::to_string(f.groupSize));
+  const uint64_t K = uint64_t(f.K), N = uint64_t(f.N), ng = uint64_t(qGroupCount(f));
+  const Span qw = getSpan(info, i + 1, (name + ".qweight").c_str(), 4), qz = getSpan(info, i + 4, (name + ".qzeros").c_str(), 4);
+  const Span sc = getSpan(info, i + 7, (name + ".scales").c_str(), 2), pm = optSpan(info, i + 10, (name + ".perm").c_str(), 4);
+  need(env, qw, uint64_t(qWeightRows(f)) * N * 4, name + ".qweight (i32 [K*bits/32, N])");
+  need(env, qz, ng * uint64_t(qZeroCols(f)) * 4, name + ".qzeros (i32 [ng, N*bits/32])");
+  need(env, sc, ng * N * 2, name + ".scales (f16 [ng, N])");
+  if (pm.data) {
+    need(env, pm, K * 4, name + ".perm (i32 [K])");
+    std::vector<bool> seen(K, false);
+    const int32_t* p = reinterpret_cast<const int32_t*>(pm.data);
+    for (uint64_t k = 0; k < K; ++k) {
+      if (p[k] < 0 || uint64_t(p[k]) >= K || seen[size_t(p[k])])
+        throwKvant(env, "KVANT_RANGE", "Expected " + name + ".perm to be a permutation of 0.." + std::to_string(K - 1) + " but perm[" + std::to_string(k) +
+                                           "] = " + std::to_string(p[k]) + (p[k] >= 0 && uint64_t(p[k]) < K ? " repeats" : " is out of range"));
+      seen[size_t(p[k])] = true;
+    }
+  }
+  r.q.qweight = reinterpret_cast<const uint32_t*>(qw.data);
+  r.q.qzeros = reinterpret_cast<const uint32_t*>(qz.data);
+  r.q.scales = reinterpret_cast<const uint16_t*>(sc.data);
+  r.q.perm = reinterpret_cast<const int32_t*>(pm.data);
+  r.spans = {qw, qz, sc, pm};
+  return r;
+}
+
+void checkX(Napi::Env env, DType t, const char* name) {
+  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16)
+    throwKvant(env, "KVANT_DTYPE", std::string("Expected f32, f16 or bf16 for ") + name + " but received " + dtypeName(t));
+}
+
+template <class T>
+std::vector<T> allocScratch(Napi::Env env, size_t n) {
+  try {
+    return std::vector<T>(n);
+  } catch (const std::bad_alloc&) {
+    throwKvant(env, "KVANT_OOM", "Could not allocate " + std::to_string(n * sizeof(T)) + " bytes of qgemm scratch");
+  }
+}
+
+// qgemm(x, xo, xb, xDtype, M, <13 QMatrix args>, bias|null, bo, bb, y, yo, yb, isa)
+Napi::Value qgemmB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DType xt = getDType(info, 3, "x.dtype");
+  checkX(env, xt, "x.dtype");
+  const uint64_t M = getSize(info, 4, "M");
+  QArgs w = getQMatrix(info, 5, "w");
+  const uint64_t K = uint64_t(w.q.fmt.K), N = uint64_t(w.q.fmt.N);
+  if (M > (uint64_t(1) << 40) / K) throwKvant(env, "KVANT_RANGE", "M * K overflows");
+  const Span x = getSpan(info, 0, "x", dtypeSize(xt)), b = optSpan(info, 18, "bias", 4), y = getSpan(info, 21, "y", 4);
+  need(env, x, M * K * dtypeSize(xt), "x ([M, K] = [" + std::to_string(M) + ", " + std::to_string(K) + "])");
+  need(env, y, M * N * 4, "y (f32 [M, N] = [" + std::to_string(M) + ", " + std::to_string(N) + "])");
+  if (b.data) need(env, b, N * 4, "bias (f32 [N])");
+  bool alias = overlaps(y, x) || overlaps(y, b);
+  for (const Span& s : w.spans) alias = alias || overlaps(y, s);
+  if (alias) throwKvant(env, "KVANT_RANGE", "Expected the output not to overlap x, the weight tensors or bias");
+  const Isa isa = isaArg(info, 24);
+  std::vector<float> scratch = allocScratch<float>(env, qgemmScratchFloats(w.q.fmt, size_t(M)));
+  const Status s = qgemm(w.q, x.data, xt, size_t(M), b.data ? reinterpret_cast<const float*>(b.data) : nullptr,
+                         reinterpret_cast<float*>(y.data), scratch.data(), isa);
+  if (s != Status::kOk) throwStatus(env, s, "qgemm failed");
+  return env.Undefined();
+}
+
+// One projection = 17 args: kind (0 dense, 1 quantized), N, K, dense dtype, then 13 QMatrix
+// args (for a dense weight: format null, the weight in the qweight slot, the rest null).
+constexpr size_t kProjArgs = 17;
+
+struct ProjArgs {
+  MlpProj p;
+  QArgs q;
+  Span dense;
+};
+
+ProjArgs getProj(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
+  Napi::Env env = info.Env();
+  ProjArgs r;
+  const uint64_t kind = getSize(info, i, (name + ".kind").c_str());
+  r.p.N = size_t(getSize(info, i + 1, (name + ".N").c_str()));
+  r.p.K = size_t(getSize(info, i + 2, (name + ".K").c_str()));
+  if (kind == 1) {
+    r.q = getQMatrix(info, i + 4, name);
+    if (uint64_t(r.q.q.fmt.N) != r.p.N || uint64_t(r.q.q.fmt.K) != r.p.K) throwKvant(env, "KVANT_SHAPE", "Expected " + name + "'s format to match its N and K");
+  } else if (kind == 0) {
+    r.p.denseType = getDType(info, i + 3, (name + ".dtype").c_str());
+    checkX(env, r.p.denseType, (name + ".dtype").c_str());
+    if (r.p.N == 0 || r.p.K == 0 || r.p.N > (size_t(1) << 30) || r.p.K > (size_t(1) << 30)) throwKvant(env, "KVANT_SHAPE", "Expected positive N and K for " + name);
+    r.dense = getSpan(info, i + 5, name.c_str(), dtypeSize(r.p.denseType));
+    need(env, r.dense, uint64_t(r.p.N) * r.p.K * dtypeSize(r.p.denseType), name + " ([N, K])");
+    r.p.dense = r.dense.data;
+  } else {
+    throwKvant(env, "KVANT_DTYPE", "Expected kind 0 (dense) or 1 (quantized) for " + name);
+  }
+  return r;
+}
+
+// moeMlp(x, xo, xb, M, H, E, mlp, mo, mb, row, ro, rb, weight, wo, wb, out, oo, ob, isa, ...E*3 projections)
+Napi::Value moeMlpB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint64_t M = getSize(info, 3, "M"), H = getSize(info, 4, "H"), E = getSize(info, 5, "E");
+  if (info.Length() < 19 + E * 3 * kProjArgs) throwKvant(env, "KVANT_SHAPE", "Expected " + std::to_string(E * 3) + " projections");
+  if (H == 0 || M > (uint64_t(1) << 40) / H) throwKvant(env, "KVANT_SHAPE", "Expected H > 0 and M * H in range");
+  const Span x = getSpan(info, 0, "x", 4), mi = getSpan(info, 6, "routes.mlp", 4), ri = getSpan(info, 9, "routes.row", 4);
+  const Span wi = getSpan(info, 12, "routes.weight", 4), out = getSpan(info, 15, "out", 4);
+  need(env, x, M * H * 4, "x (f32 [M, H])");
+  need(env, out, M * H * 4, "out (f32 [M, H])");
+  const size_t P = mi.bytes / 4;
+  need(env, ri, P * 4, "routes.row (one per pair)");
+  need(env, wi, P * 4, "routes.weight (one per pair)");
+  const Isa isa = isaArg(info, 18);
+  std::vector<ProjArgs> projs;
+  projs.reserve(size_t(E) * 3);
+  std::vector<MlpDesc> mlps(static_cast<size_t>(E), MlpDesc{});
+  const char* which[3] = {"gate", "up", "down"};
+  for (size_t e = 0; e < size_t(E); ++e)
+    for (int j = 0; j < 3; ++j) {
+      projs.push_back(getProj(info, 19 + (e * 3 + size_t(j)) * kProjArgs, "mlps[" + std::to_string(e) + "]." + which[j]));
+      MlpProj& p = projs.back().p;
+      if (projs.back().q.q.qweight) p.q = &projs.back().q.q;
+      (j == 0 ? mlps[e].gate : j == 1 ? mlps[e].up : mlps[e].down) = p;
+    }
+  for (size_t e = 0; e < size_t(E); ++e) {
+    const MlpDesc& d = mlps[e];
+    const std::string n = "mlps[" + std::to_string(e) + "]";
+    if (d.gate.K != H || d.up.K != H || d.down.N != H)
+      throwKvant(env, "KVANT_SHAPE", "Expected " + n + ".gate/up to be [I, " + std::to_string(H) + "] and down [" + std::to_string(H) + ", I]");
+    if (d.gate.N != d.up.N || d.down.K != d.gate.N)
+      throwKvant(env, "KVANT_SHAPE", "Expected " + n + " gate and up to have the same I = down's K but got " + std::to_string(d.gate.N) + ", " +
+                                         std::to_string(d.up.N) + ", " + std::to_string(d.down.K));
+  }
+  const int32_t* mp = reinterpret_cast<const int32_t*>(mi.data);
+  const int32_t* rp = reinterpret_cast<const int32_t*>(ri.data);
+  for (size_t i = 0; i < P; ++i) {
+    if (mp[i] < 0 || uint64_t(mp[i]) >= E) throwKvant(env, "KVANT_RANGE", "Expected routes.mlp[" + std::to_string(i) + "] in 0.." + std::to_string(E) + " (exclusive) but it is " + std::to_string(mp[i]));
+    if (rp[i] < 0 || uint64_t(rp[i]) >= M) throwKvant(env, "KVANT_RANGE", "Expected routes.row[" + std::to_string(i) + "] in 0.." + std::to_string(M) + " (exclusive) but it is " + std::to_string(rp[i]));
+  }
+  bool alias = overlaps(out, x) || overlaps(out, mi) || overlaps(out, ri) || overlaps(out, wi);
+  for (const ProjArgs& p : projs) {
+    alias = alias || overlaps(out, p.dense);
+    for (const Span& s : p.q.spans) alias = alias || overlaps(out, s);
+  }
+  if (alias) throwKvant(env, "KVANT_RANGE", "Expected out not to overlap x, the routes or any weight tensor");
+  std::vector<float> scratch = allocScratch<float>(env, moeScratchFloats(mlps.data(), size_t(E), mp, P, size_t(H)));
+  const Status s = moeMlp(reinterpret_cast<const float*>(x.data), size_t(M), size_t(H), mlps.data(), size_t(E), mp, rp,
+                          reinterpret_cast<const float*>(wi.data), P, reinterpret_cast<float*>(out.data), scratch.data(), scratch.size(), isa);
+  if (s != Status::kOk) throwStatus(env, s, "moeMlp failed");
+  return env.Undefined();
+}
+
+void registerQGemm(Napi::Env env, Napi::Object exports) {
+  exports.Set("qgemm", Napi::Function::New(env, qgemmB, "qgemm"));
+  exports.Set("moeMlp", Napi::Function::New(env, moeMlpB, "moeMlp"));
+}
+
+}  // namespace
+
+static Registration registration("qgemm", registerQGemm);
+
+}  // namespace kvant::napi

@@ -1,0 +1,343 @@
+/**
+ * The DeepSeek-V2 forward over kvant's kernels (SPEC §1.3–1.9), in two shapes:
+ *
+ * - `prefillChunk`: T new tokens of one sequence. MLA in the explicit ("MHA") form: the latent
+ *   rows of the cached prefix and of the chunk are expanded through kv_b_proj into per-head keys
+ *   and values, and flashAttention runs causal, lower-right aligned (query i of the chunk sits at
+ *   position S+i and sees keys 0..S+i).
+ * - `decodeStep`: one token for each of B sequences. MLA in the weight-absorbed ("MQA") form
+ *   over the latent cache: q_lat(h) = W_UK(h)ᵀ q_nope(h), attention over rows [c_n | k_pe] with
+ *   one shared KV head, then o(h) = W_UV(h) o_lat(h).
+ *
+ * Activations are f32 throughout (residual stream, router logits and softmax included: SPEC §6.4).
+ * Every step is row-independent — linear layers, norms, rotary and routing work per row and MoE
+ * sums a row's experts in that row's top-k order — so a row's result never depends on which
+ * other rows share the batch, and the kernels make it independent of the thread count.
+ */
+import { linear } from '../../ops/linear';
+import { flashAttention } from '../../ops/attention';
+import { MlpWeights as KernelMlp, moeMlp } from '../../ops/qlinear';
+import { axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate } from '../../ops/small';
+import { Tensor } from '../../tensor';
+import { DeepSeekV2Config } from './config';
+import { ropeAmplitude, ropeInvFreq, softmaxScale } from './rope';
+import { AttentionWeights, LayerWeights, MlpWeights, ModelWeights, MoeWeights, applyLinear, weightBytes } from './weights';
+
+const f32 = (t: Tensor): Float32Array => t.data() as Float32Array;
+
+/** The parts of the forward that profiling separates. */
+export type ForwardComponent = 'attention' | 'experts' | 'dense_mlp' | 'lm_head';
+
+/**
+ * Wall time (ms) and weight bytes read per component, accumulated over forward calls while
+ * profiling is on. Bytes count each weight once per call (for MoE: router, shared experts and
+ * the distinct experts selected in that call). `total_ms` covers whole calls; what the four
+ * components leave is embedding, norms, residual adds and JS glue.
+ */
+export interface ForwardProfile {
+  calls: number;
+  total_ms: number;
+  ms: Record<ForwardComponent, number>;
+  bytes: Record<ForwardComponent, number>;
+}
+
+export function emptyProfile(): ForwardProfile {
+  const z = (): Record<ForwardComponent, number> => ({ attention: 0, experts: 0, dense_mlp: 0, lm_head: 0 });
+  return { calls: 0, total_ms: 0, ms: z(), bytes: z() };
+}
+
+/** Constants of the forward derived once from the config. */
+export interface ForwardConsts {
+  cfg: DeepSeekV2Config;
+  invFreq: Float32Array;
+  amplitude: number;
+  scale: number;
+  /** When set, every forward call adds its timings and bytes here. */
+  profile?: ForwardProfile;
+}
+
+function timed<T>(k: ForwardConsts, part: ForwardComponent, bytes: number, fn: () => T): T {
+  const p = k.profile;
+  if (!p) return fn();
+  const t0 = performance.now();
+  const r = fn();
+  p.ms[part] += performance.now() - t0;
+  p.bytes[part] += bytes;
+  return r;
+}
+
+function timedCall<T>(k: ForwardConsts, fn: () => T): T {
+  const p = k.profile;
+  if (!p) return fn();
+  const t0 = performance.now();
+  const r = fn();
+  p.total_ms += performance.now() - t0;
+  p.calls++;
+  return r;
+}
+
+export function forwardConsts(cfg: DeepSeekV2Config): ForwardConsts {
+  return { cfg, invFreq: ropeInvFreq(cfg), amplitude: ropeAmplitude(cfg), scale: softmaxScale(cfg) };
+}
+
+/** Queries [T, nh, P+R] with RoPE applied to the last R dims of each head. */
+function queries(a: AttentionWeights, k: ForwardConsts, xn: Tensor, positions: Int32Array): Tensor {
+  const cfg = k.cfg;
+  let q: Tensor;
+  if (a.qProj) {
+    q = applyLinear(xn, a.qProj);
+  } else {
+    const qa = applyLinear(xn, a.qA!);
+    rmsNorm(qa, a.qANorm!, cfg.rmsNormEps, qa);
+    q = applyLinear(qa, a.qB!);
+  }
+  const q3 = q.reshape([positions.length, cfg.numHeads, cfg.qkNopeHeadDim + cfg.qkRopeHeadDim]);
+  ropeInPlace(q3, { positions, invFreq: k.invFreq, offset: cfg.qkNopeHeadDim, amplitude: k.amplitude });
+  return q3;
+}
+
+/**
+ * The cache rows of T tokens, [T, L+R] = [c_n | k_pe]: kv_a_proj_with_mqa's output with the
+ * latent part normalized by kv_a_layernorm (its weight included) and the rotary key rotated.
+ */
+function latentRows(a: AttentionWeights, k: ForwardConsts, xn: Tensor, positions: Int32Array): Tensor {
+  const cfg = k.cfg;
+  const L = cfg.kvLoraRank;
+  const W = L + cfg.qkRopeHeadDim;
+  const T = positions.length;
+  const rows = applyLinear(xn, a.kvA);
+  const rd = f32(rows);
+  const c = Tensor.zeros([T, L], 'f32');
+  const cd = f32(c);
+  for (let t = 0; t < T; t++) cd.set(rd.subarray(t * W, t * W + L), t * L);
+  rmsNorm(c, a.kvANorm, cfg.rmsNormEps, c);
+  for (let t = 0; t < T; t++) rd.set(cd.subarray(t * L, (t + 1) * L), t * W);
+  ropeInPlace(rows.reshape([T, 1, W]), { positions, invFreq: k.invFreq, offset: L, amplitude: k.amplitude });
+  return rows;
+}
+
+/**
+ * Explicit-form attention for a chunk: q [T, nh, P+R] against the latent rows `all` [S+T, L+R]
+ * (cached prefix then the chunk). Returns o_proj's output [T, H].
+ */
+function attendExplicit(a: AttentionWeights, k: ForwardConsts, q: Tensor, all: Tensor): Tensor {
+  const cfg = k.cfg;
+  const nh = cfg.numHeads;
+  const P = cfg.qkNopeHeadDim;
+  const R = cfg.qkRopeHeadDim;
+  const Dv = cfg.vHeadDim;
+  const L = cfg.kvLoraRank;
+  const W = L + R;
+  const T = q.shape[0];
+  const Sk = all.shape[0];
+  const ad = f32(all);
+  const c = Tensor.zeros([Sk, L], 'f32');
+  const cd = f32(c);
+  for (let t = 0; t < Sk; t++) cd.set(ad.subarray(t * W, t * W + L), t * L);
+  // kv [Sk, nh, P+Dv]: per head the non-rotary key (P) then the value (Dv).
+  const kvd = f32(applyLinear(c, a.kvB));
+  const K = Tensor.zeros([1, Sk, nh, P + R], 'f32');
+  const V = Tensor.zeros([1, Sk, nh, Dv], 'f32');
+  const Kd = f32(K);
+  const Vd = f32(V);
+  for (let t = 0; t < Sk; t++) {
+    const kpe = ad.subarray(t * W + L, (t + 1) * W);
+    for (let h = 0; h < nh; h++) {
+      const src = (t * nh + h) * (P + Dv);
+      const kd = (t * nh + h) * (P + R);
+      Kd.set(kvd.subarray(src, src + P), kd);
+      Kd.set(kpe, kd + P); // the rotary key is shared by all heads
+      Vd.set(kvd.subarray(src + P, src + P + Dv), (t * nh + h) * Dv);
+    }
+  }
+  const { out } = flashAttention(q.reshape([1, T, nh, P + R]), K, V, { causal: true, scale: k.scale });
+  return applyLinear(out.reshape([T, nh * Dv]), a.oProj);
+}
+
+/** Absorbed-form query [B, nh, L+R] = [W_UK(h)ᵀ q_nope(h) | q_pe(h)] per head. */
+function absorbQuery(a: AttentionWeights, k: ForwardConsts, q: Tensor): Tensor {
+  const cfg = k.cfg;
+  const nh = cfg.numHeads;
+  const P = cfg.qkNopeHeadDim;
+  const R = cfg.qkRopeHeadDim;
+  const L = cfg.kvLoraRank;
+  const B = q.shape[0];
+  const qd = f32(q);
+  const qAbs = Tensor.zeros([B, nh, L + R], 'f32');
+  const od = f32(qAbs);
+  const qn = Tensor.zeros([B, P], 'f32');
+  const qnd = f32(qn);
+  for (let h = 0; h < nh; h++) {
+    for (let b = 0; b < B; b++) qnd.set(qd.subarray((b * nh + h) * (P + R), (b * nh + h) * (P + R) + P), b * P);
+    const ql = f32(linear(qn, a.wUkT[h]));
+    for (let b = 0; b < B; b++) {
+      const dst = (b * nh + h) * (L + R);
+      od.set(ql.subarray(b * L, (b + 1) * L), dst);
+      od.set(qd.subarray((b * nh + h) * (P + R) + P, (b * nh + h + 1) * (P + R)), dst + L);
+    }
+  }
+  return qAbs;
+}
+
+/** o [B, nh·Dv] from the attended latents oLat [B, nh, L]: o(h) = W_UV(h) · o_lat(h). */
+function expandValues(a: AttentionWeights, k: ForwardConsts, oLat: Tensor): Tensor {
+  const cfg = k.cfg;
+  const nh = cfg.numHeads;
+  const L = cfg.kvLoraRank;
+  const Dv = cfg.vHeadDim;
+  const B = oLat.shape[0];
+  const ld = f32(oLat);
+  const x = Tensor.zeros([B, L], 'f32');
+  const xd = f32(x);
+  const o = Tensor.zeros([B, nh * Dv], 'f32');
+  const od = f32(o);
+  for (let h = 0; h < nh; h++) {
+    for (let b = 0; b < B; b++) xd.set(ld.subarray((b * nh + h) * L, (b * nh + h + 1) * L), b * L);
+    const y = f32(linear(x, a.wUv[h]));
+    for (let b = 0; b < B; b++) od.set(y.subarray(b * Dv, (b + 1) * Dv), b * nh * Dv + h * Dv);
+  }
+  return o;
+}
+
+function mlpForward(m: MlpWeights, x: Tensor): Tensor {
+  const g = applyLinear(x, m.gate);
+  const u = applyLinear(x, m.up);
+  return applyLinear(siluGate(g, u), m.down);
+}
+
+const kernelMlp = (m: MlpWeights): KernelMlp => ({ gate: m.gate.w, up: m.up.w, down: m.down.w });
+
+/**
+ * MoE FFN for rows x [T, H]: router logits (f32), softmax + greedy or group-limited top-k
+ * (ties to the lower expert index), then one grouped moeMlp call over the shared experts and
+ * the selected routed experts only (each runs once on the rows routed to it, so only those
+ * experts' weights are read). Pairs are listed row by row — shared expert (weight 1) first,
+ * then the row's experts in top-k order j = 0..k-1 — and moeMlp accumulates in that order, so
+ * a row's sum never depends on the other rows of the batch.
+ */
+function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
+  const cfg = k.cfg;
+  const T = x.shape[0];
+  const K = cfg.numExpertsPerTok;
+  const logits = linear(x, m.router);
+  const { idx, weights } = routeTopK(logits, {
+    k: K,
+    method: cfg.topkMethod,
+    nGroup: cfg.nGroup,
+    topkGroup: cfg.topkGroup,
+    normTopkProb: cfg.normTopkProb,
+    routedScalingFactor: cfg.routedScalingFactor,
+  });
+  const id = idx.data() as Int32Array;
+  const wd = f32(weights);
+  const selected = [...new Set(id)].sort((a, b) => a - b);
+  if (k.profile) k.profile.bytes.experts += selected.reduce((n, e) => n + mlpBytes(m.experts[e]), 0);
+  const mlps: KernelMlp[] = m.shared ? [kernelMlp(m.shared)] : [];
+  const local = new Map<number, number>();
+  for (const e of selected) {
+    local.set(e, mlps.length);
+    mlps.push(kernelMlp(m.experts[e]));
+  }
+  const per = K + (m.shared ? 1 : 0);
+  const routes = { mlp: new Int32Array(T * per), row: new Int32Array(T * per), weight: new Float32Array(T * per) };
+  let i = 0;
+  for (let t = 0; t < T; t++) {
+    if (m.shared) {
+      routes.mlp[i] = 0;
+      routes.row[i] = t;
+      routes.weight[i++] = 1;
+    }
+    for (let j = 0; j < K; j++) {
+      routes.mlp[i] = local.get(id[t * K + j])!;
+      routes.row[i] = t;
+      routes.weight[i++] = wd[t * K + j];
+    }
+  }
+  return moeMlp(x, mlps, routes);
+}
+
+const mlpBytes = (m: MlpWeights): number => weightBytes(m.gate.w) + weightBytes(m.up.w) + weightBytes(m.down.w);
+
+function ffn(layer: LayerWeights, k: ForwardConsts, x: Tensor): Tensor {
+  const xn = rmsNorm(x, layer.postNorm, k.cfg.rmsNormEps);
+  const moe = layer.moe;
+  if (moe) return timed(k, 'experts', weightBytes(moe.router) + (moe.shared ? mlpBytes(moe.shared) : 0), () => moeForward(moe, k, xn));
+  return timed(k, 'dense_mlp', k.profile ? mlpBytes(layer.mlp!) : 0, () => mlpForward(layer.mlp!, xn));
+}
+
+/** Final norm and lm_head on rows x [n, H] -> logits [n, V]. */
+function head(w: ModelWeights, k: ForwardConsts, x: Tensor): Tensor {
+  const xn = rmsNorm(x, w.finalNorm, k.cfg.rmsNormEps);
+  return timed(k, 'lm_head', weightBytes(w.lmHead.w), () => applyLinear(xn, w.lmHead));
+}
+
+/** Weight bytes of the attention projections both forms use (q path, kv_a, o_proj). */
+function attnCommonBytes(a: AttentionWeights): number {
+  return [a.qProj, a.qA, a.qB, a.kvA, a.oProj].reduce((n, l) => n + (l ? weightBytes(l.w) : 0), 0);
+}
+
+/** What a prefill chunk needs from the cache, per layer. */
+export interface PrefillCacheIO {
+  /** Stores the chunk's rows [T, L+R] (positions start..start+T-1). */
+  append(layer: number, rows: Tensor): void;
+  /**
+   * Every row of the sequence [start+T, L+R] (f32) as the cache stores it, the chunk's own rows
+   * included: attention reads keys at the cache's precision whether the prompt came in one
+   * chunk or several.
+   */
+  rows(layer: number): Tensor;
+}
+
+/**
+ * Forward of T tokens at positions start..start+T-1 of one sequence. Returns the logits of the
+ * last position [1, V], or of every position [T, V] with allLogits.
+ */
+export function prefillChunk(w: ModelWeights, k: ForwardConsts, tokens: Int32Array, start: number, io: PrefillCacheIO, allLogits: boolean): Tensor {
+  return timedCall(k, () => {
+    const T = tokens.length;
+    const positions = Int32Array.from({ length: T }, (_, i) => start + i);
+    const x = embedding(w.embed, tokens);
+    w.layers.forEach((layer, l) => {
+      const a = layer.attn;
+      const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
+      const bytes = k.profile ? attnCommonBytes(a) + weightBytes(a.kvB.w) : 0;
+      const o = timed(k, 'attention', bytes, () => {
+        const q = queries(a, k, xn, positions);
+        io.append(l, latentRows(a, k, xn, positions));
+        return attendExplicit(a, k, q, io.rows(l));
+      });
+      axpyInPlace(1, o, x);
+      axpyInPlace(1, ffn(layer, k, x), x);
+    });
+    return head(w, k, allLogits ? x : x.slice(T - 1, T));
+  });
+}
+
+/** What a decode step needs from the cache, per layer. */
+export interface DecodeCacheIO {
+  /** Stores row b of rows [B, L+R] (the new token of sequence b). */
+  append(layer: number, rows: Tensor): void;
+  /** Absorbed attention over each sequence's rows (the new one included): q [B, nh, L+R] -> [B, nh, L]. */
+  attend(layer: number, q: Tensor, scale: number): Tensor;
+}
+
+/** One decode step: tokens[b] at positions[b] of sequence b. Returns logits [B, V]. */
+export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array, positions: Int32Array, io: DecodeCacheIO): Tensor {
+  return timedCall(k, () => {
+    const x = embedding(w.embed, tokens);
+    w.layers.forEach((layer, l) => {
+      const a = layer.attn;
+      const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
+      const bytes = k.profile ? attnCommonBytes(a) + [...a.wUkT, ...a.wUv].reduce((n, t) => n + t.byteLength, 0) : 0;
+      const o = timed(k, 'attention', bytes, () => {
+        const q = queries(a, k, xn, positions);
+        io.append(l, latentRows(a, k, xn, positions));
+        const oLat = io.attend(l, absorbQuery(a, k, q), k.scale);
+        return applyLinear(expandValues(a, k, oLat), a.oProj);
+      });
+      axpyInPlace(1, o, x);
+      axpyInPlace(1, ffn(layer, k, x), x);
+    });
+    return head(w, k, x);
+  });
+}

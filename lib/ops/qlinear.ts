@@ -1,0 +1,189 @@
+/**
+ * Quantized linear layers straight from the GPTQ checkpoint layout (no repacking, so mapped
+ * checkpoint tensors are used in place): y[M, N] = x[M, K] · dequant(W)[N, K]ᵀ (+ bias), and
+ * the grouped MoE MLP that runs a whole DeepSeek MoE layer in one native call.
+ *
+ * Results are bit-identical for any thread count and batch-invariant: a row's output does
+ * not depend on how many other rows share the call (GEMV for M <= 8 and the panel GEMM for
+ * larger M perform the same operations per output; see csrc/cpu/gemm_q.h).
+ */
+import { dtypeCode } from '../dtype';
+import { KvantError, callNative, expected } from '../errors';
+import { RawStorage, native } from '../native';
+import { QTensor, checkQuantFormat, encodeQuantFormat, effectiveGroup, groupCount, qweightRows, qzerosCols } from '../quant/format';
+import { Tensor, checkTensor } from '../tensor';
+import { IsaLevel, raw } from './small';
+
+const ISA = { scalar: 0, avx2: 1, avx512: 2 } as const;
+
+function isaCode(isa?: IsaLevel): number | undefined {
+  if (isa === undefined) return undefined;
+  if (!(isa in ISA)) throw expected('KVANT_BACKEND', "'scalar', 'avx2' or 'avx512'", 'isa', isa);
+  return ISA[isa];
+}
+
+export interface QLinearOptions {
+  /** f32 output [..., N] (overwritten); must not overlap x, the weights or bias. */
+  out?: Tensor;
+  /** f32 [N], added after the product. */
+  bias?: Tensor;
+  /** Force an ISA level (tests and benchmarks); default: the level chosen at load. */
+  isa?: IsaLevel;
+}
+
+const FLOAT_X = ['f32', 'f16', 'bf16'];
+
+function shapeIs(t: Tensor, dims: number[]): boolean {
+  return t.ndim === dims.length && t.shape.every((d, i) => d === dims[i]);
+}
+
+// g_idx tensors already checked to be sequential (kernel row j in group j / G): checking
+// K values on every call would cost more than a decode GEMV of a small matrix.
+const sequentialGIdx = new WeakSet<Tensor>();
+
+/** Validates a QTensor against its format; returns the native argument tuple. */
+function qArgs(w: QTensor, name: string): [Uint8Array, RawStorage, number, number, RawStorage, number, number, RawStorage, number, number, RawStorage | null, number, number] {
+  if (w === null || typeof w !== 'object') throw expected('KVANT_DTYPE', 'a QTensor', name, w);
+  const f = checkQuantFormat(w.format, `${name}.format`);
+  const G = effectiveGroup(f);
+  const unit = f.bits === 3 ? 32 : 32 / f.bits;
+  if (G < f.K && G % unit !== 0)
+    throw new KvantError('KVANT_FORMAT', `Expected ${name}.format.groupSize to be a multiple of ${unit} (codes per packed word at ${f.bits} bits) but it is ${f.groupSize}`);
+  const ng = groupCount(f);
+  const want: [string, Tensor, string, number[]][] = [
+    ['qweight', w.qweight, 'i32', [qweightRows(f), f.N]],
+    ['qzeros', w.qzeros, 'i32', [ng, qzerosCols(f)]],
+    ['scales', w.scales, 'f16', [ng, f.N]],
+  ];
+  for (const [field, t, dtype, dims] of want) {
+    checkTensor(t, `${name}.${field}`);
+    if (t.dtype !== dtype) throw expected('KVANT_DTYPE', `${dtype}`, `${name}.${field}.dtype`, t.dtype);
+    if (!shapeIs(t, dims)) throw expected('KVANT_SHAPE', `shape [${dims.join(', ')}]`, `${name}.${field}.shape`, t.shape);
+  }
+  if (w.gIdx !== null && w.gIdx !== undefined && !sequentialGIdx.has(w.gIdx)) {
+    checkTensor(w.gIdx, `${name}.gIdx`);
+    if (w.gIdx.dtype !== 'i32' || !shapeIs(w.gIdx, [f.K])) throw expected('KVANT_SHAPE', `i32 [${f.K}]`, `${name}.gIdx`, w.gIdx.shape);
+    const g = w.gIdx.data() as Int32Array;
+    for (let j = 0; j < f.K; j++)
+      if (g[j] !== Math.floor(j / G))
+        throw new KvantError('KVANT_FORMAT', `Expected ${name}.gIdx to be sequential in kernel row order (g_idx[j] = j / ${G}; act-order rows are made sequential at load with perm) but gIdx[${j}] = ${g[j]}`);
+    sequentialGIdx.add(w.gIdx);
+  }
+  let perm: [RawStorage | null, number, number] = [null, 0, 0];
+  if (w.perm !== null && w.perm !== undefined) {
+    if (!(w.perm instanceof Int32Array) || w.perm.length !== f.K) throw expected('KVANT_SHAPE', `an Int32Array of ${f.K} (K) values`, `${name}.perm`, w.perm);
+    perm = [new Uint8Array(w.perm.buffer, w.perm.byteOffset, w.perm.byteLength), 0, w.perm.byteLength];
+  }
+  return [encodeQuantFormat(f), ...raw(w.qweight), ...raw(w.qzeros), ...raw(w.scales), ...perm];
+}
+
+/**
+ * y = x · dequant(w)ᵀ (+ bias). x: f32, f16 or bf16 [..., K]; returns f32 [..., N].
+ * Every format of the GPTQ checkpoints: 2/3/4/8 bits, any group size that is a multiple of
+ * the codes per packed word (32/64/128) or -1, a partial last group, sym/asym, v1 ("gptq",
+ * zero − 1 stored) and v2 zeros, and act-order through `w.perm`.
+ */
+export function qlinear(x: Tensor, w: QTensor, opts: QLinearOptions = {}): Tensor {
+  checkTensor(x, 'x');
+  const args = qArgs(w, 'w');
+  const { K, N } = w.format;
+  if (!FLOAT_X.includes(x.dtype)) throw expected('KVANT_DTYPE', 'f32, f16 or bf16 activations', 'x.dtype', x.dtype);
+  if (x.ndim === 0 || x.shape[x.ndim - 1] !== K)
+    throw new KvantError('KVANT_SHAPE', `Expected x's last dimension to be K = ${K} (w is [${N}, ${K}]) but x is [${x.shape.join(', ')}]`);
+  const M = x.numel / K;
+  const y = opts.out ?? Tensor.zeros([...x.shape.slice(0, -1), N], 'f32');
+  checkTensor(y, 'out');
+  if (y.dtype !== 'f32' || y.numel !== M * N) throw new KvantError('KVANT_SHAPE', `Expected out to be f32 with ${M * N} elements but it is ${y.dtype} with ${y.numel}`);
+  let b: [RawStorage | null, number, number] = [null, 0, 0];
+  if (opts.bias !== undefined) {
+    checkTensor(opts.bias, 'bias');
+    if (opts.bias.dtype !== 'f32' || opts.bias.numel !== N) throw new KvantError('KVANT_SHAPE', `Expected bias to be f32 with ${N} elements but it is ${opts.bias.dtype} with ${opts.bias.numel}`);
+    b = raw(opts.bias);
+  }
+  const isa = isaCode(opts.isa);
+  callNative(() => native().qgemm(...raw(x), dtypeCode(x.dtype), M, ...args, ...b, ...raw(y), isa));
+  return y;
+}
+
+/** One MLP: down(silu(gate(x)) ⊙ up(x)); each weight is a QTensor or a dense f32/f16/bf16 Tensor [N, K]. */
+export interface MlpWeights {
+  gate: QTensor | Tensor;
+  up: QTensor | Tensor;
+  down: QTensor | Tensor;
+}
+
+/** Routing of a grouped MoE call: pair i sends row `row[i]` through MLP `mlp[i]` with `weight[i]`. */
+export interface MoeRoutes {
+  mlp: Int32Array;
+  row: Int32Array;
+  weight: Float32Array;
+}
+
+/** Options of moeMlp (beyond the positional out). */
+export interface MoeMlpOptions {
+  isa?: IsaLevel;
+}
+
+type ProjArgs = (RawStorage | Uint8Array | number | null)[];
+
+function projArgs(p: QTensor | Tensor, name: string): { args: ProjArgs; N: number; K: number } {
+  if (p instanceof Tensor) {
+    if (p.ndim !== 2) throw expected('KVANT_SHAPE', 'a 2-D weight [N, K]', `${name}.shape`, p.shape);
+    if (!FLOAT_X.includes(p.dtype)) throw expected('KVANT_DTYPE', 'f32, f16 or bf16 weights', `${name}.dtype`, p.dtype);
+    const [N, K] = p.shape;
+    return { args: [0, N, K, dtypeCode(p.dtype), null, ...raw(p), null, 0, 0, null, 0, 0, null, 0, 0], N, K };
+  }
+  const q = qArgs(p, name);
+  return { args: [1, p.format.N, p.format.K, 0, ...q], N: p.format.N, K: p.format.K };
+}
+
+/**
+ * Grouped MoE call: for every i, out[row[i]] += weight[i] * mlps[mlp[i]](x[row[i]]). One native call:
+ * gate+up for all pairs, barrier, then downs; each MLP runs over its own subset of rows; the
+ * accumulation order into out is fixed (pairs in the order given), so results are deterministic and
+ * batch-invariant. Shared experts = one entry per row with weight 1.
+ * x: f32 [M, H]; out (optional): f32 [M, H], overwritten (rows no pair names become 0).
+ */
+export function moeMlp(
+  x: Tensor,
+  mlps: readonly MlpWeights[],
+  routes: MoeRoutes,
+  out?: Tensor,
+  opts: MoeMlpOptions = {},
+): Tensor {
+  checkTensor(x, 'x');
+  if (x.dtype !== 'f32') throw expected('KVANT_DTYPE', 'f32 activations', 'x.dtype', x.dtype);
+  if (x.ndim !== 2) throw expected('KVANT_SHAPE', 'a 2-D x [M, H]', 'x.shape', x.shape);
+  const [M, H] = x.shape;
+  if (!Array.isArray(mlps) || mlps.length === 0) throw expected('KVANT_SHAPE', 'a non-empty array of MLP weights', 'mlps', mlps);
+  if (routes === null || typeof routes !== 'object') throw expected('KVANT_DTYPE', 'an object { mlp, row, weight }', 'routes', routes);
+  const { mlp, row, weight } = routes;
+  if (!(mlp instanceof Int32Array)) throw expected('KVANT_DTYPE', 'an Int32Array', 'routes.mlp', mlp);
+  if (!(row instanceof Int32Array)) throw expected('KVANT_DTYPE', 'an Int32Array', 'routes.row', row);
+  if (!(weight instanceof Float32Array)) throw expected('KVANT_DTYPE', 'a Float32Array', 'routes.weight', weight);
+  if (row.length !== mlp.length || weight.length !== mlp.length)
+    throw new KvantError('KVANT_SHAPE', `Expected routes.mlp, row and weight to have the same length but they have ${mlp.length}, ${row.length}, ${weight.length}`);
+  for (let i = 0; i < mlp.length; i++) {
+    if (!(mlp[i] >= 0 && mlp[i] < mlps.length)) throw expected('KVANT_RANGE', `an MLP index in [0, ${mlps.length})`, `routes.mlp[${i}]`, mlp[i]);
+    if (!(row[i] >= 0 && row[i] < M)) throw expected('KVANT_RANGE', `a row index in [0, ${M})`, `routes.row[${i}]`, row[i]);
+  }
+  const projections: ProjArgs = [];
+  mlps.forEach((m, e) => {
+    if (m === null || typeof m !== 'object') throw expected('KVANT_DTYPE', '{ gate, up, down }', `mlps[${e}]`, m);
+    const g = projArgs(m.gate, `mlps[${e}].gate`);
+    const u = projArgs(m.up, `mlps[${e}].up`);
+    const d = projArgs(m.down, `mlps[${e}].down`);
+    if (g.K !== H || u.K !== H || d.N !== H)
+      throw new KvantError('KVANT_SHAPE', `Expected mlps[${e}].gate and up to be [I, ${H}] and down [${H}, I] (H = x's last dimension) but they are [${g.N}, ${g.K}], [${u.N}, ${u.K}], [${d.N}, ${d.K}]`);
+    if (g.N !== u.N || d.K !== g.N)
+      throw new KvantError('KVANT_SHAPE', `Expected mlps[${e}] gate and up to share I = down's K but they are [${g.N}, ${g.K}], [${u.N}, ${u.K}], [${d.N}, ${d.K}]`);
+    projections.push(...g.args, ...u.args, ...d.args);
+  });
+  const y = out ?? Tensor.zeros([M, H], 'f32');
+  checkTensor(y, 'out');
+  if (y.dtype !== 'f32' || y.numel !== M * H) throw new KvantError('KVANT_SHAPE', `Expected out to be f32 with ${M * H} elements but it is ${y.dtype} with ${y.numel}`);
+  const view = (a: Int32Array | Float32Array): [Uint8Array, number, number] => [new Uint8Array(a.buffer, a.byteOffset, a.byteLength), 0, a.byteLength];
+  const isa = isaCode(opts.isa);
+  callNative(() => native().moeMlp(...raw(x), M, H, mlps.length, ...view(mlp), ...view(row), ...view(weight), ...raw(y), isa, ...projections));
+  return y;
+}

@@ -1,0 +1,145 @@
+// Fused dequant GEMV/GEMM under ASan+UBSan: every level against f64 on awkward sizes, levels
+// agreeing bit for bit, NaN-poisoned outputs, and the status codes of bad formats.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "check.h"
+#include "gemm_q.h"
+#include "kvant/half.h"
+#include "random.h"
+
+using namespace kvant;
+
+namespace {
+
+uint64_t lcg(uint64_t& s) {
+  s = s * 6364136223846793005ull + 1442695040888963407ull;
+  return s >> 33;
+}
+
+// Code i of a packed dimension sits at bits [bits*i, bits*i + bits) of the concatenated words.
+void put(std::vector<uint32_t>& w, size_t base, size_t stride, size_t pos, int bits, uint32_t v) {
+  for (int b = 0; b < bits; ++b)
+    if ((v >> b) & 1u) w[base + (pos + size_t(b)) / 32 * stride] |= 1u << ((pos + size_t(b)) % 32);
+}
+
+struct Made {
+  QuantFormat f{};
+  std::vector<uint32_t> qw, qz;
+  std::vector<uint16_t> sc;
+  std::vector<double> W, mag;  // [N][K]
+  QMatrix q() const { return QMatrix{f, qw.data(), qz.data(), sc.data(), nullptr}; }
+};
+
+Made make(int bits, int groupSize, bool v2, size_t K, size_t N, uint64_t seed) {
+  Made r;
+  r.f = QuantFormat{bits, groupSize, 0, v2 ? 1 : 0, int64_t(K), int64_t(N)};
+  const size_t G = size_t(qEffectiveGroup(r.f)), ng = size_t(qGroupCount(r.f));
+  const uint32_t maxq = (1u << bits) - 1;
+  r.qw.assign(size_t(qWeightRows(r.f)) * N, 0);
+  r.qz.assign(ng * size_t(qZeroCols(r.f)), 0);
+  r.sc.resize(ng * N);
+  r.W.resize(N * K);
+  r.mag.resize(N * K);
+  std::vector<uint32_t> z(ng * N);
+  for (size_t i = 0; i < ng * N; ++i) {
+    z[i] = uint32_t(lcg(seed) % (maxq + 1));
+    put(r.qz, (i / N) * size_t(qZeroCols(r.f)), 1, size_t(bits) * (i % N), bits, v2 ? z[i] : (z[i] - 1) & maxq);
+    r.sc[i] = f32ToF16(float((lcg(seed) % 2 ? -1.0 : 1.0) * (0.005 + 0.05 * double(lcg(seed) % 1000) / 1000)));
+  }
+  for (size_t k = 0; k < K; ++k)
+    for (size_t n = 0; n < N; ++n) {
+      const uint32_t c = uint32_t(lcg(seed) % (maxq + 1));
+      put(r.qw, n, N, size_t(bits) * k, bits, c);
+      const size_t g = k / G;
+      const double s = f16ToF32(r.sc[g * N + n]);
+      r.W[n * K + k] = s * (double(c) - double(z[g * N + n]));
+      r.mag[n * K + k] = std::fabs(s) * (double(c) + double(z[g * N + n]));
+    }
+  return r;
+}
+
+}  // namespace
+
+TEST(qgemm_every_level_matches_f64_and_the_scalar_reference_bit_for_bit) {
+  struct Shape { int bits; size_t K, N; };
+  const Shape shapes[] = {{2, 304, 48}, {3, 160, 64}, {4, 296, 104}, {8, 300, 36}};
+  uint64_t seed = 1;
+  for (const Shape& sh : shapes)
+    for (int groupSize : {32, 128, -1})
+      for (bool v2 : {false, true}) {
+        const Made m = make(sh.bits, groupSize, v2, sh.K, sh.N, ++seed);
+        const QMatrix q = m.q();
+        const size_t G = size_t(qEffectiveGroup(m.f)), ng = size_t(qGroupCount(m.f));
+        for (size_t M : {size_t(1), size_t(3), size_t(11)}) {
+          std::vector<float> x(M * sh.K);
+          fillRandom(x.data(), DType::kF32, x.size(), seed * 31 + M, RandomDist::kNormal, 0, 1);
+          std::vector<float> scratch(qgemmScratchFloats(m.f, M));
+          std::vector<float> ref;
+          for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+            if (!qgemmKernelsFor(isa)) continue;
+            std::vector<float> y(M * sh.N, NAN);
+            EXPECT_TRUE(qgemm(q, x.data(), DType::kF32, M, nullptr, y.data(), scratch.data(), isa) == Status::kOk);
+            for (size_t i = 0; i < M; ++i)
+              for (size_t n = 0; n < sh.N; ++n) {
+                double want = 0, mag = 0;
+                for (size_t k = 0; k < sh.K; ++k) {
+                  want += double(x[i * sh.K + k]) * m.W[n * sh.K + k];
+                  mag += std::fabs(double(x[i * sh.K + k])) * m.mag[n * sh.K + k];
+                }
+                // Bound derived in test/qgemm.test.ts: (G + ng + 3)·u·Σ|x||s|(c + z) + u·|y|.
+                const double bound = double(G + ng + 3) * std::ldexp(1.0, -24) * mag + std::ldexp(std::fabs(want), -24);
+                const double err = std::fabs(double(y[i * sh.N + n]) - want);
+                if (!(err <= bound)) {
+                  EXPECT_TRUE(err <= bound);
+                  std::fprintf(stderr, "    bits %d G %d v2 %d M %zu isa %d: y[%zu,%zu] = %g vs %g (bound %g)\n", sh.bits, groupSize, int(v2), M,
+                               int(isa), i, n, double(y[i * sh.N + n]), want, bound);
+                  return;
+                }
+              }
+            if (ref.empty()) ref = y;
+            else EXPECT_TRUE(std::memcmp(ref.data(), y.data(), y.size() * 4) == 0);
+          }
+        }
+      }
+}
+
+TEST(qgemm_rejects_bad_formats_with_status_codes) {
+  Made m = make(4, 32, false, 64, 16, 3);
+  std::vector<float> x(64, 1.f), y(16), scratch(qgemmScratchFloats(m.f, 1));
+  QMatrix q = m.q();
+  EXPECT_TRUE(qgemm(q, x.data(), DType::kF32, 1, nullptr, y.data(), scratch.data()) == Status::kOk);
+  q.fmt.bits = 5;
+  EXPECT_TRUE(qgemm(q, x.data(), DType::kF32, 1, nullptr, y.data(), scratch.data()) == Status::kFormat);
+  q = m.q();
+  q.fmt.groupSize = 20;  // not a multiple of the 8 codes per 4-bit word
+  EXPECT_TRUE(qgemm(q, x.data(), DType::kF32, 1, nullptr, y.data(), scratch.data()) == Status::kFormat);
+  q = m.q();
+  q.fmt.N = 12;  // 12 * 4 bits do not fill whole qzeros words
+  EXPECT_TRUE(qgemm(q, x.data(), DType::kF32, 1, nullptr, y.data(), scratch.data()) == Status::kShape);
+  q = m.q();
+  EXPECT_TRUE(qgemm(q, x.data(), DType::kI32, 1, nullptr, y.data(), scratch.data()) == Status::kDtype);
+}
+
+TEST(moe_mlp_validates_indices_and_scratch) {
+  Made g = make(4, 32, false, 32, 16, 5), u = make(4, 32, false, 32, 16, 6), d = make(4, 16, false, 16, 32, 7);
+  const QMatrix gq = g.q(), uq = u.q(), dq = d.q();
+  MlpDesc mlp;
+  mlp.gate = MlpProj{&gq, nullptr, DType::kF32, 16, 32};
+  mlp.up = MlpProj{&uq, nullptr, DType::kF32, 16, 32};
+  mlp.down = MlpProj{&dq, nullptr, DType::kF32, 32, 16};
+  std::vector<float> x(2 * 32, 0.5f), out(2 * 32, NAN);
+  int32_t idx[2] = {0, 0}, rows[2] = {1, 0};
+  float w[2] = {1.f, 0.5f};
+  std::vector<float> scratch(moeScratchFloats(&mlp, 1, idx, 2, 32));
+  EXPECT_TRUE(moeMlp(x.data(), 2, 32, &mlp, 1, idx, rows, w, 2, out.data(), scratch.data(), scratch.size()) == Status::kOk);
+  for (float v : out) EXPECT_TRUE(std::isfinite(v));
+  // Same x row through the same MLP: row 0 = 0.5 · row 1 up to one rounding of the product.
+  for (size_t c = 0; c < 32; ++c) EXPECT_NEAR_REL(out[c], 0.5 * out[32 + c], 1e-6);
+  EXPECT_TRUE(moeMlp(x.data(), 2, 32, &mlp, 1, idx, rows, w, 2, out.data(), scratch.data(), scratch.size() - 1) == Status::kShape);
+  int32_t badIdx[2] = {0, 1}, badRow[2] = {0, 2};
+  EXPECT_TRUE(moeMlp(x.data(), 2, 32, &mlp, 1, badIdx, rows, w, 2, out.data(), scratch.data(), scratch.size()) == Status::kRange);
+  EXPECT_TRUE(moeMlp(x.data(), 2, 32, &mlp, 1, idx, badRow, w, 2, out.data(), scratch.data(), scratch.size()) == Status::kRange);
+}
