@@ -49,8 +49,9 @@ __global__ void gptqDequantKernel(QMatrix q, void* out, int outF16) {
 //   an all-zero group uses [-1, 1]; scale = (xmax - xmin) / maxq, rounded to the stored f16 *before*
 //   the codes are computed, so dequantization reproduces exactly the grid the codes were chosen on;
 //   zero = 2^(bits-1) (sym) or clamp(rint(-xmin / scale), 0, maxq); q = clamp(rint(x / scale) + zero, 0, maxq)
-//   (rint: round half to even, as torch.round). A scale below f16's range becomes the smallest
-//   f16 subnormal; a non-finite weight or a scale above f16's range sets *bad (KVANT_RANGE).
+//   (rint: round half to even, as torch.round). A scale that rounds to 0 in f16 stores every code
+//   at the zero point; a non-finite weight or a scale above f16's range sets *bad (KVANT_RANGE).
+//   The same rules as the CPU reference (csrc/cpu/quant.cc), which the tests hold it to bit for bit.
 // One thread per (group, chunk of columns sharing one qzeros word: 32/bits columns, or 32 for
 // 3 bits), so every packed word has exactly one writer: qweight words need groups that start on
 // a word boundary (G % 32 == 0, or one group of K). Reads are strided along K: quantization runs
@@ -84,13 +85,14 @@ __global__ void rtnQuantizeKernel(const float* W, QuantFormat f, uint32_t* qweig
       xmin = -1.f;
       xmax = 1.f;
     }
-    unsigned short s16 = __half_as_ushort(__float2half_rn((xmax - xmin) / float(maxq)));
-    if ((s16 & 0x7fff) == 0) s16 = 1;  // below f16's range: the smallest subnormal
+    const unsigned short s16 = __half_as_ushort(__float2half_rn((xmax - xmin) / float(maxq)));
     if ((s16 & 0x7c00) == 0x7c00) finite = false;
     if (!finite) atomicExch(bad, 1);
     const float s = __half2float(__ushort_as_half(s16));
     scales[g * N + n] = s16;
-    const int zero = f.sym ? (maxq + 1) / 2 : int(fminf(fmaxf(rintf(-xmin / s), 0.f), float(maxq)));
+    // A scale that rounds to 0 (the group is below f16's range) stores every code at the zero
+    // point, which dequantizes to 0 (the CPU reference's rule).
+    const int zero = f.sym ? (maxq + 1) / 2 : s == 0.f ? 0 : int(fminf(fmaxf(rintf(-xmin / s), 0.f), float(maxq)));
     const uint32_t stored = f.zeroFormat == int32_t(ZeroFormat::kGptqV1) ? uint32_t((zero - 1) & maxq) : uint32_t(zero);
     const int bit = int(bits * cc);  // 3 bits: cc < 32, bit < 96 over the 3-word triple
     zw[bit / 32] |= stored << (bit % 32);
@@ -99,7 +101,7 @@ __global__ void rtnQuantizeKernel(const float* W, QuantFormat f, uint32_t* qweig
     uint32_t acc[3] = {0, 0, 0};
     const int64_t span = bits == 3 ? 32 : 32 / bits;  // codes per packed unit (1 word, or 3 for 3 bits)
     for (int64_t k = k0; k < k1; ++k) {
-      const float qf = fminf(fmaxf(rintf(x[k] / s) + float(zero), 0.f), float(maxq));
+      const float qf = s == 0.f ? float(zero) : fminf(fmaxf(rintf(x[k] / s) + float(zero), 0.f), float(maxq));
       const uint32_t q = finite ? uint32_t(qf) : 0u;
       const int64_t i = (k - k0) % span;
       const int b = int(bits * i);

@@ -6,6 +6,7 @@
 
 #include "helpers.h"
 #include "quant.cuh"
+#include "quant.h"
 
 using namespace simttest;
 using kvant::QuantFormat;
@@ -43,13 +44,14 @@ HostRtn hostRtn(const std::vector<float>& W, const QuantFormat& f) {
         if (xmin < 0) xmin = -xmax;
       }
       if (xmin == 0 && xmax == 0) xmin = -1, xmax = 1;
-      uint16_t s16 = kvant::f32ToF16((xmax - xmin) / float(maxq));
-      if ((s16 & 0x7fff) == 0) s16 = 1;
+      const uint16_t s16 = kvant::f32ToF16((xmax - xmin) / float(maxq));
       const float s = kvant::f16ToF32(s16);
       h.scales[g * N + n] = s16;
-      const int zero = f.sym ? (maxq + 1) / 2 : int(std::clamp(std::nearbyint(-xmin / s), 0.f, float(maxq)));
+      const int zero = f.sym ? (maxq + 1) / 2 : s == 0 ? 0 : int(std::clamp(std::nearbyint(-xmin / s), 0.f, float(maxq)));
       h.zeros[g * N + n] = zero;
-      for (int64_t k = k0; k < k1; ++k) h.codes[k * N + n] = int(std::clamp(std::nearbyint(W[n * K + k] / s) + float(zero), 0.f, float(maxq)));
+      for (int64_t k = k0; k < k1; ++k)
+        h.codes[k * N + n] = s == 0 ? zero : int(std::clamp(std::nearbyint(W[n * K + k] / s) + float(zero), 0.f, float(maxq)));
+      if (s == 0) h.covers[g * N + n] = 0;  // the group is below f16's range: it dequantizes to 0
     }
   return h;
 }
@@ -115,6 +117,14 @@ TEST(cuda_rtn_quantize_matches_spec) {
           const int zs = int(get(qz.data() + g * kvant::qZeroCols(f), 1, n, sh.bits));
           zeroMismatch += (zf == ZeroFormat::kGptqV1 ? (zs + 1) & maxq : zs) != h.zeros[g * sh.N + n];
         }
+      // The CPU reference (csrc/cpu/quant.cc) writes the same bytes.
+      std::vector<uint32_t> cqw(qw.size(), 0), cqz(qz.size(), 0);
+      std::vector<uint16_t> csc(sc.size(), 0);
+      int64_t badIndex = -1;
+      EXPECT_TRUE(kvant::quantizeRtn(f, W.data(), cqw.data(), cqz.data(), csc.data(), &badIndex) == Status::kOk);
+      EXPECT_TRUE(cqw == qw);
+      EXPECT_TRUE(cqz == qz);
+      EXPECT_TRUE(csc == sc);
       EXPECT_EQ(codeMismatch, 0);
       EXPECT_EQ(zeroMismatch, 0);
       EXPECT_EQ(scaleMismatch, 0);
@@ -129,6 +139,11 @@ TEST(cuda_rtn_quantize_matches_spec) {
         for (int64_t k = 0; k < sh.K; ++k)
           want[n * sh.K + k] = double(kvant::f16ToF32(h.scales[(k / G) * sh.N + n])) * (h.codes[k * sh.N + n] - h.zeros[(k / G) * sh.N + n]);
       EXPECT_CLOSE("rtn round trip", deq.data(), want.data(), deq.size(), [](size_t) { return 0.0; });
+      std::vector<float> cdeq = poisoned(deq.size());
+      kvant::DequantArgs da{f, qw.data(), qz.data(), sc.data(), nullptr, nullptr, kvant::DType::kF32, cdeq.data()};
+      int64_t bi = -1;
+      EXPECT_TRUE(kvant::dequantize(da, &bi) == Status::kOk);
+      EXPECT_TRUE(std::memcmp(cdeq.data(), deq.data(), deq.size() * 4) == 0);
     }
 }
 
