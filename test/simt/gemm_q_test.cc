@@ -260,3 +260,23 @@ TEST(cuda_gptq_wmma_gemm_matches_f64) {
   EXPECT_STATUS(kvant::cuda::gptqGemm(device(89), makePacked(r, 4, 64, 16, 32, ZeroFormat::kGptqV1, false).view(), nullptr, 0, nullptr),
                 Status::kShape);
 }
+
+TEST(cuda_gptq_gemv_is_batch_invariant) {
+  // A row's result does not depend on the other rows of the batch (decode batches vary).
+  Rng r(16);
+  const auto dev = device(86);
+  const Packed p = makePacked(r, 4, 328, 72, 128, ZeroFormat::kGptqV1, true);
+  const int M = 5;
+  std::vector<float> x = randomF32(r, M * 328), y = poisoned(M * 72), scratch(kvant::cuda::gptqGemvScratchFloats(p.fmt, M));
+  EXPECT_OK(kvant::cuda::gptqGemv(dev, p.view(), x.data(), M, y.data(), scratch.data()));
+  for (int m = 0; m < M; ++m) {
+    std::vector<float> one = poisoned(72);
+    EXPECT_OK(kvant::cuda::gptqGemv(dev, p.view(), x.data() + m * 328, 1, one.data(), scratch.data()));
+    EXPECT_TRUE(std::memcmp(one.data(), y.data() + m * 72, 72 * 4) == 0);
+  }
+  std::vector<float> g = poisoned(M * 72);
+  EXPECT_OK(kvant::cuda::gptqGemm(dev, p.view(), x.data(), M, g.data()));
+  std::vector<float> g1 = poisoned(72);
+  EXPECT_OK(kvant::cuda::gptqGemm(dev, p.view(), x.data() + 2 * 328, 1, g1.data()));
+  EXPECT_TRUE(std::memcmp(g1.data(), g.data() + 2 * 72, 72 * 4) == 0);
+}
