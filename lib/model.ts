@@ -186,7 +186,11 @@ export class Model {
     return this.scheduler.stream(this.encode(prompt), this.options(o));
   }
 
-  /** Logits at every position of `tokens` (one row of vocabSize values per token). */
+  /**
+   * Logits at every position of `tokens` (one row of vocabSize values per token), computed in
+   * a sequence of its own that is freed afterwards (KVANT_OOM if the KV budget cannot hold it
+   * next to the running generations).
+   */
   async logits(tokens: readonly number[], o: LogitsOptions = {}): Promise<Float32Array[]> {
     this.checkOpen();
     const mode = o.mode ?? 'prefill';

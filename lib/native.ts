@@ -105,6 +105,9 @@ export interface NativeBinding {
     numPages: number, pageSize: number, maxPages: number, pageTable: RawStorage, pto: number, ptb: number,
     seqLens: RawStorage, slo: number, slb: number, isa?: number): void;
   flashScratchBytes(reset?: boolean): number;
+  gptqBenchPrepare(N: number, K: number, B: number): void;
+  gptqBenchRun(kind: 0 | 1): void;
+  gptqBenchRelease(): void;
   gptqHessianAdd(H: RawStorage, ho: number, hb: number, K: number, x: RawStorage, xo: number, xb: number, tokens: number,
     n: number, b: number, isa?: number): void;
   gptqQuantize(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, H: RawStorage, ho: number, hb: number,

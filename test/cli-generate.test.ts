@@ -63,6 +63,24 @@ describe('kvant generate', () => {
     }
   });
 
+  it('a checkpoint without a tokenizer takes and prints token ids', () => {
+    const bare = fs.mkdtempSync(path.join(os.tmpdir(), 'kvant-cli-bare-'));
+    try {
+      for (const f of fs.readdirSync(dir)) if (!f.startsWith('tokenizer')) fs.copyFileSync(path.join(dir, f), path.join(bare, f));
+      const r = kvant(['generate', '--model', bare, '--tokens', '1,2', '--max-tokens', '4', '--ignore-eos']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/^\d+(,\d+){3}\n$/);
+      const j = JSON.parse(kvant(['generate', '--model', bare, '--tokens', '1,2', '--max-tokens', '4', '--ignore-eos', '--json']).stdout);
+      expect(j.text).toBeNull();
+      expect(j.tokens.join(',') + '\n').toBe(r.stdout);
+      const t = kvant(['generate', '--model', bare, '--prompt', 'hi']);
+      expect(t.code).toBe(1);
+      expect(t.stderr).toContain('KVANT_FORMAT');
+    } finally {
+      fs.rmSync(bare, { recursive: true, force: true });
+    }
+  });
+
   it('bad arguments exit 1 with a typed message on stderr and nothing on stdout', () => {
     const cases: [string[], string][] = [
       [['generate', '--tokens', '1'], 'KVANT_IO'],

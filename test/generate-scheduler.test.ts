@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Admission, DecodeEngine, Scheduler, releasable } from '../lib/generate/scheduler';
-import { Sampler, SeededRandom, argmax, topKIndices, topPBoundary } from '../lib/generate/sampler';
+import { Sampler, SeededRandom, argmax, expNonPositive, topKIndices, topPBoundary } from '../lib/generate/sampler';
 
 interface Seq {
   id: number;
@@ -63,6 +63,20 @@ describe('chunked prefill', () => {
     const chunked = await new Scheduler(e, { prefillChunk: 8 }).generate(long, { maxTokens: 10 });
     expect(chunked.tokens).toEqual(whole.tokens);
     expect(e.log.filter((l) => l.startsWith('p'))).toEqual(['p0:8', 'p0:8', 'p0:8', 'p0:8', 'p0:8', 'p0:8', 'p0:2']);
+  });
+
+  it('short prompts arriving within maxWaitMs are prefilled in one turn and decode together from the first step', async () => {
+    const e = new LoggingEngine();
+    const s = new Scheduler(e, { maxWaitMs: 300, prefillChunk: 64 });
+    const rs: Promise<unknown>[] = [s.generate([1, 2, 3], { maxTokens: 4 })];
+    for (let i = 1; i < 10; i++) {
+      await new Promise((r) => setTimeout(r, 1)); // staggered arrivals, all inside the wait
+      rs.push(s.generate([i, 4, 5], { maxTokens: 4 }));
+    }
+    await Promise.all(rs);
+    const firstDecode = e.log.findIndex((l) => l.startsWith('d'));
+    expect(e.log.slice(0, firstDecode).filter((l) => l.startsWith('p'))).toHaveLength(10);
+    expect(e.log[firstDecode].split(',')).toHaveLength(10);
   });
 
   it('a running sequence keeps decoding between the chunks of a long prompt', async () => {
@@ -267,14 +281,42 @@ describe('top-p over the whole vocabulary', () => {
     }
   });
 
-  it('a peaked distribution takes the sorted fast path: the same draws as top-k with k = kept size', () => {
+  it('draws each kept token with its renormalized probability', () => {
+    // A peaked distribution (kept set of a few tokens, listed in reverse id order of strength).
     const V = 5000;
-    const logits = Float32Array.from({ length: V }, (_, i) => (i % 97 === 0 ? 10 - i / 1000 : -10));
-    for (let seed = 0; seed < 50; seed++) {
-      const a = new Sampler({ temperature: 1, topP: 0.8, seed }).sample(logits);
-      const kept = keptByDefinition(logits, 1, 0.8);
-      expect(kept.has(a)).toBe(true);
-      expect(new Sampler({ temperature: 1, topK: kept.size, seed }).sample(logits)).toBe(a);
+    const logits = new Float32Array(V).fill(-10);
+    [4000, 3000, 2000, 1000, 10].forEach((t, j) => (logits[t] = 3 + 0.4 * j));
+    const kept = [...keptByDefinition(logits, 1, 0.8)];
+    expect(kept.length).toBeGreaterThan(1);
+    const w = kept.map((t) => Math.exp(logits[t]));
+    const wz = w.reduce((a, b) => a + b, 0);
+    const N = 4000;
+    const count = new Map<number, number>();
+    const s = new Sampler({ temperature: 1, topP: 0.8, seed: 123 });
+    for (let k = 0; k < N; k++) {
+      const t = s.sample(logits);
+      count.set(t, (count.get(t) ?? 0) + 1);
     }
+    expect([...count.keys()].every((t) => kept.includes(t))).toBe(true);
+    // Binomial sd <= sqrt(N/4) ~ 32: within 5 sd of N * p.
+    kept.forEach((t, j) => expect(Math.abs((count.get(t) ?? 0) - (N * w[j]) / wz)).toBeLessThan(160));
+  });
+});
+
+describe('expNonPositive', () => {
+  it('agrees with Math.exp to 1e-9 relative on [-745, 0] and underflows to 0 below', () => {
+    const rnd = new SeededRandom(2);
+    let worst = 0;
+    for (let i = 0; i < 20000; i++) {
+      const x = i < 10000 ? -rnd.next() * 50 : -rnd.next() * 745;
+      const want = Math.exp(x);
+      if (want < 1e-300) continue; // subnormal range: relative error is not meaningful
+      worst = Math.max(worst, Math.abs(expNonPositive(x) - want) / want);
+    }
+    // Taylor remainder (ln2/2)^9/9! ~ 2e-10 plus a few ulps of rounding in Horner's scheme.
+    expect(worst).toBeLessThan(1e-9);
+    expect(expNonPositive(0)).toBe(1);
+    expect(expNonPositive(-Infinity)).toBe(0);
+    expect(expNonPositive(-800)).toBe(0);
   });
 });

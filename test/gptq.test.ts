@@ -102,6 +102,41 @@ describe('GPTQ', () => {
         }
       });
 
+  it('K = 704 crosses the two-level lazy update (super-blocks of 4 x 128 columns): still the f64 reference', () => {
+    const [n2, k2] = [32, 704];
+    const w2 = Tensor.random([n2, k2], 'f32', { seed: 9, dist: 'normal', std: 0.05 });
+    const h2 = new Hessian(k2);
+    h2.add(syntheticActivations(256, k2, { seed: 12 }), 2);
+    const H2 = h2.H.data() as Float32Array;
+    const ref = gptqRef(w2.data() as Float32Array, H2, n2, k2, { bits: 4, G: 128, sym: true, actOrder: true, staticGroups: false, damp: 0.01 });
+    for (const isa of levels) {
+      const { q, stats } = quantizeGptq(w2, h2, { bits: 4, groupSize: 128, actOrder: true, isa });
+      const deq = dequantize(q).data() as Float32Array;
+      const rows = new Set<number>();
+      for (let i = 0; i < n2 * k2; i++) if (deq[i] !== ref.deq[i]) rows.add(Math.floor(i / k2));
+      // as above with δ ≈ 704·2^-24: at most ~6% of rows expected (a crude upper bound: most
+      // roundoff is far below δ), i.e. ~2 of 32; a systematic error would touch all 32.
+      expect(rows.size).toBeLessThanOrEqual(3);
+      const mine = relErrorF64(w2.data() as Float32Array, deq, H2, n2, k2);
+      expect(Math.abs(stats.relError - mine) / mine).toBeLessThanOrEqual(1e-4 * (704 / 288));
+    }
+    h2.dispose();
+  });
+
+  it('per-channel (group -1) with and without static groups: the f64 reference, better than RTN', () => {
+    for (const [actOrder, staticGroups] of [[false, false], [true, true]]) {
+      const ref = gptqRef(wd, H, N, K, { bits: 4, G: -1, sym: false, actOrder, staticGroups, damp: 0.01 });
+      const { q } = quantizeGptq(w, h, { bits: 4, groupSize: -1, sym: false, actOrder, staticGroups });
+      expect(q.scales.shape).toEqual([1, N]);
+      const deq = dequantize(q).data() as Float32Array;
+      const rows = new Set<number>();
+      for (let i = 0; i < N * K; i++) if (deq[i] !== ref.deq[i]) rows.add(Math.floor(i / K));
+      expect(rows.size).toBeLessThanOrEqual(3); // see the bound above
+      const rtn = dequantize(quantizeRtn(w, { bits: 4, groupSize: -1, sym: false })).data() as Float32Array;
+      expect(relErrorF64(wd, deq, H, N, K)).toBeLessThan(relErrorF64(wd, rtn, H, N, K));
+    }
+  });
+
   it('act-order helps on activations with outlier channels at every width', () => {
     for (const bits of [2, 3, 4, 8] as QuantBits[]) {
       const plain = quantizeGptq(w, h, { bits, groupSize: 64 }).stats.relError;
@@ -193,6 +228,15 @@ describe('GPTQ', () => {
     const ctl = new AbortController();
     ctl.abort();
     await expect(quantizeGptqAsync(w, h, { bits: 4, groupSize: 64 }, { signal: ctl.signal })).rejects.toMatchObject({ code: 'KVANT_ABORTED' });
+    // Aborted while queued behind a blocker on the FIFO job queue: the job starts with its flag
+    // set and stops at the first check (deterministic, no timing involved).
+    const big = Tensor.random([1 << 22], 'f32', { seed: 1 });
+    const blocker = big.toAsync('f16');
+    const ctl2 = new AbortController();
+    const job = quantizeGptqAsync(w, h, { bits: 4, groupSize: 64 }, { signal: ctl2.signal });
+    ctl2.abort();
+    await blocker;
+    await expect(job).rejects.toMatchObject({ code: 'KVANT_ABORTED' });
     hz.dispose();
   });
 });

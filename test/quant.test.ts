@@ -6,7 +6,7 @@ import { KvantError, Tensor, backendInfo } from '../lib';
 import { Checkpoint } from '../lib/io/checkpoint';
 import { writeSafetensors } from '../lib/io/safetensors';
 import { QTensor, QuantBits, QuantFormat, encodeQuantFormat } from '../lib/quant/format';
-import { isQuantized, loadQTensor, readQuantizeConfig } from '../lib/quant/checkpoint';
+import { configFor, dynamicRuleFor, isQuantized, loadQTensor, parseQuantizeConfig, readQuantizeConfig } from '../lib/quant/checkpoint';
 import { dequantize, makeSequential, nativeQuantFormat, quantizeRtn, restoreOrder } from '../lib/quant/quantize';
 import { packAxis, rtnRef, unpackAxis } from './helpers/quant-ref';
 
@@ -222,6 +222,19 @@ describe('act-order repack', () => {
     expect(code(() => dequantize({ ...s, perm: p }))).toBe('KVANT_RANGE');
     expect(code(() => restoreOrder({ ...s, perm: p }))).toBe('KVANT_RANGE');
     expect(code(() => dequantize(s, 'i32' as never))).toBe('KVANT_DTYPE');
+  });
+});
+
+describe('quantize config', () => {
+  it('dynamic rules: first match wins, matched from the start like re.match, "-:" keeps float, overrides merge', () => {
+    const qc = parseQuantizeConfig({ bits: 4, group_size: 128, desc_act: false, dynamic: { '-:.*kv_b_proj': {}, '+:model\\.layers\\.0\\.': { bits: 8, group_size: 64 }, 'mlp': { bits: 2 } } });
+    expect(dynamicRuleFor(qc.dynamic, 'model.layers.0.self_attn.kv_b_proj')).toBe('skip');
+    expect(configFor(qc, 'model.layers.0.mlp.down_proj')).toMatchObject({ bits: 8, groupSize: 64, descAct: false });
+    expect(configFor(qc, 'model.layers.1.mlp.down_proj').bits).toBe(4); // 'mlp' is not at the start
+    expect(configFor(qc, 'mlp.x').bits).toBe(2);
+    expect(configFor(qc, 'model.layers.1.self_attn.o_proj').bits).toBe(4);
+    expect(code(() => configFor(parseQuantizeConfig({ bits: 4, dynamic: { 'x': { bits: 7 } } }), 'x'))).toBe('KVANT_FORMAT');
+    expect(code(() => parseQuantizeConfig({ bits: 4, dynamic: { '+:(': {} } }))).toBe('KVANT_FORMAT');
   });
 });
 

@@ -66,7 +66,7 @@ void gptqGemm(const GptqKernels& kk, int64_t M, int64_t Nc, int64_t Kc, T alpha,
   // Blocks: 96 rows x 128 columns of C; k in blocks of 256. A 256 x 128 f32 slice of B is
   // 128 KB (f64: 256 KB), inside the 512 KB L2 of the machines measured, while the A rows of
   // a micro-tile (6 x 256) stay in L1.
-  constexpr int64_t kRowsBlock = 96, kColsBlock = 128, kKBlock = 256;
+  constexpr int64_t kRowsBlock = 480, kColsBlock = 128, kKBlock = 256;
   constexpr int64_t NR = sizeof(T) == 4 ? kGptqNrF32 : kGptqNrF64;
   if (M <= 0 || Nc <= 0 || Kc <= 0) return;
   const int64_t rb = (M + kRowsBlock - 1) / kRowsBlock, cb = (Nc + kColsBlock - 1) / kColsBlock;
@@ -78,23 +78,49 @@ void gptqGemm(const GptqKernels& kk, int64_t M, int64_t Nc, int64_t Kc, T alpha,
   threadPool().parallelFor(tasks.size(), [&](size_t t) {
     const int64_t i0 = tasks[t].first * kRowsBlock, i1 = std::min(M, i0 + kRowsBlock);
     const int64_t j0 = tasks[t].second * kColsBlock, j1 = std::min(Nc, j0 + kColsBlock);
+    // B's k-block is packed tile by tile ([tile][p][NR], contiguous): the rows of B are often
+    // a whole matrix row apart (8-90 KB), so unpacked every p of a micro-tile would touch a new
+    // page and thrash the TLB. Packing costs 1/16 of the tile work (16 row tiles reuse it).
+    thread_local std::vector<T> pack;
+    pack.resize(size_t(kKBlock * kColsBlock));
     for (int64_t p0 = 0; p0 < Kc; p0 += kKBlock) {
       const int64_t p1 = std::min(Kc, p0 + kKBlock);
+      for (int64_t j = j0, tile = 0; j < j1; j += NR, ++tile) {
+        const int64_t nr = std::min(NR, j1 - j);
+        T* dst = pack.data() + tile * kKBlock * NR;
+        for (int64_t p = p0; p < p1; ++p) {
+          const T* src = B + p * ldb + j;
+          T* d = dst + (p - p0) * NR;
+          for (int64_t c = 0; c < nr; ++c) d[c] = src[c];
+          for (int64_t c = nr; c < NR; ++c) d[c] = T(0);  // edge tiles run the full kernel
+        }
+      }
       for (int64_t i = i0; i < i1; i += kGptqMr) {
         const int64_t mr = std::min(kGptqMr, i1 - i);
-        for (int64_t j = j0; j < j1; j += NR) {
+        for (int64_t j = j0, tile = 0; j < j1; j += NR, ++tile) {
           const int64_t nr = std::min(NR, j1 - j);
           // B lower triangular: rows p < j of this column tile are zero.
           const int64_t ps = mode == GemmMode::kBLower ? std::max(p0, j) : p0;
           if (ps >= p1) continue;
           const T* a = A + i * rsA + ps * csA;
-          const T* b = B + ps * ldb + j;
+          const T* b = pack.data() + (tile * kKBlock + (ps - p0)) * NR;
           T* c = C + i * ldc + j;
           if (mr == kGptqMr && nr == NR) {
-            if constexpr (sizeof(T) == 4) kk.tileF32(a, rsA, csA, b, ldb, p1 - ps, alpha, c, ldc);
-            else kk.tileF64(a, rsA, csA, b, ldb, p1 - ps, alpha, c, ldc);
+            if constexpr (sizeof(T) == 4) kk.tileF32(a, rsA, csA, b, NR, p1 - ps, alpha, c, ldc);
+            else kk.tileF64(a, rsA, csA, b, NR, p1 - ps, alpha, c, ldc);
           } else {
-            tileGeneric<T, NR>(a, rsA, csA, b, ldb, p1 - ps, alpha, c, ldc, mr, nr);
+            // Edge tile: zero-padded copies of its A rows and C block through the same vector
+            // kernel (a scalar edge took ~15% of the time at K = 3072).
+            const int64_t kc = p1 - ps;
+            T abuf[kGptqMr * kKBlock], cbuf[kGptqMr * NR];
+            for (int64_t r = 0; r < kGptqMr; ++r)
+              for (int64_t p = 0; p < kc; ++p) abuf[r * kc + p] = r < mr ? a[r * rsA + p * csA] : T(0);
+            for (int64_t r = 0; r < kGptqMr; ++r)
+              for (int64_t q = 0; q < NR; ++q) cbuf[r * NR + q] = r < mr && q < nr ? c[r * ldc + q] : T(0);
+            if constexpr (sizeof(T) == 4) kk.tileF32(abuf, kc, 1, b, NR, kc, alpha, cbuf, NR);
+            else kk.tileF64(abuf, kc, 1, b, NR, kc, alpha, cbuf, NR);
+            for (int64_t r = 0; r < mr; ++r)
+              for (int64_t q = 0; q < nr; ++q) c[r * ldc + q] = cbuf[r * NR + q];
           }
         }
       }
@@ -107,7 +133,8 @@ template void gptqGemm<float>(const GptqKernels&, int64_t, int64_t, int64_t, flo
 template void gptqGemm<double>(const GptqKernels&, int64_t, int64_t, int64_t, double, const double*, int64_t, int64_t, const double*,
                                int64_t, double*, int64_t, GemmMode);
 
-Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, double b, int64_t* badIndex, Isa isa) {
+Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, double b, float* scratch, int64_t* badIndex,
+                  Isa isa) {
   const GptqKernels* kk = gptqKernelsFor(isa);
   if (!kk) return Status::kBackend;
   if (!(b > 0) || !(n >= 0)) return Status::kRange;
@@ -121,21 +148,34 @@ Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, doub
     for (int64_t i = int64_t(t) * 64; i < std::min(K, int64_t(t + 1) * 64); ++i)
       for (int64_t j = 0; j < K; ++j) H[i * K + j] *= keep;
   });
-  // X^T X: A(i, p) = X[p][i] (rsA = 1, csA = K), B = X. Lower blocks only, then mirrored, so H
+  // X^T X: A = X^T (transposed once into scratch), B = X. Lower blocks only, then mirrored, so H
   // stays exactly symmetric.
-  gptqGemm<float>(*kk, K, K, T, alpha, X, 1, K, X, K, H, K, GemmMode::kLowerTiles);
+  float* Xt = scratch;
   threadPool().parallelFor(size_t((K + 63) / 64), [&](size_t t) {
-    for (int64_t i = int64_t(t) * 64; i < std::min(K, int64_t(t + 1) * 64); ++i)
-      for (int64_t j = i + 1; j < K; ++j) H[i * K + j] = H[j * K + i];
+    const int64_t k0 = int64_t(t) * 64, k1 = std::min(K, k0 + 64);
+    for (int64_t p = 0; p < T; ++p)
+      for (int64_t k = k0; k < k1; ++k) Xt[k * T + p] = X[p * K + k];
+  });
+  gptqGemm<float>(*kk, K, K, T, alpha, Xt, T, 1, X, K, H, K, GemmMode::kLowerTiles);
+  // Mirror in 64 x 64 tiles: a row-by-row copy would read the lower half down columns, one cache
+  // line (and at K = 10944 one page) per element.
+  threadPool().parallelFor(size_t((K + 63) / 64), [&](size_t t) {
+    const int64_t i0 = int64_t(t) * 64, i1 = std::min(K, i0 + 64);
+    for (int64_t j0 = i0; j0 < K; j0 += 64) {
+      const int64_t j1 = std::min(K, j0 + 64);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = std::max(j0, i + 1); j < j1; ++j) H[i * K + j] = H[j * K + i];
+    }
   });
   return Status::kOk;
 }
 
-bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch) {
+bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch, const std::atomic<bool>* cancel) {
   // Right-looking blocked Cholesky: factor the nb x nb diagonal block, solve the panel below
   // it, subtract panel * panel^T from the trailing matrix (the GEMM that carries the K^3/3).
   std::atomic<bool> ok{true};
   for (int64_t J0 = 0; J0 < K; J0 += kGptqNb) {
+    if (cancel && cancel->load()) return false;
     const int64_t J1 = std::min(K, J0 + kGptqNb), nb = J1 - J0;
     for (int64_t j = J0; j < J1; ++j) {
       double d = A[j * K + j];
@@ -151,18 +191,35 @@ bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch)
     }
     const int64_t m = K - J1;
     if (m == 0) break;
+    // Panel L21 = A21 L11^-T as a GEMM (a row-by-row substitution would be a scalar dot product
+    // per element: ~7% of the FLOPs at 1/20 of the speed). Li = L11^-1 (lower, nb^3/6, tiny).
+    double* Li = scratch + kGptqNb * K;
+    std::fill(Li, Li + nb * nb, 0.0);
+    for (int64_t j = 0; j < nb; ++j) {
+      Li[j * nb + j] = 1.0 / A[(J0 + j) * K + J0 + j];
+      for (int64_t i = j + 1; i < nb; ++i) {
+        double s = 0;
+        for (int64_t p = j; p < i; ++p) s += A[(J0 + i) * K + J0 + p] * Li[p * nb + j];
+        Li[i * nb + j] = -s / A[(J0 + i) * K + J0 + i];
+      }
+    }
+    double* LiT = Li + kGptqNb * kGptqNb;
+    for (int64_t i = 0; i < nb; ++i)
+      for (int64_t j = 0; j < nb; ++j) LiT[i * nb + j] = Li[j * nb + i];
+    double* P = scratch;  // new panel [m, nb]
+    std::fill(P, P + m * nb, 0.0);
+    gptqGemm<double>(kk, m, nb, nb, 1.0, A + J1 * K + J0, K, 1, LiT, nb, P, nb, GemmMode::kFull);
     threadPool().parallelFor(size_t((m + 63) / 64), [&](size_t t) {
-      for (int64_t i = J1 + int64_t(t) * 64; i < std::min(K, J1 + int64_t(t + 1) * 64); ++i)
-        for (int64_t j = J0; j < J1; ++j) {
-          double s = A[i * K + j];
-          for (int64_t p = J0; p < j; ++p) s -= A[i * K + p] * A[j * K + p];
-          A[i * K + j] = s / A[j * K + j];
-        }
+      for (int64_t r = int64_t(t) * 64; r < std::min(m, int64_t(t + 1) * 64); ++r)
+        std::memcpy(A + (J1 + r) * K + J0, P + r * nb, size_t(nb) * 8);
     });
     // Pt[p][r] = L[J1 + r][J0 + p]: the panel transposed, so the GEMM's B rows are contiguous.
     double* Pt = scratch;
-    threadPool().parallelFor(size_t(nb), [&](size_t p) {
-      for (int64_t r = 0; r < m; ++r) Pt[int64_t(p) * m + r] = A[(J1 + r) * K + J0 + int64_t(p)];
+    threadPool().parallelFor(size_t((m + 63) / 64), [&](size_t t) {
+      const int64_t r0 = int64_t(t) * 64, r1 = std::min(m, r0 + 64);
+      for (int64_t p0 = 0; p0 < nb; p0 += 64)  // 64 x 64 tiles: Pt's rows are m doubles apart
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t p = p0; p < std::min(nb, p0 + 64); ++p) Pt[p * m + r] = A[(J1 + r) * K + J0 + p];
     });
     gptqGemm<double>(kk, m, m, nb, -1.0, A + J1 * K + J0, K, 1, Pt, m, A + J1 * K + J1, K, GemmMode::kLowerTiles);
   }
@@ -173,11 +230,12 @@ bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch)
   return ok.load();
 }
 
-void invertLower(const GptqKernels& kk, double* L, int64_t K, double* scratch) {
+void invertLower(const GptqKernels& kk, double* L, int64_t K, double* scratch, const std::atomic<bool>* cancel) {
   // Block row I of X = L^-1:  X[I, I] = L[I, I]^-1,  X[I, :I0] = -X[I, I] (L[I, :I0] X[:I0, :I0]).
   // Rows above I0 already hold X (lower triangular, zeros above: the GEMM skips those terms).
-  double Xd[kGptqNb * kGptqNb];
+  double* Xd = scratch + kGptqNb * K;
   for (int64_t I0 = 0; I0 < K; I0 += kGptqNb) {
+    if (cancel && cancel->load()) return;
     const int64_t I1 = std::min(K, I0 + kGptqNb), m = I1 - I0;
     std::fill(Xd, Xd + m * m, 0.0);
     for (int64_t j = 0; j < m; ++j) {
@@ -192,18 +250,8 @@ void invertLower(const GptqKernels& kk, double* L, int64_t K, double* scratch) {
       double* T = scratch;  // [m, I0]
       std::fill(T, T + m * I0, 0.0);
       gptqGemm<double>(kk, m, I0, I0, 1.0, L + I0 * K, K, 1, L, K, T, I0, GemmMode::kBLower);
-      threadPool().parallelFor(size_t((I0 + 255) / 256), [&](size_t t) {
-        const int64_t c0 = int64_t(t) * 256, c1 = std::min(I0, c0 + 256);
-        for (int64_t i = 0; i < m; ++i) {
-          double* row = L + (I0 + i) * K;
-          for (int64_t c = c0; c < c1; ++c) row[c] = 0;
-          for (int64_t p = 0; p <= i; ++p) {
-            const double x = -Xd[i * m + p];
-            const double* tr = T + p * I0;
-            for (int64_t c = c0; c < c1; ++c) row[c] += x * tr[c];
-          }
-        }
-      });
+      for (int64_t i = 0; i < m; ++i) std::fill(L + (I0 + i) * K, L + (I0 + i) * K + I0, 0.0);
+      gptqGemm<double>(kk, m, I0, m, -1.0, Xd, m, 1, T, I0, L + I0 * K, K, GemmMode::kFull);
     }
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j <= i; ++j) L[(I0 + i) * K + I0 + j] = Xd[i * m + j];
@@ -214,15 +262,15 @@ void GptqWorkspace::reserve(const QuantFormat& f, const GptqOptions& o) {
   const size_t K = size_t(f.K), N = size_t(f.N), B = size_t(o.blockSize);
   w.resize(N * K);
   u.resize(K * K);
-  err.resize(N * B);
+  err.resize(N * B * size_t(kGptqSuper));
   m.resize(K * K);
-  t.resize(size_t(kGptqNb) * K);
+  t.resize(size_t(gptqFactorScratch(f.K)));
   rowLoss.resize(N);
   perm.resize(K);
   inv.resize(K);
   grids.resize(N);
   if (o.staticGroups) staticGrids.resize(size_t(qGroupCount(f)) * N);
-  if (o.errorStats) s.resize(size_t(4 * 32) * K);
+  if (o.errorStats) s.resize(size_t(4 * 192) * K);
 }
 
 namespace {
@@ -313,13 +361,15 @@ Status gptqQuantize(const QuantFormat& f, const float* w, const float* H, const 
         M[i * K + i] = diag[size_t(pi)] + lambda;
       }
     });
-    if (choleskyLower(kk, M, K, ws.t.data())) break;
+    if (choleskyLower(kk, M, K, ws.t.data(), cancel)) break;
+    if (cancel && cancel->load()) return Status::kAborted;
     ++st.retries;
     damp *= 4;
     if (damp >= 1.0) return Status::kRange;
   }
   st.dampPercent = damp;
-  invertLower(kk, M, K, ws.t.data());
+  invertLower(kk, M, K, ws.t.data(), cancel);
+  if (cancel && cancel->load()) return Status::kAborted;
   float* U = ws.u.data();
   threadPool().parallelFor(size_t((K + 63) / 64), [&](size_t t) {
     for (int64_t i = int64_t(t) * 64; i < std::min(K, int64_t(t + 1) * 64); ++i)
@@ -330,18 +380,23 @@ Status gptqQuantize(const QuantFormat& f, const float* w, const float* H, const 
   st.secondsFactor = t1 - t0;
 
   // Column blocks: quantize column by column inside the block (rows independent), then the
-  // lazy GEMM update of everything to the right.
+  // lazy GEMM update of the columns to the right. Two levels: after a block only the columns up
+  // to the end of its super-block (kGptqSuper blocks) are updated, the columns beyond once per
+  // super-block with all its errors at once — the same sums in another order, but W's far
+  // columns are streamed from memory 4x less often (at K = 10944 a pass over W is 90 MB).
   float* Err = ws.err.data();
+  const int64_t S = B * kGptqSuper;
   std::fill(ws.rowLoss.begin(), ws.rowLoss.end(), 0.0);
   double tq = 0, tu = 0;
   for (int64_t i1 = 0; i1 < K; i1 += B) {
     if (cancel && cancel->load()) return Status::kAborted;
     const int64_t i2 = std::min(K, i1 + B), count = i2 - i1;
+    const int64_t s1 = i1 / S * S, s2 = std::min(K, s1 + S);
     const double ta = seconds();
     threadPool().parallelFor(size_t((N + kRowsPerTask - 1) / kRowsPerTask), [&](size_t t) {
       for (int64_t n = int64_t(t) * kRowsPerTask; n < std::min(N, int64_t(t + 1) * kRowsPerTask); ++n) {
         float* row = Wk + n * K;
-        float* er = Err + n * B;
+        float* er = Err + n * S + (i1 - s1);
         QuantGrid& grid = ws.grids[size_t(n)];
         double loss = 0;
         for (int64_t i = 0; i < count; ++i) {
@@ -374,7 +429,8 @@ Status gptqQuantize(const QuantFormat& f, const float* w, const float* H, const 
     });
     if (rangeFail.load()) return Status::kRange;
     const double tb = seconds();
-    if (i2 < K) gptqGemm<float>(kk, N, K - i2, count, -1.0f, Err, B, 1, U + i1 * K + i2, K, Wk + i2, K, GemmMode::kFull);
+    if (i2 < s2) gptqGemm<float>(kk, N, s2 - i2, count, -1.0f, Err + (i1 - s1), S, 1, U + i1 * K + i2, K, Wk + i2, K, GemmMode::kFull);
+    if (i2 == s2 && s2 < K) gptqGemm<float>(kk, N, K - s2, s2 - s1, -1.0f, Err, S, 1, U + s1 * K + s2, K, Wk + s2, K, GemmMode::kFull);
     const double tc = seconds();
     tq += tb - ta;
     tu += tc - tb;
@@ -386,10 +442,10 @@ Status gptqQuantize(const QuantFormat& f, const float* w, const float* H, const 
   for (int64_t k = 0; k < K; ++k) gIdx[k] = int32_t((o.actOrder && !o.staticGroups ? ws.inv[size_t(k)] : k) / G);
 
   // ||(W - Q) X||^2 = sum_n d_n H d_n^T (H = 2/n sum x x^T up to a common factor), likewise for
-  // W: 32 rows of D and 32 of W at a time through one GEMM with the original H.
+  // W: R rows of D and R of W at a time through one GEMM with the original H.
   if (o.errorStats) {
     const double te = seconds();
-    constexpr int64_t R = 32;
+    constexpr int64_t R = 192;  // 384 GEMM rows per pass over H (H is 479 MB at K = 10944)
     float* S = ws.s.data();
     float* C = S + 2 * R * K;
     for (int64_t r0 = 0; r0 < N; r0 += R) {
@@ -416,6 +472,29 @@ Status gptqQuantize(const QuantFormat& f, const float* w, const float* H, const 
   }
   if (stats) *stats = st;
   return Status::kOk;
+}
+
+bool gptqBenchFactor(double* M, int64_t K, double* scratch, Isa isa) {
+  const GptqKernels* kk = gptqKernelsFor(isa);
+  if (!kk) return false;
+  threadPool().parallelFor(size_t((K + 63) / 64), [&](size_t t) {
+    for (int64_t i = int64_t(t) * 64; i < std::min(K, int64_t(t + 1) * 64); ++i)
+      for (int64_t j = 0; j < K; ++j) M[i * K + j] = i == j ? double(K) : double(uint32_t(uint64_t(i * 7919 + j * 104729) * 2654435761u) >> 8) * (1.0 / 16777216.0) - 0.5;
+  });
+  if (!choleskyLower(*kk, M, K, scratch)) return false;
+  invertLower(*kk, M, K, scratch);
+  return true;
+}
+
+void gptqBenchUpdate(float* W, const float* U, const float* Err, int64_t N, int64_t K, int64_t B, Isa isa) {
+  const GptqKernels* kk = gptqKernelsFor(isa);
+  if (!kk) return;
+  const int64_t S = B * kGptqSuper;  // the same two-level schedule as gptqQuantize
+  for (int64_t i1 = 0; i1 < K; i1 += B) {
+    const int64_t i2 = std::min(K, i1 + B), s1 = i1 / S * S, s2 = std::min(K, s1 + S);
+    if (i2 < s2) gptqGemm<float>(*kk, N, s2 - i2, i2 - i1, -1.0f, Err + (i1 - s1), S, 1, U + i1 * K + i2, K, W + i2, K, GemmMode::kFull);
+    if (i2 == s2 && s2 < K) gptqGemm<float>(*kk, N, K - s2, s2 - s1, -1.0f, Err, S, 1, U + s1 * K + s2, K, W + s2, K, GemmMode::kFull);
+  }
 }
 
 }  // namespace kvant

@@ -33,6 +33,7 @@ namespace kvant {
 // 16 f32 (or 8 f64) columns: 12 accumulators hide the FMA latency (4-5 cycles, 2 per cycle)
 // with 2 vector loads + 6 broadcasts per 12 FMAs, inside the 16 ymm registers.
 constexpr int64_t kGptqMr = 6, kGptqNrF32 = 16, kGptqNrF64 = 8;
+constexpr int64_t kGptqSuper = 4;  // blocks per super-block of the two-level lazy update (gptq.cc)
 struct GptqKernels {
   void (*tileF32)(const float* A, int64_t rsA, int64_t csA, const float* B, int64_t ldb, int64_t kc, float alpha, float* C, int64_t ldc);
   void (*tileF64)(const double* A, int64_t rsA, int64_t csA, const double* B, int64_t ldb, int64_t kc, double alpha, double* C, int64_t ldc);
@@ -52,15 +53,24 @@ void gptqGemm(const GptqKernels& kk, int64_t M, int64_t Nc, int64_t Kc, T alpha,
               int64_t ldb, T* C, int64_t ldc, GemmMode mode);
 
 // H = H * n/(n+b) + 2/(n+b) * X^T X for a batch X [T, K] of b sequences seen after n.
-// X must be finite (kRange, *badIndex = flat index).
-Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, double b, int64_t* badIndex, Isa isa = Isa(-1));
+// X must be finite (kRange, *badIndex = flat index). scratch: T * K floats (X transposed, so the
+// GEMM's A rows are contiguous instead of a page apart).
+Status hessianAdd(float* H, int64_t K, const float* X, int64_t T, double n, double b, float* scratch, int64_t* badIndex,
+                  Isa isa = Isa(-1));
+
+// Panel width of the factorization. The trailing update streams the rest of the matrix once
+// per panel (K^3 / (3 nb) f64 reads + writes: 73 GB at K = 10944 with nb = 96, 27 GB with 256),
+// so a wide panel keeps it compute-bound; the panel's own scalar work grows as K nb^2 / 3.
+constexpr int64_t kGptqNb = 256;
+// Scratch of choleskyLower / invertLower, in doubles.
+inline int64_t gptqFactorScratch(int64_t K) { return kGptqNb * K + 3 * kGptqNb * kGptqNb; }
 
 // In-place lower Cholesky of the f64 matrix A [K, K] (ld K); strict upper part zeroed.
-// Returns false when a pivot is not positive (not positive definite).
-bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch);
-// In-place inverse of a lower-triangular L (upper part zero). scratch: kGptqNb * K doubles.
-void invertLower(const GptqKernels& kk, double* L, int64_t K, double* scratch);
-constexpr int64_t kGptqNb = 96;  // panel width of the factorization (a multiple of MR)
+// Returns false when a pivot is not positive (not positive definite) or *cancel was set
+// (checked between panels: a 10944-wide factorization takes tens of seconds).
+bool choleskyLower(const GptqKernels& kk, double* A, int64_t K, double* scratch, const std::atomic<bool>* cancel = nullptr);
+// In-place inverse of a lower-triangular L (upper part zero).
+void invertLower(const GptqKernels& kk, double* L, int64_t K, double* scratch, const std::atomic<bool>* cancel = nullptr);
 
 struct GptqOptions {
   double dampPercent = 0.01;
@@ -95,5 +105,13 @@ struct GptqWorkspace {
 Status gptqQuantize(const QuantFormat& f, const float* w, const float* H, const GptqOptions& o, GptqWorkspace& ws,
                     uint32_t* qweight, uint32_t* qzeros, uint16_t* scales, int32_t* gIdx, GptqStats* stats,
                     const std::atomic<bool>* cancel, int64_t* badIndex, Isa isa = Isa(-1));
+
+// Benchmark bodies (lib/bench/quant-cases.ts), on caller-owned buffers. Factor: fills M [K, K]
+// with a diagonally dominant SPD matrix (O(K^2), cheap next to the K^3 work) and runs the
+// reversed Cholesky + triangular inverse; returns false if it was not positive definite.
+// Update: the lazy block updates of a whole GPTQ pass, W[:, i2:] -= Err * U[i1:i2, i2:] for
+// every block of B columns (two-level, as gptqQuantize), on W [N, K], U [K, K], Err [N, B * kGptqSuper].
+bool gptqBenchFactor(double* M, int64_t K, double* scratch, Isa isa = Isa(-1));
+void gptqBenchUpdate(float* W, const float* U, const float* Err, int64_t N, int64_t K, int64_t B, Isa isa = Isa(-1));
 
 }  // namespace kvant

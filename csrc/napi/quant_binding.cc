@@ -3,6 +3,7 @@
 // tensors as (storage, byteOffset, byteLength). lib/quant validates first, this layer
 // re-checks every size against the format before any kernel touches memory.
 #include <cstring>
+#include <vector>
 
 #include "addon.h"
 #include "args.h"
@@ -186,7 +187,14 @@ Napi::Value hessianB(const Napi::CallbackInfo& info) {
   const Isa isa = info[10].IsNumber() ? Isa(info[10].As<Napi::Number>().Int32Value()) : Isa(-1);
   if (int(isa) >= 0 && !gptqKernelsFor(isa)) throwKvant(env, "KVANT_BACKEND", std::string("ISA level ") + isaName(isa) + " is not supported on this CPU");
   int64_t bad = -1;
-  const Status s = hessianAdd(reinterpret_cast<float*>(h.data), int64_t(K), reinterpret_cast<const float*>(x.data), int64_t(T), n, b, &bad, isa);
+  std::vector<float> scratch;
+  try {
+    scratch.resize(size_t(T * K));
+  } catch (const std::bad_alloc&) {
+    throwKvant(env, "KVANT_OOM", "Hessian accumulation: no memory for the transposed batch (" + std::to_string(T * K * 4) + " bytes)");
+  }
+  const Status s = hessianAdd(reinterpret_cast<float*>(h.data), int64_t(K), reinterpret_cast<const float*>(x.data), int64_t(T), n, b,
+                              scratch.data(), &bad, isa);
   if (s == Status::kRange && bad >= 0)
     throwKvant(env, "KVANT_RANGE", "Expected finite calibration activations but x[" + std::to_string(bad / int64_t(K)) + ", " +
                                        std::to_string(bad % int64_t(K)) + "] is " + std::to_string(reinterpret_cast<const float*>(x.data)[bad]));
@@ -299,7 +307,60 @@ Napi::Value gptqAsyncB(const Napi::CallbackInfo& info) {
       [st](Napi::Env env) -> Napi::Value { return statsObject(env, *st); });
 }
 
+// Benchmark state: buffers allocated once by gptqBenchPrepare, so the timed calls measure only
+// the kernels (plus the O(K^2) refill of the in-place factorization).
+struct BenchState {
+  int64_t N = 0, K = 0, B = 0;
+  std::vector<double> m, scratch;
+  std::vector<float> w, u, err;
+};
+BenchState& benchState() {
+  static BenchState s;
+  return s;
+}
+
+// gptqBenchPrepare(N, K, B): allocates; gptqBenchRun(kind 0 factor | 1 update); gptqBenchRelease()
+Napi::Value benchPrepareB(const Napi::CallbackInfo& info) {
+  BenchState& s = benchState();
+  s.N = int64_t(getSize(info, 0, "N"));
+  s.K = int64_t(getSize(info, 1, "K"));
+  s.B = int64_t(getSize(info, 2, "B"));
+  if (s.K == 0 || s.N == 0 || s.B == 0) throwKvant(info.Env(), "KVANT_SHAPE", "Expected positive N, K and B");
+  try {
+    s.m.assign(size_t(s.K * s.K), 0.0);
+    s.scratch.assign(size_t(gptqFactorScratch(s.K)), 0.0);
+    s.w.assign(size_t(s.N * s.K), 0.5f);
+    s.u.assign(size_t(s.K * s.K), 0.001f);
+    s.err.assign(size_t(s.N * s.B * kGptqSuper), 0.01f);
+  } catch (const std::bad_alloc&) {
+    const int64_t K = s.K;
+    s = BenchState();
+    throwKvant(info.Env(), "KVANT_OOM", "gptqBenchPrepare: not enough memory for K = " + std::to_string(K));
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value benchRunB(const Napi::CallbackInfo& info) {
+  BenchState& s = benchState();
+  if (s.K == 0) throwKvant(info.Env(), "KVANT_RANGE", "gptqBenchRun before gptqBenchPrepare");
+  const uint64_t kind = getSize(info, 0, "kind");
+  if (kind == 0) {
+    if (!gptqBenchFactor(s.m.data(), s.K, s.scratch.data())) throwKvant(info.Env(), "KVANT_BACKEND", "benchmark matrix was not positive definite");
+  } else {
+    gptqBenchUpdate(s.w.data(), s.u.data(), s.err.data(), s.N, s.K, s.B);
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value benchReleaseB(const Napi::CallbackInfo& info) {
+  benchState() = BenchState();
+  return info.Env().Undefined();
+}
+
 void registerQuant(Napi::Env env, Napi::Object exports) {
+  exports.Set("gptqBenchPrepare", Napi::Function::New(env, benchPrepareB, "gptqBenchPrepare"));
+  exports.Set("gptqBenchRun", Napi::Function::New(env, benchRunB, "gptqBenchRun"));
+  exports.Set("gptqBenchRelease", Napi::Function::New(env, benchReleaseB, "gptqBenchRelease"));
   exports.Set("gptqHessianAdd", Napi::Function::New(env, hessianB, "gptqHessianAdd"));
   exports.Set("gptqQuantize", Napi::Function::New(env, gptqSyncB, "gptqQuantize"));
   exports.Set("gptqQuantizeAsync", Napi::Function::New(env, gptqAsyncB, "gptqQuantizeAsync"));

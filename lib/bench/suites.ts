@@ -6,6 +6,7 @@
  */
 import { attentionCases } from './attention-cases';
 import { convertCases } from './convert-cases';
+import { quantCases } from './quant-cases';
 import { BenchCase, Machine } from './harness';
 
 /** Number of distinct copies of `bytesPerCopy` needed to exceed 4x LLC. */
@@ -18,5 +19,6 @@ export function allCases(machine: Machine, quick: boolean): BenchCase[] {
   return [
     ...convertCases(machine, quick),
     ...attentionCases(machine, quick),
+    ...quantCases(machine, quick),
   ];
 }

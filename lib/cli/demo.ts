@@ -11,35 +11,13 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { backendInfo } from '../backend';
 import { KvantError } from '../errors';
-import { Checkpoint } from '../io/checkpoint';
-import { LazyTensor, writeShardedSafetensors } from '../io/safetensors';
-import { loadQTensor, readQuantizeConfig } from '../quant/checkpoint';
-import { dequantize } from '../quant/quantize';
 import { loadModel, Model } from '../model';
 import { makeModel } from '../models/deepseek-v2/make-model';
+import { quantizeModel } from '../quant/quantize-model';
 import { TOKENIZER_CORPUS } from '../text/corpus';
 import { throughput } from './generate';
 import { cliLoadOptions, parseKvCache } from './model-args';
 import { progressBar } from './progress';
-
-/** The part of the GPTQ checkpoint quantizer's report (lib/quant/quantize-model.ts) the demo prints. */
-interface QuantizeSummary {
-  quantized?: Array<{ method: string; relError: number }>;
-  bytesIn?: number;
-  bytesOut?: number;
-}
-/** The GPTQ checkpoint quantizer (branch `quant`), when this build has it. */
-type QuantizeModel = (o: Record<string, unknown>) => Promise<QuantizeSummary>;
-
-function findQuantizer(): QuantizeModel | null {
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const m = require('../quant/quantize-model') as { quantizeModel?: QuantizeModel };
-    return typeof m.quantizeModel === 'function' ? m.quantizeModel : null;
-  } catch {
-    return null;
-  }
-}
 
 /** Agreement of two models' next-token distributions over the same positions. */
 export interface LogitAgreement {
@@ -83,41 +61,6 @@ export function compareLogits(ref: readonly Float32Array[], test: readonly Float
     if (argmax(r) === argmax(test[i])) agree++;
   });
   return { meanKl: sum / ref.length, maxKl: max, top1: agree / ref.length, positions: ref.length };
-}
-
-/**
- * Writes a float (f32) copy of a GPTQ checkpoint: every quantized Linear dequantized exactly
- * (f16 scale times integer code, representable in f32), everything else copied. The model then
- * computes with exactly the quantized weights, through the dense kernels: the quantized model's
- * logits, at float speed and size.
- */
-export function dequantizedCopy(gptqDir: string, outDir: string): void {
-  const ck = Checkpoint.open(gptqDir);
-  try {
-    const qc = readQuantizeConfig(ck);
-    if (!qc) throw new KvantError('KVANT_FORMAT', `${gptqDir}: no quantize_config.json`);
-    const names = ck.names();
-    const prefixes = names.filter((n) => n.endsWith('.qweight')).map((n) => n.slice(0, -'.qweight'.length));
-    const parts = new Set(prefixes.flatMap((p) => ['qweight', 'qzeros', 'scales', 'g_idx'].map((x) => `${p}.${x}`)));
-    const lazy: LazyTensor[] = [];
-    for (const p of prefixes) {
-      const q = loadQTensor(ck, p, qc);
-      lazy.push({ name: `${p}.weight`, dtype: 'f32', shape: [q.format.N, q.format.K], make: () => dequantize(q, 'f32', { native: true }) });
-    }
-    for (const n of names) {
-      if (parts.has(n)) continue;
-      const t = ck.tensor(n); // a view of the mapping: copied, since the writer disposes what make() returns
-      lazy.push({ name: n, dtype: t.dtype, shape: t.shape, make: () => t.to(t.dtype, { native: true }) });
-    }
-    fs.mkdirSync(outDir, { recursive: true });
-    writeShardedSafetensors(outDir, lazy, 2 * 2 ** 30);
-    const config = { ...ck.config };
-    delete config.quantization_config;
-    fs.writeFileSync(path.join(outDir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (fs.existsSync(path.join(gptqDir, f))) fs.copyFileSync(path.join(gptqDir, f), path.join(outDir, f));
-  } finally {
-    ck.close();
-  }
 }
 
 /** Bytes of a folder's safetensors files. */
@@ -172,20 +115,17 @@ export async function demoCommand(argv: string[]): Promise<number> {
     let runDir = floatDir;
     let compareWith: string | null = null;
     let gptqDir: string | undefined;
-    const quantize = alreadyQuantized ? null : findQuantizer();
     if (alreadyQuantized) {
       out('the checkpoint is already GPTQ-quantized: no float model to compare with');
-    } else if (!quantize) {
-      out('GPTQ quantizer not in this build: running the float model (no quantization error to report)');
     } else {
       runDir = path.join(tmp, 'gptq4');
       gptqDir = runDir;
       const bar = progressBar('quantize');
       const t0 = performance.now();
-      const rep = await quantize({ input: floatDir, output: runDir, bits: 4, groupSize: 128, method: 'gptq', onProgress: (p: { done: number; total: number; tensor?: string }) => bar.update(p.done, p.total, p.tensor) });
+      const rep = await quantizeModel({ input: floatDir, output: runDir, bits: 4, groupSize: 128, method: 'gptq', onProgress: (p) => bar.update(p.done, p.total, p.tensor) });
       bar.done();
       out(`quantized with GPTQ 4-bit, group size 128, in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
-      const q = rep?.quantized ?? [];
+      const q = rep.quantized;
       const gptq = q.filter((t) => t.method === 'gptq' && Number.isFinite(t.relError));
       if (q.length > 0) {
         const mean = gptq.reduce((a, t) => a + t.relError, 0) / Math.max(1, gptq.length);
@@ -195,20 +135,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
     }
     // 3. Load.
     const t0 = performance.now();
-    let model: Model;
-    try {
-      model = await loadModel(runDir, { ...cliLoadOptions('loading'), kvCache, maxWaitMs: 5 });
-    } catch (e) {
-      // A build whose forward cannot read GPTQ weights yet: run the same quantized weights
-      // dequantized to f32, which measures the quantization error but not the 4-bit speed.
-      if (!(e instanceof KvantError && e.code === 'KVANT_FORMAT' && /GPTQ/.test(e.message) && runDir !== floatDir)) throw e;
-      const deq = path.join(tmp, 'gptq4-dequantized');
-      dequantizedCopy(runDir, deq);
-      out('this build\'s forward cannot read GPTQ weights yet: running the GPTQ 4-bit weights dequantized to f32');
-      out('  (the logit comparison below is the quantized model\'s; speed and weight memory are those of f32)');
-      runDir = deq;
-      model = await loadModel(runDir, { ...cliLoadOptions('loading'), kvCache, maxWaitMs: 5 });
-    }
+    const model = await loadModel(runDir, { ...cliLoadOptions('loading'), kvCache, maxWaitMs: 5 });
     open.push(model);
     const loadS = (performance.now() - t0) / 1000;
     const cfg = model.config;
@@ -231,15 +158,25 @@ export async function demoCommand(argv: string[]): Promise<number> {
     out(`prefill: ${rate(t.prefill)}   decode: ${rate(t.decode)}`);
     mem ??= await model.memory();
     out(`memory: weights ${mib(mem.weightsBytes)}, KV cache ${mib(mem.cacheBytes)} in use for one sequence (${model.kvBytesPerToken} bytes/token${kvCache ? `, ${kvCache}` : ''})`);
-    // 5. Continuous batching: 8 concurrent requests share decode steps.
-    const st0 = model.stats;
-    const steps0 = st0.steps;
-    const tb = performance.now();
-    const batch = await Promise.all(Array.from({ length: 8 }, (_, i) => model.generate(prompt.slice(0, 16 + i), { maxTokens: 16, ignoreEos: true, temperature: 0.8, seed: i })));
-    const wall = (performance.now() - tb) / 1000;
-    const toks = batch.reduce((a, b) => a + b.usage.completionTokens, 0);
+    // 5. Continuous batching: 8 concurrent requests share decode steps. The same 8 requests
+    // one at a time (maxBatchSize 1) give the latency the scheduler saves under load.
+    const requests = Array.from({ length: 8 }, (_, i) => ({ prompt: prompt.slice(0, 16 + i), o: { maxTokens: 16, ignoreEos: true, temperature: 0.8, seed: i } }));
+    const runAll = async (m: Model) => {
+      const t0 = performance.now();
+      const lat: number[] = [];
+      const rs = await Promise.all(requests.map((r) => m.generate(r.prompt, r.o).then((x) => (lat.push(performance.now() - t0), x))));
+      return { rs, wall: (performance.now() - t0) / 1000, meanLatency: lat.reduce((a, b) => a + b, 0) / lat.length / 1000 };
+    };
+    const steps0 = model.stats.steps;
+    const batched = await runAll(model);
     const st = model.stats;
-    out(`batching: 8 concurrent requests, ${toks} tokens in ${st.steps - steps0} shared decode steps (largest batch ${st.maxBatch}), ${(toks / wall).toFixed(1)} tok/s overall`);
+    const toks = batched.rs.reduce((a, b) => a + b.usage.completionTokens, 0);
+    out(`batching: 8 concurrent requests, ${toks} tokens in ${st.steps - steps0} shared decode steps (largest batch ${st.maxBatch}), ${(toks / batched.wall).toFixed(1)} tok/s overall`);
+    const one = await loadModel(runDir, { ...cliLoadOptions('loading'), kvCache, maxBatchSize: 1 });
+    open.push(one);
+    const serial = await runAll(one);
+    const same = serial.rs.every((r, i) => r.tokens.join() === batched.rs[i].tokens.join());
+    out(`  mean request latency ${batched.meanLatency.toFixed(2)} s batched vs ${serial.meanLatency.toFixed(2)} s one at a time (${(toks / serial.wall).toFixed(1)} tok/s); tokens ${same ? 'identical' : 'DIFFERENT'} either way`);
     out(`decode time outside the model (thread hop, scheduling, sampling): ${(100 * st.overhead).toFixed(1)}% of ${(st.decodeMs + st.acceptMs).toFixed(0)} ms`);
     // 6. Quantization error: next-token distributions of the float and quantized models.
     if (compareWith) {
@@ -253,6 +190,17 @@ export async function demoCommand(argv: string[]): Promise<number> {
       const qBytes = folderBytes(gptqDir!);
       const fBytes = folderBytes(compareWith);
       out(`checkpoint on disk: ${mib(qBytes)} GPTQ 4-bit vs ${mib(fBytes)} float (${((100 * qBytes) / fBytes).toFixed(1)}%; embeddings, router and lm_head stay 16-bit)`);
+      if (!values.model) {
+        // Context for the number above: plain round-to-nearest at the same bits and groups.
+        // quantizeModel calibrates GPTQ on synthetic activations unless given real ones, and on
+        // a random model that can lose to RTN; the demo shows both rather than pick one.
+        const rtnDir = path.join(tmp, 'rtn4');
+        await quantizeModel({ input: floatDir, output: rtnDir, bits: 4, groupSize: 128, method: 'rtn' });
+        const rm = await loadModel(rtnDir, { ...cliLoadOptions('loading rtn'), kvCache });
+        open.push(rm);
+        const b = compareLogits(f, await rm.logits(seq));
+        out(`RTN 4-bit (same groups) vs float: mean KL ${b.meanKl.toExponential(3)} nats (max ${b.maxKl.toExponential(3)}), top-1 agreement ${(100 * b.top1).toFixed(1)}%  (GPTQ above is calibrated on synthetic activations)`);
+      }
     }
     out(`done in ${((performance.now() - tStart) / 1000).toFixed(1)} s`);
     return 0;

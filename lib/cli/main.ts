@@ -37,7 +37,7 @@ Commands:
   make-model --preset tiny|lite [--layers N] [--seed S] [--dtype f32|bf16] [--config-override JSON] --out DIR
                             write a random DeepSeek-V2 checkpoint in the real file layout
   quantize --model IN --out OUT --bits B --group-size G [--act-order] [--asym] [--method gptq|rtn]
-           [--rules FILE|JSON] [--calib-tokens N] [--seed S] [--json]
+           [--rules FILE|JSON] [--calib-tokens N] [--seed S] [--json]   (per channel: --group-size=-1)
                             GPTQ/RTN group quantization into an AutoGPTQ-compatible folder
   help                      this text
 `;

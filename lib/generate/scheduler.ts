@@ -434,40 +434,54 @@ export class Scheduler<S> {
   }
 
   /**
-   * Runs one prefill chunk of the oldest admitted request. Chunking bounds how long a long
-   * prompt holds up the running batch: one chunk, then one decode step, and so on. The
-   * engine's logits do not depend on how a prompt is split, so neither do the tokens.
+   * Runs one prefill chunk (at most `budget` tokens) of the oldest admitted request and
+   * returns the tokens it took. Each loop turn spends at most prefillChunk prompt tokens
+   * before the next decode step: short prompts that arrive together are all prefilled in one
+   * turn (and decode together from the first step), while a long prompt holds the running
+   * batch up by one chunk at a time. The engine's logits do not depend on how a prompt is
+   * split, so neither do the tokens.
    */
-  private async prefillStep(): Promise<void> {
+  private async prefillStep(budget: number): Promise<number> {
     const req = this.prefilling[0];
-    const part = req.prompt.slice(req.prefilled, req.prefilled + this.prefillChunk);
+    const part = req.prompt.slice(req.prefilled, req.prefilled + budget);
     const t0 = performance.now();
     let logits: Float32Array;
     try {
       logits = await this.engine.prefill(req.seq as S, part);
     } catch (e) {
       this.fail(req, e);
-      return;
+      return part.length;
     }
     req.prefillMs += performance.now() - t0;
     req.prefilled += part.length;
-    if (req.done) return;
-    if (req.prefilled < req.prompt.length) return;
+    if (req.done || req.prefilled < req.prompt.length) return part.length;
     this.prefilling.shift();
     this.stats.prefills++;
     this.active.push(req);
     if (req.aborted) this.finish(req, 'abort');
     else this.accept(req, logits);
+    return part.length;
   }
 
   private async loop(): Promise<void> {
     try {
-      // A lone first arrival waits briefly so concurrent requests start in one batch.
-      if (this.maxWaitMs > 0 && this.active.length === 0 && this.waiting.length < this.maxBatchSize) await this.sleep(this.maxWaitMs);
+      // A first arrival on an idle scheduler waits up to maxWaitMs (or until a full batch is
+      // queued) so concurrent requests start together; arrivals wake the wait to re-check.
+      if (this.maxWaitMs > 0 && this.active.length === 0 && this.prefilling.length === 0) {
+        const until = performance.now() + this.maxWaitMs;
+        while (!this.closed && this.waiting.length < this.maxBatchSize && this.waiting.some((r) => !r.aborted) && performance.now() < until) await this.sleep(until - performance.now());
+      }
       for (;;) {
         await this.admit();
         for (const r of [...this.active, ...this.prefilling]) if (r.aborted) this.finish(r, 'abort');
-        if (this.prefilling.length > 0) await this.prefillStep();
+        for (let budget = this.prefillChunk; budget > 0 && this.prefilling.length > 0; ) {
+          if (this.prefilling[0].aborted) {
+            this.finish(this.prefilling[0], 'abort');
+            continue;
+          }
+          budget -= await this.prefillStep(budget);
+          if (this.prefilling.length === 0 && this.waiting.length > 0) await this.admit(); // more may fit now
+        }
         const batch = this.active.filter((r) => !r.paused && !r.done);
         if (batch.length === 0) {
           if (this.prefilling.length > 0) continue;

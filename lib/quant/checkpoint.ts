@@ -103,12 +103,16 @@ export function readQuantizeConfig(ck: Checkpoint): QuantizeConfig | null {
   return parseQuantizeConfig(qc as Record<string, unknown>, `${path.join(ck.dir, 'config.json')} quantization_config`);
 }
 
-/** The rule of `dynamic` that applies to a module: 'skip' for "-:", an override, or null. */
+/**
+ * The rule of `dynamic` that applies to a module (first match in key order, keys matched from
+ * the start of the name like Python's re.match): 'skip' for "-:", an override, or null.
+ */
 export function dynamicRuleFor(dynamic: Record<string, object> | undefined, prefix: string): 'skip' | Record<string, unknown> | null {
   if (!dynamic) return null;
   for (const [k, v] of Object.entries(dynamic)) {
     const neg = k.startsWith('-:');
-    const re = new RegExp(k.replace(/^[+-]:/, ''));
+    // GPTQModel matches with Python's re.match: anchored at the start, not at the end.
+    const re = new RegExp(`^(?:${k.replace(/^[+-]:/, '')})`);
     if (re.test(prefix)) return neg ? 'skip' : (v as Record<string, unknown>);
   }
   return null;

@@ -72,6 +72,7 @@ export function sequentialGIdx(f: Pick<QuantFormat, 'K' | 'groupSize'>): Tensor 
   return g;
 }
 
+/** Zeroed tensors of a QTensor for a format (qweight in native memory when large), g_idx sequential. */
 export function emptyQTensor(f: QuantFormat): QTensor {
   const ng = groupCount(f);
   const big = (qweightRows(f) * f.N * 4) > 1 << 28;
@@ -136,6 +137,7 @@ export function checkQTensor(q: QTensor, name = 'q'): QuantFormat {
   return f;
 }
 
+/** Output dtypes of {@link dequantize}. */
 export type DequantDType = 'f32' | 'f16' | 'bf16';
 
 /** Dequantizes to a dense [N, K] tensor in the original input-channel order. */
