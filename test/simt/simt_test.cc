@@ -130,6 +130,21 @@ __global__ void missingSyncwarpKernel(int* out, int withSync) {
   out[threadIdx.x] = s[threadIdx.x / 32];
 }
 
+// Two warps running the same collectives: the last thread overwrites a value the other warp
+// reads after a collective, with no __syncthreads in between. If warps advanced in lockstep
+// (one collective per round each) the read would always come first and the race stay hidden.
+__global__ void runAheadRaceKernel(int* out, int withBarrier) {
+  int* s = dynamicSmem<int>();
+  if (threadIdx.x == 0) s[0] = 1;
+  __syncthreads();
+  __syncwarp();
+  const int v = s[0];
+  __syncwarp();
+  if (withBarrier) __syncthreads();
+  if (threadIdx.x == blockDim.x - 1) s[0] = 2;  // "the next step's" value
+  out[threadIdx.x] = v;
+}
+
 __global__ void mismatchedCollectivesKernel(int* out) {
   // Half the warp shuffles while the other half votes: different collectives, same mask.
   if (threadIdx.x < 16) out[threadIdx.x] = __shfl_sync(0xffffffffu, 1, 0);
@@ -214,6 +229,16 @@ TEST(simt_missing_syncwarp_fails_under_reverse_order) {
   EXPECT_EQ(out[31], -1);  // lane 31 ran before lane 0 wrote: poison
   EXPECT_TRUE(launch(dim3(1), dim3(64), 64, missingSyncwarpKernel, out.data(), 1));
   for (int v : out) EXPECT_EQ(v, 7);
+}
+
+TEST(simt_warps_run_ahead_under_reverse_order) {
+  ScheduleGuard g;
+  setSchedule({Order::kReverse, 0});
+  std::vector<int> out(64, 0);
+  EXPECT_TRUE(launch(dim3(1), dim3(64), 16, runAheadRaceKernel, out.data(), 0));
+  EXPECT_EQ(out[0], 2);  // warp 1 ran ahead to the overwrite before warp 0 read
+  EXPECT_TRUE(launch(dim3(1), dim3(64), 16, runAheadRaceKernel, out.data(), 1));
+  for (int v : out) EXPECT_EQ(v, 1);
 }
 
 TEST(simt_reports_collective_misuse) {

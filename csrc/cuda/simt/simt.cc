@@ -299,7 +299,7 @@ bool runBlock(dim3 grid, dim3 block, uint3 bIdx, size_t smemBytes) {
     f.warp = t / 32;
     f.state = State::kReady;
   }
-  std::vector<int> order(nThreads);
+  std::vector<int> order(nThreads), warpOrder;
   std::vector<Fiber*> lanes(32);
   for (;;) {
     for (int t = 0; t < nThreads; ++t) order[t] = gSchedule.order == Order::kReverse ? nThreads - 1 - t : t;
@@ -307,12 +307,23 @@ bool runBlock(dim3 grid, dim3 block, uint3 bIdx, size_t smemBytes) {
     for (int t : order)
       if (gR.fibers[t]->state == State::kReady) resume(*gR.fibers[t]);
     // Nobody is ready now: complete warp collectives, else release the barrier, else deadlock.
+    // Completing every warp's collective at once would keep the warps in lockstep (each round
+    // advances each warp by one collective), which hides missing __syncthreads between warps
+    // that run the same sequence of collectives. So some rounds release a single warp, which
+    // then runs ahead alone until it reaches a barrier or a collective: always under the
+    // reverse order (the highest warp first), half of the rounds under a seed.
     bool progress = false;
-    for (int w = 0; w * 32 < nThreads; ++w) {
+    const int nWarps = (nThreads + 31) / 32;
+    warpOrder.resize(nWarps);
+    for (int w = 0; w < nWarps; ++w) warpOrder[w] = gSchedule.order == Order::kReverse ? nWarps - 1 - w : w;
+    if (gSchedule.order == Order::kSeeded) shuffle(warpOrder, gR.rng);
+    const bool single = gSchedule.order == Order::kReverse || (splitmix(gR.rng) & 1);
+    for (int w : warpOrder) {
       const int n = nThreads - w * 32 < 32 ? nThreads - w * 32 : 32;
       for (int l = 0; l < 32; ++l) lanes[l] = l < n ? gR.fibers[w * 32 + l].get() : nullptr;
       if (resolveWarp(lanes.data(), n)) progress = true;
       if (!gR.error.empty()) return false;
+      if (progress && single) break;
     }
     if (progress) continue;
     int done = 0, atBarrier = 0;

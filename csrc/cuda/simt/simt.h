@@ -6,6 +6,9 @@
 //   ordering guarantee on a device). The threads of a block are cooperating fibers on the calling
 //   OS thread, each with its own stack; a fiber runs without interruption until it reaches a sync
 //   point (__syncthreads, a warp collective, a WMMA op) or returns.
+// - Warps do not advance in lockstep: some scheduling rounds complete a single warp's collective,
+//   so that warp runs ahead alone to its next barrier (always under reverse order, the highest
+//   warp first; half of the rounds under a seed). A double buffer without its __syncthreads fails.
 // - Between two sync points the fibers of a block run one after another in an order drawn from
 //   KVANT_SIMT_SEED (a number; printed by the tests on failure) or, with KVANT_SIMT_SEED=reverse,
 //   in reverse thread order. A kernel that reads shared memory another thread writes without a
