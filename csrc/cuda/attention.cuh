@@ -43,7 +43,7 @@ __device__ __forceinline__ float toF32(__nv_bfloat16 v) { return __bfloat162floa
 // 32 lanes reading "their" key row at the same column hit 32 different banks (a stride of a
 // multiple of 32 words would put them all in one bank: a 32-way conflict).
 template <class T>
-constexpr int tileStride(int D) {
+__host__ __device__ constexpr int tileStride(int D) {
   return D + int(4 / sizeof(T));
 }
 

@@ -167,6 +167,94 @@ __global__ void embeddingKernel(const void* table, size_t vocab, size_t dim, con
     o[i] = bad ? 0.f : loadAs<WT>(table, size_t(id) * dim + i);
 }
 
+// MoE routing from router logits [rows, E] (same contract and tie rules as the CPU reference):
+// softmax in f64 (routing decisions should not hinge on rounding), then greedy top-k or
+// group-limited top-k (group score = max of its experts, keep topkGroup groups, ties to the lower
+// group), experts ties to the lower index; weights renormalized (k > 1 and normTopk) or scaled.
+// One warp per row: E is small (64 to 160 experts), so lanes share the exp and the argmax scans;
+// the sums run on lane 0 in expert order, the CPU's order, so weights agree bit for bit.
+// Shared memory per warp: E doubles (probabilities) + nGroup doubles + E chars (taken flags).
+__global__ void routeTopKKernel(const float* logits, int rows, int E, int k, int nGroup, int topkGroup, int groupLimited, int normTopk,
+                                float scaling, int32_t* idx, float* w) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wpb = blockDim.x / 32;
+  const int row = int(blockIdx.x) * wpb + warp;
+  double* base = dynamicSmem<double>() + size_t(warp) * (E + nGroup + (E + 7) / 8);
+  double* s = base;
+  double* gs = s + E;
+  char* keep = reinterpret_cast<char*>(gs + nGroup);  // E bytes: 1 = still eligible
+  if (row >= rows) return;  // warp-uniform; no block barrier follows
+  const float* l = logits + size_t(row) * E;
+  double m = -INFINITY;
+  for (int e = lane; e < E; e += 32) m = fmax(m, double(l[e]));
+  for (int o = 16; o > 0; o >>= 1) m = fmax(m, __shfl_xor_sync(kFullMask, m, o));
+  for (int e = lane; e < E; e += 32) s[e] = exp(double(l[e]) - m);
+  __syncwarp();
+  if (lane == 0) {
+    double z = 0;
+    for (int e = 0; e < E; ++e) z += s[e];
+    for (int e = 0; e < E; ++e) s[e] /= z;
+  }
+  __syncwarp();
+  const int per = E / nGroup;
+  for (int e = lane; e < E; e += 32) keep[e] = 1;
+  if (groupLimited) {
+    for (int g = lane; g < nGroup; g += 32) {
+      double best = -1;
+      for (int e = g * per; e < (g + 1) * per; ++e) best = s[e] > best ? s[e] : best;
+      gs[g] = best;
+    }
+    __syncwarp();
+    if (lane == 0) {
+      // Keep topkGroup groups (strictly greater wins: ties keep the lower group), mask the rest.
+      char* gk = keep;  // reuse: mark groups first in a local loop
+      unsigned long long chosen[4] = {0, 0, 0, 0};  // up to 256 groups
+      for (int j = 0; j < topkGroup; ++j) {
+        int best = -1;
+        for (int g = 0; g < nGroup; ++g)
+          if (!((chosen[g / 64] >> (g % 64)) & 1) && (best < 0 || gs[g] > gs[best])) best = g;
+        chosen[best / 64] |= 1ull << (best % 64);
+      }
+      for (int e = 0; e < E; ++e) gk[e] = char((chosen[(e / per) / 64] >> ((e / per) % 64)) & 1);
+    }
+    __syncwarp();
+  }
+  // k rounds of a warp argmax over the eligible experts (masked ones score 0, as on the CPU).
+  double sum = 0;
+  for (int j = 0; j < k; ++j) {
+    double bv = -1;
+    int bi = -1;
+    for (int e = lane; e < E; e += 32) {
+      if (keep[e] == 2) continue;  // already taken
+      const double v = keep[e] ? s[e] : 0.0;
+      if (bi < 0 || v > bv) {  // lanes scan increasing e: strict > keeps the lower index
+        bv = v;
+        bi = e;
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const double ov = __shfl_xor_sync(kFullMask, bv, o);
+      const int oi = __shfl_xor_sync(kFullMask, bi, o);
+      if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if (lane == 0) {
+      idx[size_t(row) * k + j] = bi;
+      w[size_t(row) * k + j] = float(bv);
+      sum += bv;
+      keep[bi] = 2;
+    }
+    __syncwarp();
+  }
+  if (lane == 0)
+    for (int j = 0; j < k; ++j) {
+      float& wj = w[size_t(row) * k + j];
+      if (k > 1 && normTopk) wj = float(double(wj) / (sum + 1e-20));
+      else wj *= scaling;
+    }
+}
+
 // ---- entry points (host side; identical in the device build and under the emulation) ----
 
 inline LaunchConfig rowConfig(size_t rows, size_t n, size_t smemBytes) {
@@ -238,6 +326,22 @@ KV_ENTRY Status embeddingGather(const Device& d, const void* table, DType type, 
     case DType::kBF16: return launchKernel(d, c, embeddingKernel<int(DType::kBF16)>, table, vocab, dim, ids, out, badToken);
     default: return Status::kDtype;
   }
+}
+
+// Routing: idx [rows, k] int32 and w [rows, k] f32 from logits [rows, experts].
+KV_ENTRY Status routeTopK(const Device& d, const float* logits, size_t rows, size_t experts, size_t k, size_t nGroup, size_t topkGroup,
+                          bool groupLimited, bool normTopk, float scaling, int32_t* idx, float* w) {
+  if (k == 0 || k > experts || nGroup == 0 || experts % nGroup != 0 || topkGroup == 0 || topkGroup > nGroup) return Status::kShape;
+  if (groupLimited && k > topkGroup * (experts / nGroup)) return Status::kShape;
+  if (experts > 1024 || nGroup > 256) return Status::kShape;  // one warp's shared scratch per row
+  if (rows > 0x7fffffffu) return Status::kRange;
+  constexpr uint32_t kWarps = 4;
+  LaunchConfig c;
+  c.block.x = 32 * kWarps;
+  c.grid.x = ceilDiv(rows, kWarps);
+  c.smem = kWarps * (experts + nGroup + (experts + 7) / 8) * sizeof(double);
+  return launchKernel(d, c, routeTopKKernel, logits, int(rows), int(experts), int(k), int(nGroup), int(topkGroup), int(groupLimited),
+                      int(normTopk), scaling, idx, w);
 }
 
 }  // namespace kvant::cuda

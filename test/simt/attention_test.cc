@@ -149,9 +149,13 @@ void runFlash(const Case& c, DType type, const kvant::cuda::Device& dev, Rng& r)
     std::vector<float> cpuO = poisoned(no), cpuL = poisoned(nl);
     kvant::FlashArgs fa{q.data(), k.data(), v.data(), cpuO.data(), cpuL.data(), size_t(c.B), size_t(c.Sq), size_t(c.Sk), size_t(c.Hq),
                         size_t(c.Hkv), size_t(c.Dqk), size_t(c.Dv), a.scale, c.causal, nullptr, nullptr};
-    EXPECT_TRUE(kvant::flashAttention(fa, Isa::kScalar) == Status::kOk);
-    const std::vector<double> co = toDouble(cpuO);
-    EXPECT_CLOSE("flash vs CPU", out.data(), co.data(), no, [&](size_t i) { return 2 * tolO[i]; });
+    for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+      if (!kvant::isaSupported(isa)) continue;
+      std::fill(cpuO.begin(), cpuO.end(), NAN);
+      EXPECT_TRUE(kvant::flashAttention(fa, isa) == Status::kOk);
+      const std::vector<double> co = toDouble(cpuO);
+      EXPECT_CLOSE(isa == Isa::kScalar ? "flash vs CPU scalar" : "flash vs CPU avx2", out.data(), co.data(), no, [&](size_t i) { return 2 * tolO[i]; });
+    }
   }
   // Split-KV: a different block order gives the same bits (the merge runs in split order).
   if (c.keysPerSplit) {
@@ -269,9 +273,13 @@ void runMla(int L, int R, int H, const std::vector<int>& lens, int pageSize, int
   std::vector<float> cpuO = poisoned(out.size()), cpuL = poisoned(lse.size());
   kvant::MlaDecodeArgs ca{q.data(), cpuO.data(), cpuL.data(), size_t(B), size_t(H), size_t(L), size_t(R), a.scale, pool.data(),
                           size_t(numPages), size_t(pageSize), size_t(maxPages), table.data(), lens.data()};
-  EXPECT_TRUE(kvant::mlaDecode(ca, Isa::kScalar) == Status::kOk);
-  const std::vector<double> co = toDouble(cpuO);
-  EXPECT_CLOSE("mla vs CPU", out.data(), co.data(), out.size(), [&](size_t i) { return 2 * tol[i]; });
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+    if (!kvant::isaSupported(isa)) continue;
+    std::fill(cpuO.begin(), cpuO.end(), NAN);
+    EXPECT_TRUE(kvant::mlaDecode(ca, isa) == Status::kOk);
+    const std::vector<double> co = toDouble(cpuO);
+    EXPECT_CLOSE(isa == Isa::kScalar ? "mla vs CPU scalar" : "mla vs CPU avx2", out.data(), co.data(), out.size(), [&](size_t i) { return 2 * tol[i]; });
+  }
 }
 
 }  // namespace

@@ -122,6 +122,40 @@ __global__ void barrierVsWarpKernel(int* out) {
   }
 }
 
+// Lanes are never in lockstep: lane 0 publishing to its warp needs __syncwarp.
+__global__ void missingSyncwarpKernel(int* out, int withSync) {
+  int* s = dynamicSmem<int>();
+  if (threadIdx.x % 32 == 0) s[threadIdx.x / 32] = 7;
+  if (withSync) __syncwarp();
+  out[threadIdx.x] = s[threadIdx.x / 32];
+}
+
+// Two warps running the same collectives: the last thread overwrites a value the other warp
+// reads after a collective, with no __syncthreads in between. If warps advanced in lockstep
+// (one collective per round each) the read would always come first and the race stay hidden.
+__global__ void runAheadRaceKernel(int* out, int withBarrier) {
+  int* s = dynamicSmem<int>();
+  if (threadIdx.x == 0) s[0] = 1;
+  __syncthreads();
+  __syncwarp();
+  const int v = s[0];
+  __syncwarp();
+  if (withBarrier) __syncthreads();
+  if (threadIdx.x == blockDim.x - 1) s[0] = 2;  // "the next step's" value
+  out[threadIdx.x] = v;
+}
+
+__global__ void mismatchedCollectivesKernel(int* out) {
+  // Half the warp shuffles while the other half votes: different collectives, same mask.
+  if (threadIdx.x < 16) out[threadIdx.x] = __shfl_sync(0xffffffffu, 1, 0);
+  else out[threadIdx.x] = int(__ballot_sync(0xffffffffu, 1));
+}
+
+__global__ void outsideMaskKernel(int* out) {
+  // Lanes 0..15 shuffle among themselves but read lane 20, which is not in the mask.
+  if (threadIdx.x < 16) out[threadIdx.x] = __shfl_sync(0xffffu, int(threadIdx.x), 20);
+}
+
 using namespace nvcuda;
 
 // C = A·B for one 16x16x16 tile through the fragment API (the correct use).
@@ -185,6 +219,34 @@ TEST(simt_missing_barrier_fails_under_reverse_order) {
     EXPECT_TRUE(launch(dim3(1), dim3(64), 16, missingBarrierKernel, fixed.data(), 1));
     for (int v : fixed) EXPECT_EQ(v, 42);
   }
+}
+
+TEST(simt_missing_syncwarp_fails_under_reverse_order) {
+  ScheduleGuard g;
+  setSchedule({Order::kReverse, 0});
+  std::vector<int> out(64, 0);
+  EXPECT_TRUE(launch(dim3(1), dim3(64), 64, missingSyncwarpKernel, out.data(), 0));
+  EXPECT_EQ(out[31], -1);  // lane 31 ran before lane 0 wrote: poison
+  EXPECT_TRUE(launch(dim3(1), dim3(64), 64, missingSyncwarpKernel, out.data(), 1));
+  for (int v : out) EXPECT_EQ(v, 7);
+}
+
+TEST(simt_warps_run_ahead_under_reverse_order) {
+  ScheduleGuard g;
+  setSchedule({Order::kReverse, 0});
+  std::vector<int> out(64, 0);
+  EXPECT_TRUE(launch(dim3(1), dim3(64), 16, runAheadRaceKernel, out.data(), 0));
+  EXPECT_EQ(out[0], 2);  // warp 1 ran ahead to the overwrite before warp 0 read
+  EXPECT_TRUE(launch(dim3(1), dim3(64), 16, runAheadRaceKernel, out.data(), 1));
+  for (int v : out) EXPECT_EQ(v, 1);
+}
+
+TEST(simt_reports_collective_misuse) {
+  std::vector<int> out(32, 0);
+  EXPECT_TRUE(!launch(dim3(1), dim3(32), 0, mismatchedCollectivesKernel, out.data()));
+  EXPECT_TRUE(lastError().find("mismatched") != std::string::npos);
+  EXPECT_TRUE(!launch(dim3(1), dim3(32), 0, outsideMaskKernel, out.data()));
+  EXPECT_TRUE(lastError().find("outside the shuffle mask") != std::string::npos);
 }
 
 TEST(simt_thread_order_follows_schedule) {
@@ -290,7 +352,12 @@ TEST(simt_reports_deadlocks_and_limits) {
 }
 
 TEST(simt_wmma_scrambled_fragments) {
-  std::vector<__half> a(256), b(256);
+  // WMMA pointers must be 32-byte aligned (checked by the emulation, as the API requires).
+  struct alignas(32) Tile16 { __half v[256 + 16]; };  // room for the misaligned read below
+  struct alignas(32) Tile32 { float v[256]; };
+  Tile16 ta, tb;
+  __half* a = ta.v;
+  __half* b = tb.v;
   std::vector<double> A(256), B(256);
   uint64_t s = 12345;
   for (int i = 0; i < 256; ++i) {
@@ -305,8 +372,10 @@ TEST(simt_wmma_scrambled_fragments) {
       const int r = i / 16, c = i % 16;
       b[colMajor ? c * 16 + r : i] = __float2half(float(B[i]));
     }
-    std::vector<float> c(256, NAN);
-    EXPECT_TRUE(launch(dim3(1), dim3(32), 0, wmmaKernel, a.data(), b.data(), c.data(), colMajor));
+    Tile32 tc;
+    float* c = tc.v;
+    std::fill(c, c + 256, NAN);
+    EXPECT_TRUE(launch(dim3(1), dim3(32), 0, wmmaKernel, static_cast<const __half*>(a), static_cast<const __half*>(b), c, colMajor));
     for (int r = 0; r < 16; ++r)
       for (int col = 0; col < 16; ++col) {
         double e = 0;
@@ -316,8 +385,10 @@ TEST(simt_wmma_scrambled_fragments) {
   }
   // Guessing the mapping gives a wrong tile (the map is a seeded permutation, never identity).
   for (int i = 0; i < 256; ++i) b[i] = __float2half(float(B[i]));
-  std::vector<float> c(256, NAN);
-  EXPECT_TRUE(launch(dim3(1), dim3(32), 0, wmmaAssumesLayoutKernel, a.data(), b.data(), c.data()));
+  Tile32 tc;
+  float* c = tc.v;
+  std::fill(c, c + 256, NAN);
+  EXPECT_TRUE(launch(dim3(1), dim3(32), 0, wmmaAssumesLayoutKernel, static_cast<const __half*>(a), static_cast<const __half*>(b), c));
   int wrong = 0;
   for (int r = 0; r < 16; ++r)
     for (int col = 0; col < 16; ++col) {
@@ -326,4 +397,7 @@ TEST(simt_wmma_scrambled_fragments) {
       wrong += double(c[r * 16 + col]) != e;
     }
   EXPECT_TRUE(wrong > 0);
+  // A misaligned fragment pointer is reported as the launch's error.
+  EXPECT_TRUE(!launch(dim3(1), dim3(32), 0, wmmaKernel, static_cast<const __half*>(a + 8), static_cast<const __half*>(b), c, 0));
+  EXPECT_TRUE(lastError().find("aligned") != std::string::npos);
 }

@@ -34,6 +34,10 @@ TEST(cuda_rmsnorm_matches_reference) {
         std::vector<float> y = poisoned(rows * n), cpu = poisoned(rows * n);
         EXPECT_OK(kvant::cuda::rmsNorm(dev, x.data(), w, wt, eps, y.data(), rows, n));
         EXPECT_TRUE(kvant::rmsNorm(x.data(), w, wt, eps, cpu.data(), rows, n, Isa::kScalar) == Status::kOk);
+        // The AVX2 level of the CPU reference too, where this CPU has it (same f64 sum bound).
+        std::vector<float> cpu2 = poisoned(rows * n);
+        const bool haveAvx2 = kvant::isaSupported(Isa::kAvx2);
+        if (haveAvx2) EXPECT_TRUE(kvant::rmsNorm(x.data(), w, wt, eps, cpu2.data(), rows, n, Isa::kAvx2) == Status::kOk);
         std::vector<double> want(rows * n);
         for (size_t t = 0; t < rows; ++t) {
           double ss = 0;
@@ -51,6 +55,10 @@ TEST(cuda_rmsnorm_matches_reference) {
         // The CPU reference sums in f64: its own error is < 4u.
         const std::vector<double> c = toDouble(cpu);
         EXPECT_CLOSE("rmsNorm vs CPU", y.data(), c.data(), y.size(), [&](size_t i) { return (rel + 4 * kU32) * std::fabs(c[i]) + 1e-30; });
+        if (haveAvx2) {
+          const std::vector<double> c2 = toDouble(cpu2);
+          EXPECT_CLOSE("rmsNorm vs CPU avx2", y.data(), c2.data(), y.size(), [&](size_t i) { return (rel + 4 * kU32) * std::fabs(c2[i]) + 1e-30; });
+        }
         // In place (y aliases x) gives the same bits.
         std::vector<float> inplace = x;
         EXPECT_OK(kvant::cuda::rmsNorm(dev, inplace.data(), w, wt, eps, inplace.data(), rows, n));
@@ -130,6 +138,9 @@ TEST(cuda_softmax_matches_reference) {
     std::vector<float> gpu = x, cpu = x;
     EXPECT_OK(kvant::cuda::softmaxRows(dev, gpu.data(), rows, n));
     EXPECT_TRUE(kvant::softmaxRows(cpu.data(), rows, n, Isa::kScalar) == Status::kOk);
+    std::vector<float> cpu2 = x;
+    const bool haveAvx2 = kvant::isaSupported(Isa::kAvx2);
+    if (haveAvx2) EXPECT_TRUE(kvant::softmaxRows(cpu2.data(), rows, n, Isa::kAvx2) == Status::kOk);
     std::vector<double> want(rows * n), tol(rows * n);
     const double T = double(kvant::cuda::rowConfig(rows, n, 0).block.x);
     for (size_t t = 0; t < rows; ++t) {
@@ -147,6 +158,10 @@ TEST(cuda_softmax_matches_reference) {
     EXPECT_CLOSE("softmax vs f64", gpu.data(), want.data(), gpu.size(), [&](size_t i) { return tol[i]; });
     const std::vector<double> c = toDouble(cpu);
     EXPECT_CLOSE("softmax vs CPU", gpu.data(), c.data(), gpu.size(), [&](size_t i) { return 2 * tol[i] + 1e-40; });
+    if (haveAvx2) {
+      const std::vector<double> c2 = toDouble(cpu2);
+      EXPECT_CLOSE("softmax vs CPU avx2", gpu.data(), c2.data(), gpu.size(), [&](size_t i) { return 2 * tol[i] + 1e-40; });
+    }
   }
   EXPECT_STATUS(kvant::cuda::softmaxRows(dev, nullptr, 3, 0), Status::kShape);
 }
@@ -205,4 +220,35 @@ TEST(cuda_embedding_gather_matches_reference) {
   EXPECT_STATUS(kvant::cuda::embeddingGather(dev, nullptr, DType::kI8, 4, 4, nullptr, 0, nullptr, nullptr), Status::kDtype);
   EXPECT_STATUS(kvant::cuda::rmsNorm(dev, nullptr, nullptr, DType::kI32, 1e-6f, nullptr, 1, 4), Status::kDtype);
   EXPECT_STATUS(kvant::cuda::rmsNorm(dev, nullptr, nullptr, DType::kF32, 1e-6f, nullptr, 1, 0), Status::kShape);
+}
+
+TEST(cuda_route_topk_matches_cpu_exactly) {
+  Rng r(7);
+  const auto dev = device(90);
+  struct R {
+    size_t rows, experts, k, nGroup, topkGroup;
+    bool groupLimited, norm;
+  };
+  // V2-Lite (64 experts, greedy top-6, not normalized), V2 (160 experts, 8 groups, 3 kept,
+  // top-6, normalized), and odd sizes with more experts than lanes and a single expert.
+  const R cases[] = {{5, 64, 6, 1, 1, false, false}, {4, 160, 6, 8, 3, true, true}, {3, 37, 4, 1, 1, false, true}, {2, 1, 1, 1, 1, false, true},
+                     {6, 100, 8, 10, 2, true, false}};
+  for (const R& c : cases) {
+    std::vector<float> logits = randomF32(r, c.rows * c.experts, -3, 3);
+    // Ties: equal logits in row 0 must resolve to the lower index on both sides.
+    for (size_t e = 0; e + 2 < c.experts; e += 3) logits[e + 1] = logits[e];
+    std::vector<int32_t> gi(c.rows * c.k, -7), ci(c.rows * c.k, -7);
+    std::vector<float> gw = poisoned(c.rows * c.k), cw = poisoned(c.rows * c.k);
+    EXPECT_OK(kvant::cuda::routeTopK(dev, logits.data(), c.rows, c.experts, c.k, c.nGroup, c.topkGroup, c.groupLimited, c.norm, 2.5f, gi.data(),
+                                     gw.data()));
+    EXPECT_TRUE(kvant::routeTopK(logits.data(), c.rows, c.experts, c.k, c.nGroup, c.topkGroup, c.groupLimited, c.norm, 2.5f, ci.data(), cw.data()) ==
+                Status::kOk);
+    EXPECT_TRUE(gi == ci);
+    EXPECT_TRUE(std::memcmp(gw.data(), cw.data(), gw.size() * 4) == 0);
+  }
+  std::vector<int32_t> i(8);
+  std::vector<float> w(8), l(64);
+  EXPECT_STATUS(kvant::cuda::routeTopK(dev, l.data(), 1, 64, 0, 1, 1, false, true, 1.f, i.data(), w.data()), Status::kShape);
+  EXPECT_STATUS(kvant::cuda::routeTopK(dev, l.data(), 1, 64, 6, 5, 1, true, true, 1.f, i.data(), w.data()), Status::kShape);  // 64 % 5
+  EXPECT_STATUS(kvant::cuda::routeTopK(dev, l.data(), 1, 64, 20, 8, 2, true, true, 1.f, i.data(), w.data()), Status::kShape);  // k > kept experts
 }

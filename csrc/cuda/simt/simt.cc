@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <new>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -281,7 +282,10 @@ bool resolveWarp(Fiber** lanes, int nLanes) {
 bool runBlock(dim3 grid, dim3 block, uint3 bIdx, size_t smemBytes) {
   const int nThreads = int(block.x * block.y * block.z);
   while (int(gR.fibers.size()) < nThreads) gR.fibers.push_back(std::make_unique<Fiber>());
-  std::unique_ptr<unsigned char[]> smem(new unsigned char[smemBytes ? smemBytes : 1]);
+  struct Free {
+    void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(128)); }
+  };
+  std::unique_ptr<unsigned char[], Free> smem(static_cast<unsigned char*>(::operator new[](smemBytes ? smemBytes : 1, std::align_val_t(128))));
   std::memset(smem.get(), 0xff, smemBytes ? smemBytes : 1);
   gR.smem = smem.get();
   for (int t = 0; t < nThreads; ++t) {
@@ -295,7 +299,7 @@ bool runBlock(dim3 grid, dim3 block, uint3 bIdx, size_t smemBytes) {
     f.warp = t / 32;
     f.state = State::kReady;
   }
-  std::vector<int> order(nThreads);
+  std::vector<int> order(nThreads), warpOrder;
   std::vector<Fiber*> lanes(32);
   for (;;) {
     for (int t = 0; t < nThreads; ++t) order[t] = gSchedule.order == Order::kReverse ? nThreads - 1 - t : t;
@@ -303,12 +307,23 @@ bool runBlock(dim3 grid, dim3 block, uint3 bIdx, size_t smemBytes) {
     for (int t : order)
       if (gR.fibers[t]->state == State::kReady) resume(*gR.fibers[t]);
     // Nobody is ready now: complete warp collectives, else release the barrier, else deadlock.
+    // Completing every warp's collective at once would keep the warps in lockstep (each round
+    // advances each warp by one collective), which hides missing __syncthreads between warps
+    // that run the same sequence of collectives. So some rounds release a single warp, which
+    // then runs ahead alone until it reaches a barrier or a collective: always under the
+    // reverse order (the highest warp first), half of the rounds under a seed.
     bool progress = false;
-    for (int w = 0; w * 32 < nThreads; ++w) {
+    const int nWarps = (nThreads + 31) / 32;
+    warpOrder.resize(nWarps);
+    for (int w = 0; w < nWarps; ++w) warpOrder[w] = gSchedule.order == Order::kReverse ? nWarps - 1 - w : w;
+    if (gSchedule.order == Order::kSeeded) shuffle(warpOrder, gR.rng);
+    const bool single = gSchedule.order == Order::kReverse || (splitmix(gR.rng) & 1);
+    for (int w : warpOrder) {
       const int n = nThreads - w * 32 < 32 ? nThreads - w * 32 : 32;
       for (int l = 0; l < 32; ++l) lanes[l] = l < n ? gR.fibers[w * 32 + l].get() : nullptr;
       if (resolveWarp(lanes.data(), n)) progress = true;
       if (!gR.error.empty()) return false;
+      if (progress && single) break;
     }
     if (progress) continue;
     int done = 0, atBarrier = 0;
@@ -371,6 +386,10 @@ void* dynamicSmem() {
   return gR.smem;
 }
 
+void reportMisuse(const std::string& what) {
+  if (gR.error.empty()) gR.error = what;
+}
+
 void blockBarrier() {
   Fiber* f = gR.cur;
   if (!f) std::abort();
@@ -427,7 +446,7 @@ bool run(dim3 grid, dim3 block, size_t dynamicSmemBytes, const std::function<voi
   bool ok = true;
   for (uint64_t b : blocks) {
     const uint3 bIdx{unsigned(b % grid.x), unsigned((b / grid.x) % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
-    if (!runBlock(grid, block, bIdx, dynamicSmemBytes)) {
+    if (!runBlock(grid, block, bIdx, dynamicSmemBytes) || !gR.error.empty()) {
       ok = false;
       break;
     }
@@ -437,7 +456,7 @@ bool run(dim3 grid, dim3 block, size_t dynamicSmemBytes, const std::function<voi
   gR.smem = nullptr;
   gR.body = nullptr;
   gR.inLaunch = false;
-  return ok;
+  return ok && gR.error.empty();
 }
 
 }  // namespace kvant::simt

@@ -6,6 +6,9 @@
 //   ordering guarantee on a device). The threads of a block are cooperating fibers on the calling
 //   OS thread, each with its own stack; a fiber runs without interruption until it reaches a sync
 //   point (__syncthreads, a warp collective, a WMMA op) or returns.
+// - Warps do not advance in lockstep: some scheduling rounds complete a single warp's collective,
+//   so that warp runs ahead alone to its next barrier (always under reverse order, the highest
+//   warp first; half of the rounds under a seed). A double buffer without its __syncthreads fails.
 // - Between two sync points the fibers of a block run one after another in an order drawn from
 //   KVANT_SIMT_SEED (a number; printed by the tests on failure) or, with KVANT_SIMT_SEED=reverse,
 //   in reverse thread order. A kernel that reads shared memory another thread writes without a
@@ -44,7 +47,7 @@
 
 #include "kvant/half.h"
 
-#define __global__
+#define __global__ inline  // kernels live in headers included by several test files
 #define __device__
 #define __host__
 #define __forceinline__ inline
@@ -106,7 +109,10 @@ bool launch(dim3 grid, dim3 block, size_t smem, void (*kernel)(P...), A&&... arg
   return run(grid, block, smem, [&params, kernel] { std::apply(kernel, params); });
 }
 
-void* dynamicSmem();  // this block's dynamic shared memory
+void* dynamicSmem();  // this block's dynamic shared memory (128-byte aligned, like a device's)
+// A kernel broke an API rule the device would not diagnose (e.g. a misaligned WMMA pointer):
+// the launch reports it as its error.
+void reportMisuse(const std::string& what);
 
 // Warp collectives: every lane posts a value; the call returns when all lanes of `mask` posted.
 enum class WarpOp : int { kShfl, kShflXor, kShflUp, kShflDown, kBallot, kAny, kAll, kSync, kMma };
@@ -228,7 +234,10 @@ inline unsigned atomicOr(unsigned* p, unsigned v) {
   return old;
 }
 
-// Device intrinsics with their host meaning.
+// Device intrinsics with their host meaning (CUDA declares the classification functions globally).
+using std::isfinite;
+using std::isinf;
+using std::isnan;
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 inline float __expf(float x) { return std::exp(x); }
@@ -303,6 +312,12 @@ template <>
 inline __nv_bfloat16 fromF<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 // Element (r, c) of a 16x16 tile in memory with leading dimension ldm.
 inline size_t at(int r, int c, unsigned ldm, bool rowMajor) { return rowMajor ? size_t(r) * ldm + c : size_t(c) * ldm + r; }
+// load/store_matrix_sync require a 256-bit aligned pointer and ldm a multiple of 16 bytes.
+template <class S>
+inline void checkPointer(const S* p, unsigned ldm) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || (ldm * sizeof(S)) % 16 != 0)
+    ::kvant::simt::reportMisuse("WMMA pointer not 32-byte aligned or ldm not a multiple of 16 bytes");
+}
 struct MmaPost {
   const float* a;  // this lane's 8 elements, widened
   const float* b;
@@ -321,18 +336,21 @@ inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, T v) {
 template <class Use, class T, class Layout, class S>
 inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const S* p, unsigned ldm) {
   static_assert(!std::is_same<Use, accumulator>::value, "accumulator loads take a layout");
+  detail::checkPointer(p, ldm);
   const uint8_t* map = ::kvant::simt::fragmentMap(::nvcuda::wmma::UseKind<Use>::value) + ::kvant::simt::laneId() * 8;
   for (int i = 0; i < 8; ++i) f.x[i] = p[detail::at(map[i] / 16, map[i] % 16, ldm, std::is_same<Layout, row_major>::value)];
   __syncwarp();
 }
 template <class T>
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, T>& f, const T* p, unsigned ldm, layout_t layout) {
+  detail::checkPointer(p, ldm);
   const uint8_t* map = ::kvant::simt::fragmentMap(2) + ::kvant::simt::laneId() * 8;
   for (int i = 0; i < 8; ++i) f.x[i] = p[detail::at(map[i] / 16, map[i] % 16, ldm, layout == mem_row_major)];
   __syncwarp();
 }
 template <class T>
 inline void store_matrix_sync(T* p, const fragment<accumulator, 16, 16, 16, T>& f, unsigned ldm, layout_t layout) {
+  detail::checkPointer(p, ldm);
   const uint8_t* map = ::kvant::simt::fragmentMap(2) + ::kvant::simt::laneId() * 8;
   for (int i = 0; i < 8; ++i) p[detail::at(map[i] / 16, map[i] % 16, ldm, layout == mem_row_major)] = f.x[i];
   __syncwarp();

@@ -1,11 +1,12 @@
-// GPTQ dequantize and the fused dequant GEMV (csrc/cuda/gptq.cuh) under the emulation,
+// GPTQ dequantize and the fused dequant GEMV (csrc/cuda/quant.cuh, gemm_q.cuh) under the emulation,
 // against an f64 evaluation of the packed format's definition (quant_format.h, SPEC §2.5):
 // 2/3/4/8 bits, v1 and v2 zeros, partial last groups, act-order permutations, M = 1..8.
 #include <algorithm>
 #include <numeric>
 
-#include "gptq.cuh"
+#include "gemm_q.cuh"
 #include "helpers.h"
+#include "quant.cuh"
 
 using namespace simttest;
 using kvant::QMatrix;
@@ -224,4 +225,58 @@ TEST(cuda_launch_limits_per_arch) {
   EXPECT_STATUS(kvant::cuda::launchKernel(dev, c, kvant::cuda::sumSlabsKernel, static_cast<const float*>(x.data()), 1, size_t(4), x.data()),
                 Status::kRange);
   EXPECT_TRUE(std::string(kvant::cuda::lastLaunchError().message).find("1024") != std::string::npos);
+}
+
+TEST(cuda_gptq_wmma_gemm_matches_f64) {
+  Rng r(15);
+  struct G {
+    int bits;
+    int64_t K, N;
+    int G;
+    int64_t M;
+  };
+  // M, N and K not multiples of the 64 x 64 x 32 block tile; 3-bit triples; act-order.
+  const G shapes[] = {{4, 200, 72, 64, 70}, {3, 352, 96, 32, 17}, {2, 48, 16, 128, 5}, {8, 100, 136, -1, 33}};
+  for (const G& s : shapes) {
+    const Packed p = makePacked(r, s.bits, s.K, s.N, s.G, ZeroFormat::kGptqV1, s.bits != 8);
+    std::vector<float> x = randomF32(r, s.M * s.K, -2, 2), y = poisoned(s.M * s.N);
+    EXPECT_OK(kvant::cuda::gptqGemm(device(89), p.view(), x.data(), s.M, y.data()));
+    std::vector<double> want(s.M * s.N), tol(s.M * s.N);
+    for (int64_t m = 0; m < s.M; ++m)
+      for (int64_t n = 0; n < s.N; ++n) {
+        double acc = 0, mag = 0;
+        for (int64_t j = 0; j < s.K; ++j) {
+          const double t = double(x[m * s.K + (p.perm.empty() ? j : p.perm[j])]) * p.w(j, n);
+          acc += t;
+          mag += std::fabs(t);
+        }
+        want[m * s.N + n] = acc;
+        // x and w each rounded to f16 once (relative 2^-11 each, products exact in f32), then a
+        // chain of K f32 accumulations (tensor cores: at most one rounding per product added).
+        tol[m * s.N + n] = (2 * 0x1.0p-11 + double(s.K + 16) * kU32) * mag + 1e-30;
+      }
+    EXPECT_CLOSE("gptqGemm vs f64", y.data(), want.data(), y.size(), [&](size_t i) { return tol[i]; });
+  }
+  EXPECT_STATUS(kvant::cuda::gptqGemm(device(89), makePacked(r, 4, 64, 16, 32, ZeroFormat::kGptqV1, false).view(), nullptr, 0, nullptr),
+                Status::kShape);
+}
+
+TEST(cuda_gptq_gemv_is_batch_invariant) {
+  // A row's result does not depend on the other rows of the batch (decode batches vary).
+  Rng r(16);
+  const auto dev = device(86);
+  const Packed p = makePacked(r, 4, 328, 72, 128, ZeroFormat::kGptqV1, true);
+  const int M = 5;
+  std::vector<float> x = randomF32(r, M * 328), y = poisoned(M * 72), scratch(kvant::cuda::gptqGemvScratchFloats(p.fmt, M));
+  EXPECT_OK(kvant::cuda::gptqGemv(dev, p.view(), x.data(), M, y.data(), scratch.data()));
+  for (int m = 0; m < M; ++m) {
+    std::vector<float> one = poisoned(72);
+    EXPECT_OK(kvant::cuda::gptqGemv(dev, p.view(), x.data() + m * 328, 1, one.data(), scratch.data()));
+    EXPECT_TRUE(std::memcmp(one.data(), y.data() + m * 72, 72 * 4) == 0);
+  }
+  std::vector<float> g = poisoned(M * 72);
+  EXPECT_OK(kvant::cuda::gptqGemm(dev, p.view(), x.data(), M, g.data()));
+  std::vector<float> g1 = poisoned(72);
+  EXPECT_OK(kvant::cuda::gptqGemm(dev, p.view(), x.data() + 2 * 328, 1, g1.data()));
+  EXPECT_TRUE(std::memcmp(g1.data(), g.data() + 2 * 72, 72 * 4) == 0);
 }

@@ -1,5 +1,5 @@
-// GPTQ packed weights on the GPU: dequantize, and the fused dequant GEMV of decode
-// y[m] = x[m] · dequant(W)ᵀ for M = 1..8 rows, never materializing the float weights.
+// Fused dequant GEMM family on the GPU: the GEMV of decode y[m] = x[m] · dequant(W)ᵀ for
+// M = 1..8 rows, never materializing the float weights (and the WMMA GEMM of prefill below).
 // The format is the one of csrc/include/kvant/quant_format.h (SPEC §2.5): kernel row j of the
 // packed matrix belongs to group j / G and holds input channel perm[j] (act-order made
 // sequential at load; perm = null means the identity).
@@ -18,8 +18,7 @@
 //   w = code·scale − zero·scale, exact in f32 (code, zero < 256 and scale has an 11-bit
 //   significand, so both products and their difference fit in 24 bits).
 #pragma once
-#include "kvant/quant_format.h"
-#include "launch.h"
+#include "qformat.cuh"
 
 #ifndef KV_ENTRY
 #ifdef __CUDACC__
@@ -41,65 +40,6 @@ constexpr int64_t kGemvMinGroup = 16;             // bounds the groups staged pe
 inline int64_t gemvGroupsPerSlab(int64_t G, int64_t ng) {
   const int64_t g = kGemvSlab / G + 2;
   return g < ng ? g : ng;
-}
-
-// The zero point of (group g, column n): unpacked from qzeros (packed along N), with the v1
-// "stored minus one" convention undone (masked: a stored 0xF in 4-bit reads back as 0).
-__device__ __forceinline__ int zeroOf(const QMatrix& q, int64_t g, int64_t n) {
-  const int bits = q.fmt.bits, maxq = (1 << bits) - 1;
-  if (!q.qzeros) return 1 << (bits - 1);  // symmetric without stored zeros
-  const uint32_t* row = q.qzeros + g * (q.fmt.N * bits / 32);
-  int code;
-  if (bits == 3) {
-    const int64_t bit = 3 * (n % 32), w = (n / 32) * 3 + bit / 32;
-    const int sh = int(bit % 32);
-    uint64_t v = row[w] >> sh;
-    if (sh > 29) v |= uint64_t(row[w + 1]) << (32 - sh);
-    code = int(v & 7);
-  } else {
-    const int f = 32 / bits;
-    code = int((row[n / f] >> (bits * (n % f))) & uint32_t(maxq));
-  }
-  return q.fmt.zeroFormat == int32_t(ZeroFormat::kGptqV1) ? (code + 1) & maxq : code;
-}
-
-// Code i (0..31) of a 96-bit little-endian triple (w0 bits 0..31, w1 32..63, w2 64..95).
-__device__ __forceinline__ uint32_t code3(uint32_t w0, uint32_t w1, uint32_t w2, int i) {
-  const int bit = 3 * i;
-  const uint64_t lo = uint64_t(w0) | (uint64_t(w1) << 32);
-  if (bit + 3 <= 64) return uint32_t(lo >> bit) & 7u;
-  if (bit >= 64) return (w2 >> (bit - 64)) & 7u;
-  return uint32_t((lo >> bit) | (uint64_t(w2) << (64 - bit))) & 7u;  // bits 63..65 (i = 21)
-}
-
-// Dequantize W to out [N, K] (f32, or f16 bits when outF16), in input-channel order: kernel row j
-// lands in column perm[j]. One thread per (32-row unit, column): it reads bits consecutive words
-// of one column.
-__global__ void gptqDequantKernel(QMatrix q, void* out, int outF16) {
-  const int64_t K = q.fmt.K, N = q.fmt.N, G = q.fmt.groupSize < 0 ? K : q.fmt.groupSize;
-  const int bits = q.fmt.bits, maxq = (1 << bits) - 1;
-  const int64_t units = (K + 31) / 32;
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= units * N) return;
-  const int64_t n = e % N, u = e / N;
-  for (int i = 0; i < 32; ++i) {
-    const int64_t j = u * 32 + i;
-    if (j >= K) break;
-    uint32_t code;
-    if (bits == 3) {
-      const uint32_t* w = q.qweight + (u * 3) * N + n;
-      code = code3(w[0], w[N], w[2 * N], i);
-    } else {
-      const int f = 32 / bits;
-      code = (q.qweight[(j / f) * N + n] >> (bits * (j % f))) & uint32_t(maxq);
-    }
-    const int64_t g = j / G;
-    const float s = __half2float(__ushort_as_half(q.scales[g * N + n]));
-    const float w = float(int(code) - zeroOf(q, g, n)) * s;
-    const int64_t k = q.perm ? q.perm[j] : j;
-    if (outF16) static_cast<uint16_t*>(out)[n * K + k] = __half_as_ushort(__float2half_rn(w));
-    else static_cast<float*>(out)[n * K + k] = w;
-  }
 }
 
 // Partial GEMV of one (512-column block, 128-row slab): part[slab][m][n] = Σ_{j in slab} x[m][perm[j]] w[n][j].
@@ -205,17 +145,104 @@ __global__ void sumSlabsKernel(const float* part, int slabs, size_t MN, float* y
   y[e] = s;
 }
 
-// ---- entry points ----
+// ---- prefill: WMMA GEMM over tiles dequantized into shared memory ----
+// y [M, N] = x [M, K] · dequant(W)ᵀ for prefill-sized M (Marlin/ExLlama's rule: from M ≈ 16 on,
+// tensor cores beat the GEMV's FMA chains). Block tile 64 x 64 x 32, 4 warps in a 2 x 2 grid,
+// each warp 32 x 32 = 2 x 2 m16n16k16 fragments with f32 accumulators. Per k-step the block
+// stages x (rounded to f16, gathered through perm for act-order) and the dequantized weight tile
+// (f16: (code − zero)·scale rounded once) into one of two shared-memory buffers while the warps
+// multiply the other one: the double buffer needs one barrier per k-step (the
+// barrier that ends step t both publishes buffer t+1 and frees buffer t for step t+2).
+// Rows are padded by 8 halves (16 B) so fragment rows do not all start in the same bank, and
+// every fragment pointer stays 32-byte aligned as load_matrix_sync requires.
+constexpr int kGemmBM = 64, kGemmBN = 64, kGemmBK = 32;
+constexpr int kGemmAS = kGemmBK + 8;  // A tile row stride (halves)
+constexpr int kGemmBS = kGemmBN + 8;  // B tile row stride (halves)
+constexpr int kGemmCS = kGemmBN + 4;  // C staging row stride (floats)
+constexpr size_t kGemmSmem = size_t(2) * kGemmBM * kGemmAS * 2 + size_t(2) * kGemmBK * kGemmBS * 2 + size_t(kGemmBM) * kGemmCS * 4;
 
-// Shape checks shared by the GPTQ entry points.
-inline Status checkQMatrix(const QMatrix& q) {
-  if (!qBitsSupported(q.fmt.bits)) return Status::kFormat;
-  if (q.fmt.zeroFormat != int32_t(ZeroFormat::kGptqV1) && q.fmt.zeroFormat != int32_t(ZeroFormat::kGptqV2)) return Status::kFormat;
-  if (!qDimPackable(q.fmt.K, q.fmt.bits) || !qDimPackable(q.fmt.N, q.fmt.bits)) return Status::kShape;
-  if (q.fmt.groupSize == 0 || q.fmt.groupSize < -1) return Status::kShape;
-  if (q.fmt.K > 0x7fffffff || q.fmt.N > 0x7fffffff) return Status::kRange;
-  return Status::kOk;
+// Code of (kernel row j, column n).
+__device__ __forceinline__ uint32_t codeAt(const QMatrix& q, int64_t j, int64_t n) {
+  const int64_t N = q.fmt.N;
+  const int bits = q.fmt.bits;
+  if (bits == 3) {
+    const uint32_t* w = q.qweight + (j / 32) * 3 * N + n;
+    return code3(w[0], w[N], w[2 * N], int(j % 32));
+  }
+  const int f = 32 / bits;
+  return (q.qweight[(j / f) * N + n] >> (bits * (j % f))) & ((1u << bits) - 1);
 }
+
+__global__ void __launch_bounds__(128) gptqGemmKernel(QMatrix q, const float* x, int M, float* y) {
+  using namespace nvcuda;
+  const int64_t K = q.fmt.K, N = q.fmt.N, G = q.fmt.groupSize < 0 ? K : q.fmt.groupSize;
+  const int64_t m0 = int64_t(blockIdx.y) * kGemmBM, n0 = int64_t(blockIdx.x) * kGemmBN;
+  __half* As = dynamicSmem<__half>();                  // [2][BM][AS]
+  __half* Bs = As + 2 * kGemmBM * kGemmAS;             // [2][BK][BS]
+  float* Cs = reinterpret_cast<float*>(Bs + 2 * kGemmBK * kGemmBS);  // [BM][CS]
+  const int warp = threadIdx.x / 32, wm = warp / 2, wn = warp % 2;
+  auto stage = [&](int64_t k0, int buf) {
+    __half* a = As + buf * kGemmBM * kGemmAS;
+    for (int e = threadIdx.x; e < kGemmBM * kGemmBK; e += blockDim.x) {
+      const int r = e / kGemmBK, c = e % kGemmBK;
+      const int64_t m = m0 + r, j = k0 + c;
+      const float v = m < M && j < K ? x[m * K + (q.perm ? q.perm[j] : j)] : 0.f;
+      a[r * kGemmAS + c] = __float2half_rn(v);
+    }
+    __half* b = Bs + buf * kGemmBK * kGemmBS;
+    for (int e = threadIdx.x; e < kGemmBK * kGemmBN; e += blockDim.x) {
+      const int r = e / kGemmBN, c = e % kGemmBN;  // consecutive threads: consecutive columns (coalesced qweight words)
+      const int64_t j = k0 + r, n = n0 + c;
+      float w = 0.f;
+      if (j < K && n < N) {
+        const int64_t g = j / G;
+        w = float(int(codeAt(q, j, n)) - zeroOf(q, g, n)) * __half2float(__ushort_as_half(q.scales[g * N + n]));
+      }
+      b[r * kGemmBS + c] = __float2half_rn(w);
+    }
+  };
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int jf = 0; jf < 2; ++jf) wmma::fill_fragment(acc[i][jf], 0.0f);
+  const int64_t steps = (K + kGemmBK - 1) / kGemmBK;
+  stage(0, 0);
+  __syncthreads();
+  for (int64_t t = 0; t < steps; ++t) {
+    const int cur = int(t & 1);
+    if (t + 1 < steps) stage((t + 1) * kGemmBK, cur ^ 1);  // the other buffer: freed by the last barrier
+    const __half* a = As + cur * kGemmBM * kGemmAS;
+    const __half* b = Bs + cur * kGemmBK * kGemmBS;
+#pragma unroll
+    for (int kk = 0; kk < kGemmBK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], a + (wm * 32 + i * 16) * kGemmAS + kk, kGemmAS);
+#pragma unroll
+      for (int jf = 0; jf < 2; ++jf) wmma::load_matrix_sync(fb[jf], b + kk * kGemmBS + wn * 32 + jf * 16, kGemmBS);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int jf = 0; jf < 2; ++jf) wmma::mma_sync(acc[i][jf], fa[i], fb[jf], acc[i][jf]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int jf = 0; jf < 2; ++jf)
+      wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * kGemmCS + wn * 32 + jf * 16, acc[i][jf], kGemmCS, wmma::mem_row_major);
+  __syncthreads();
+  for (int e = threadIdx.x; e < kGemmBM * kGemmBN; e += blockDim.x) {
+    const int r = e / kGemmBN, c = e % kGemmBN;
+    const int64_t m = m0 + r, n = n0 + c;
+    if (m < M && n < N) y[m * N + n] = Cs[r * kGemmCS + c];
+  }
+}
+
+// ---- entry points ----
 
 // Floats of scratch gptqGemv needs for M rows (the per-slab partial sums).
 inline size_t gptqGemvScratchFloats(const QuantFormat& f, int M) {
@@ -231,15 +258,6 @@ inline LaunchConfig gptqGemvConfig(const QuantFormat& f, int* groupsPerSlab) {
   c.block.x = kGemvThreads;
   c.smem = (size_t(kGemvMaxRows) * kGemvSlab + 2 * size_t(*groupsPerSlab) * kGemvCols) * sizeof(float);
   return c;
-}
-
-KV_ENTRY Status gptqDequantize(const Device& d, const QMatrix& q, void* out, bool outF16) {
-  const Status s = checkQMatrix(q);
-  if (s != Status::kOk) return s;
-  LaunchConfig c;
-  c.block.x = 256;
-  c.grid.x = ceilDiv(size_t((q.fmt.K + 31) / 32) * size_t(q.fmt.N), 256);
-  return launchKernel(d, c, gptqDequantKernel, q, out, int(outF16));
 }
 
 // y [M, N] f32 = x [M, K] f32 · dequant(W)ᵀ; scratch holds gptqGemvScratchFloats floats
@@ -265,6 +283,21 @@ KV_ENTRY Status gptqGemv(const Device& d, const QMatrix& q, const float* x, int 
   r.block.x = 256;
   r.grid.x = ceilDiv(MN, 256);
   return launchKernel(d, r, sumSlabsKernel, static_cast<const float*>(scratch), slabs, MN, y);
+}
+
+// y [M, N] f32 = x [M, K] f32 · dequant(W)ᵀ through tensor cores (x and the weights rounded to
+// f16, f32 accumulation); any M >= 1, meant for prefill (decode uses gptqGemv).
+KV_ENTRY Status gptqGemm(const Device& d, const QMatrix& q, const float* x, int64_t M, float* y) {
+  const Status s = checkQMatrix(q);
+  if (s != Status::kOk) return s;
+  if (M < 1) return Status::kShape;
+  if ((M + kGemmBM - 1) / kGemmBM > 65535) return Status::kRange;
+  LaunchConfig c;
+  c.grid.x = ceilDiv(size_t(q.fmt.N), kGemmBN);
+  c.grid.y = ceilDiv(size_t(M), kGemmBM);
+  c.block.x = 128;
+  c.smem = kGemmSmem;
+  return launchKernel(d, c, gptqGemmKernel, q, x, int(M), y);
 }
 
 }  // namespace kvant::cuda
