@@ -1,0 +1,138 @@
+/**
+ * Layer-by-layer sequential GPTQ on the model's own activations (issue #3 item 7, SPEC §2.1),
+ * measured where it matters: the logits of the quantized tiny model against the float model.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { makeModel } from '../lib/models/deepseek-v2/make-model';
+import { DeepSeekV2Model } from '../lib/models/deepseek-v2/model';
+import { calibrationSequences } from '../lib/quant/calibrate-model';
+import { QuantizeReport, quantizeModel } from '../lib/quant/quantize-model';
+
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'kvant-qc-'));
+const dirs: string[] = [];
+const src = tmp();
+dirs.push(src);
+makeModel({ preset: 'tiny', out: src, seed: 11 });
+afterAll(() => dirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+
+// Held-out evaluation sequences (a different generator seed from any calibration run).
+const EVAL = calibrationSequences({ vocabSize: 512, count: 3, length: 64, seed: 9001 });
+
+/** Per-position logits of every eval sequence. */
+function evalLogits(dir: string): Float32Array[] {
+  const m = DeepSeekV2Model.load(dir, { kvCache: 'f16' });
+  try {
+    return EVAL.map((ids) => {
+      const seq = m.cache.open(ids.length);
+      const logits = m.prefill(seq, Array.from(ids), { allLogits: true });
+      m.cache.close(seq);
+      return logits;
+    });
+  } finally {
+    m.dispose();
+  }
+}
+
+/** Mean over positions of KL(p_float ‖ p_quant), computed in f64 with a max-shifted log-softmax. */
+function meanKL(ref: Float32Array[], q: Float32Array[], V: number): number {
+  let sum = 0;
+  let n = 0;
+  for (let s = 0; s < ref.length; s++)
+    for (let t = 0; t < ref[s].length / V; t++) {
+      const lsm = (a: Float32Array) => {
+        let mx = -Infinity;
+        for (let v = 0; v < V; v++) mx = Math.max(mx, a[t * V + v]);
+        let z = 0;
+        for (let v = 0; v < V; v++) z += Math.exp(a[t * V + v] - mx);
+        const lz = mx + Math.log(z);
+        return Float64Array.from({ length: V }, (_, v) => a[t * V + v] - lz);
+      };
+      const lp = lsm(ref[s]);
+      const lq = lsm(q[s]);
+      let kl = 0;
+      for (let v = 0; v < V; v++) kl += Math.exp(lp[v]) * (lp[v] - lq[v]);
+      sum += kl;
+      n++;
+    }
+  return sum / n;
+}
+
+async function quantized(opts: Partial<Parameters<typeof quantizeModel>[0]>): Promise<{ dir: string; r: QuantizeReport }> {
+  const dir = tmp();
+  dirs.push(dir);
+  const r = await quantizeModel({ input: src, output: dir, bits: 3, groupSize: 32, seed: 4, ...opts });
+  return { dir, r };
+}
+
+describe('quantizeModel calib: model (sequential GPTQ on the model activations)', () => {
+  it('gives a lower logit KL vs the float model than RTN (and than synthetic calibration)', async () => {
+    const V = 512;
+    const ref = evalLogits(src);
+    const model = await quantized({ calib: 'model', calibTokens: 1024, calibSeqLen: 128 });
+    const rtn = await quantized({ method: 'rtn' });
+    const synth = await quantized({ calib: 'synthetic', calibTokens: 1024 });
+    const kl = {
+      model: meanKL(ref, evalLogits(model.dir), V),
+      rtn: meanKL(ref, evalLogits(rtn.dir), V),
+      synthetic: meanKL(ref, evalLogits(synth.dir), V),
+    };
+    console.log('mean KL(float || quant), tiny preset, 3-bit g32:', kl);
+    // Measured (seed 11/4, 3-bit g32): model 0.094, RTN 0.106, synthetic 0.195. The margin
+    // over RTN is modest because a random-init model's activations are nearly white (mean
+    // |correlation| between input channels 0.04-0.16, measured per Linear), so H is close to
+    // diagonal and GPTQ has little to exploit: per-layer output error 0.10-0.19 vs RTN's 0.20.
+    // Synthetic calibration is worse than RTN here: it compensates for outlier channels the
+    // model does not have. The comparison is the claim: GPTQ minimizes each layer's output error on the
+    // distribution the model actually produces, RTN ignores it. Both KLs are positive (the
+    // quantized model differs); no absolute bound is asserted beyond that.
+    expect(kl.rtn).toBeGreaterThan(0);
+    expect(kl.model).toBeGreaterThan(0);
+    expect(kl.model).toBeLessThan(kl.rtn);
+    expect(kl.model).toBeLessThan(kl.synthetic);
+
+    const qc = JSON.parse(fs.readFileSync(path.join(model.dir, 'quantize_config.json'), 'utf8'));
+    expect(qc.true_sequential).toBe(true);
+    expect(qc.calibration).toMatch(/layer-by-layer.*8 sequences, 1024 tokens/);
+    // Routed experts see only their tokens: counts sum to top-k x tokens per MoE layer.
+    const r = model.r;
+    for (const l of [1, 2]) {
+      const gates = r.quantized.filter((t) => new RegExp(`^model\\.layers\\.${l}\\.mlp\\.experts\\.\\d+\\.gate_proj$`).test(t.name));
+      expect(gates.length).toBe(8);
+      expect(gates.reduce((n, t) => n + t.tokens, 0)).toBe(2 * 1024);
+      for (const t of gates) expect(t.method).toBe(t.tokens < 16 ? 'rtn' : 'gptq');
+    }
+    for (const t of r.quantized.filter((t) => !/experts\.\d+\./.test(t.name))) {
+      expect(t.method).toBe('gptq');
+      expect(t.tokens).toBe(1024);
+    }
+  }, 120_000);
+
+  it('experts that get fewer than 16 routed tokens fall back to RTN, reported', async () => {
+    // 12 calibration tokens: every expert sees at most 12.
+    const { r } = await quantized({ calib: 'model', calibTokens: 12, bits: 4, groupSize: 32 });
+    const experts = r.quantized.filter((t) => /experts\.\d+\./.test(t.name));
+    expect(experts.length).toBe(2 * 8 * 3);
+    for (const t of experts) {
+      expect(t.method).toBe('rtn');
+      expect(t.fallbackReason).toMatch(/calibration tokens \(< 16\)/);
+    }
+  }, 60_000);
+
+  it('bad input: calib value, model + calibrate, token text without a tokenizer, non-DeepSeek config', async () => {
+    const out = tmp();
+    dirs.push(out);
+    await expect(quantizeModel({ input: src, output: out, bits: 4, groupSize: 32, calib: 'real' as 'model' })).rejects.toMatchObject({ code: 'KVANT_FORMAT' });
+    await expect(quantizeModel({ input: src, output: out, bits: 4, groupSize: 32, calib: 'model', calibrate: () => null })).rejects.toMatchObject({ code: 'KVANT_FORMAT' });
+    await expect(quantizeModel({ input: src, output: out, bits: 4, groupSize: 32, calibSeqLen: 0, calibTokens: 8 })).rejects.toMatchObject({ code: 'KVANT_RANGE' });
+    const noTok = tmp();
+    dirs.push(noTok);
+    for (const f of fs.readdirSync(src)) if (!f.startsWith('tokenizer')) fs.copyFileSync(path.join(src, f), path.join(noTok, f));
+    await expect(quantizeModel({ input: noTok, output: out, bits: 4, groupSize: 32, calibText: 'hello' })).rejects.toMatchObject({ code: 'KVANT_IO' });
+    const cfg = JSON.parse(fs.readFileSync(path.join(noTok, 'config.json'), 'utf8'));
+    fs.writeFileSync(path.join(noTok, 'config.json'), JSON.stringify({ ...cfg, model_type: 'llama' }));
+    await expect(quantizeModel({ input: noTok, output: out, bits: 4, groupSize: 32, calib: 'model' })).rejects.toMatchObject({ code: 'KVANT_FORMAT' });
+  });
+});
