@@ -8,7 +8,13 @@ import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeModel } from '../lib/models/deepseek-v2/make-model';
 import { DeepSeekV2Model } from '../lib/models/deepseek-v2/model';
-import { calibrationSequences } from '../lib/quant/calibrate-model';
+import { spawnSync } from 'node:child_process';
+import { forwardConsts, prefillChunk } from '../lib/models/deepseek-v2/forward';
+import { loadWeights } from '../lib/models/deepseek-v2/weights';
+import { calibrationSequences, sequentialCalibrate } from '../lib/quant/calibrate-model';
+import { QTensor } from '../lib/quant/format';
+import { Hessian, isSequentialGIdx, makeSequential, quantizeGptq } from '../lib/quant/quantize';
+import { Tensor } from '../lib/tensor';
 import { QuantizeReport, quantizeModel } from '../lib/quant/quantize-model';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'kvant-qc-'));
@@ -109,6 +115,91 @@ describe('quantizeModel calib: model (sequential GPTQ on the model activations)'
       expect(t.tokens).toBe(1024);
     }
   }, 120_000);
+
+  it('each layer is calibrated on the outputs of the already-quantized layers before it (vs an f64 Hessian of a reference forward)', async () => {
+    const seqs = calibrationSequences({ vocabSize: 512, count: 3, length: 40, seed: 2 });
+    const target = 'model.layers.1.self_attn.q_a_proj';
+    const hessians: Float32Array[] = [];
+    for (const quantizeLayer0 of [false, true]) {
+      const layer0 = new Map<string, QTensor>();
+      let got: Float32Array | null = null;
+      let samples = 0;
+      await sequentialCalibrate(src, seqs, async (prefix, w, h) => {
+        if (prefix === target) {
+          got = Float32Array.from(h.H.data() as Float32Array);
+          samples = h.samples;
+        }
+        if (!quantizeLayer0 || !prefix.startsWith('model.layers.0.')) return null;
+        const { q } = quantizeGptq(w, h, { bits: 3, groupSize: 32, actOrder: true, name: prefix });
+        layer0.set(prefix, q);
+        return q;
+      });
+      expect(samples).toBe(seqs.length);
+      // Reference: the whole-model prefill (float, or with layer 0's Linears replaced by the
+      // same QTensors), observing the target's input rows; H = (2/n) Σ x xᵀ in f64.
+      const w = loadWeights(src);
+      try {
+        const a = w.layers[0].attn;
+        const m = w.layers[0].mlp!;
+        for (const lw of [a.qA!, a.qB!, a.kvA, a.kvB, a.oProj, m.gate, m.up, m.down]) {
+          const q = layer0.get(lw.name.replace(/\.weight$/, ''));
+          if (q) lw.w = isSequentialGIdx(q) ? q : makeSequential(q);
+        }
+        expect(layer0.size).toBe(quantizeLayer0 ? 8 : 0);
+        const K = 256;
+        const ref = new Float64Array(K * K);
+        const k = { ...forwardConsts(w.config), observer: { linear: (lw: { name: string }, x: Tensor) => {
+          if (lw.name !== `${target}.weight`) return;
+          const xd = x.data() as Float32Array;
+          for (let t = 0; t < x.shape[0]; t++)
+            for (let i = 0; i < K; i++) for (let j = 0; j < K; j++) ref[i * K + j] += xd[t * K + i] * xd[t * K + j];
+        } } };
+        for (const ids of seqs) {
+          let rows: Tensor | null = null;
+          prefillChunk(w, k, ids, 0, { append: (_l, r) => void (rows = r), rows: () => rows! }, false);
+        }
+        // f32 accumulation over 120 rows of O(1) values vs f64: relative error per entry
+        // ~1e-6 of the row norms; 1e-4 of the largest entry leaves a wide margin (the float and
+        // quantized layer-0 Hessians are compared below: they differ by far more).
+        let maxRef = 0;
+        let maxDiff = 0;
+        for (let i = 0; i < K * K; i++) {
+          const r = (2 / seqs.length) * ref[i];
+          maxRef = Math.max(maxRef, Math.abs(r));
+          maxDiff = Math.max(maxDiff, Math.abs(r - got![i]));
+        }
+        expect(maxDiff / maxRef).toBeLessThan(1e-4);
+        hessians.push(got!);
+      } finally {
+        w.checkpoint.close();
+      }
+    }
+    // ... and the two really differ: layer 1 sees layer 0's quantization error.
+    const [hf, hq] = hessians;
+    let d = 0;
+    let m = 0;
+    for (let i = 0; i < hf.length; i++) {
+      d = Math.max(d, Math.abs(hf[i] - hq[i]));
+      m = Math.max(m, Math.abs(hf[i]));
+    }
+    console.log('layer-1 Hessian, quantized vs float layer 0: max |ΔH| / max |H| =', d / m);
+    expect(d / m).toBeGreaterThan(1e-2);
+  }, 60_000);
+
+  it('kvant quantize --calib model|synthetic; a bad --calib is KVANT_FORMAT', () => {
+    const root = path.join(__dirname, '..');
+    const out = tmp();
+    dirs.push(out);
+    const ok = spawnSync(process.execPath, ['bin/kvant.js', 'quantize', '--model', src, '--out', out, '--bits', '4', '--group-size', '32', '--calib', 'model', '--calib-tokens', '64', '--calib-seq-len', '32'], { cwd: root, encoding: 'utf8' });
+    expect(ok.status).toBe(0);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'quantize_config.json'), 'utf8')).calibration).toMatch(/2 sequences, 64 tokens/);
+    const syn = spawnSync(process.execPath, ['bin/kvant.js', 'quantize', '--model', src, '--out', out, '--bits', '4', '--group-size', '32', '--calib', 'synthetic', '--calib-tokens', '64'], { cwd: root, encoding: 'utf8' });
+    expect(syn.status).toBe(0);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'quantize_config.json'), 'utf8')).calibration).toMatch(/synthetic/);
+    const bad = spawnSync(process.execPath, ['bin/kvant.js', 'quantize', '--model', src, '--out', out, '--calib', 'real'], { cwd: root, encoding: 'utf8' });
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/KVANT_FORMAT/);
+  }, 60_000);
 
   it('experts that get fewer than 16 routed tokens fall back to RTN, reported', async () => {
     // 12 calibration tokens: every expert sees at most 12.
