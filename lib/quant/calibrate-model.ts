@@ -2,30 +2,29 @@
  * Layer-by-layer sequential GPTQ on a DeepSeek-V2 model's own activations (SPEC §2.1).
  *
  * The calibration sequences are embedded once; then for each decoder layer l:
- *   1. the layer runs on the current residual stream of every sequence (a copy) with a forward
- *      observer attached, which adds each Linear's input rows to that Linear's Hessian
+ *   1. for each true-sequential group of its Linears (q_a/q + kv_a, q_b + kv_b, o, gate + up,
+ *      down): the layer runs on the current residual stream of every sequence (a copy) with a
+ *      forward observer attached, which adds the group's input rows to each Linear's Hessian
  *      (H = 2/n Σ x xᵀ, n = sequences). Attention projections and the dense MLP are observed
  *      directly; for an MoE layer the observer gets the FFN input and the routing, and each
  *      routed expert's gate/up Hessian is fed only the rows routed to it (its down_proj the
- *      silu(gate)·up of those rows), the shared experts every row;
- *   2. every Linear of the layer is quantized from its Hessian (a routed expert that saw fewer
- *      than 16 tokens falls back to round-to-nearest, reported by the quantizer);
- *   3. the quantized weights replace the float ones in the in-memory layer, and the layer runs
- *      again on every sequence, in place: layer l+1 is calibrated on the outputs of the
- *      already-quantized layers 0..l, so it sees (and GPTQ compensates) their error.
- * Inputs are collected once per layer (all of a layer's Linears see the float-layer inputs of
- * that layer, as with true_sequential = false inside a block).
+ *      silu(gate)·up of those rows), the shared experts every row. The group is quantized from
+ *      its Hessians (a routed expert that saw fewer than 16 tokens falls back to
+ *      round-to-nearest, reported by the quantizer) and its weights replace the float ones in
+ *      the in-memory layer, so the next group is calibrated behind them;
+ *   2. the quantized layer runs again on every sequence, in place: layer l+1 is calibrated on
+ *      the outputs of the already-quantized layers 0..l, so it sees (and GPTQ compensates)
+ *      their error.
  *
- * Memory: one Hessian per Linear of the current layer (K² f32 each; for a V2-Lite MoE layer,
- * 64 experts × (2 × 2048² + 1408²) × 4 B ≈ 2.6 GB), the residual streams of the calibration
+ * Memory: one Hessian per Linear of the current group (K² f32 each; for V2-Lite's gate + up
+ * group, 64 experts × 2 × 2048² × 4 B ≈ 2.1 GB), the residual streams of the calibration
  * sequences, and the weights mapped from the checkpoint.
  */
 import { KvantError } from '../errors';
-import { linear } from '../ops/linear';
 import { siluGate, embedding } from '../ops/small';
 import { Tensor } from '../tensor';
 import { ForwardObserver, forwardConsts, prefillLayer } from '../models/deepseek-v2/forward';
-import { LinearWeight, MlpWeights, MoeWeights, loadWeights } from '../models/deepseek-v2/weights';
+import { LayerWeights, LinearWeight, MlpWeights, MoeWeights, applyLinear, loadWeights } from '../models/deepseek-v2/weights';
 import { QTensor } from './format';
 import { Hessian, isSequentialGIdx, makeSequential } from './quantize';
 
@@ -34,6 +33,11 @@ export type QuantizeLinear = (prefix: string, w: Tensor, h: Hessian) => Promise<
 
 export interface SequentialOptions {
   signal?: AbortSignal;
+  /**
+   * Quantize a layer's Linears in groups, re-collecting inputs after each (q_a/q + kv_a ->
+   * q_b + kv_b -> o -> gate + up -> down; default true). false: one collection per layer.
+   */
+  trueSequential?: boolean;
   /** Called after each layer's Linears are quantized. */
   onLayer?: (layer: number, layers: number) => void;
 }
@@ -50,8 +54,24 @@ function gatherRows(x: Tensor, rows: number[]): Tensor {
   return out;
 }
 
-/** The Linears of one MLP in a fixed order. */
-const mlpLinears = (m: MlpWeights): LinearWeight[] => [m.gate, m.up, m.down];
+/**
+ * A layer's Linears in true-sequential groups (AutoGPTQ's order for DeepSeek-V2): the
+ * projections of the layer input (q_a or q, kv_a), then q_b and kv_b, o_proj, every MLP's
+ * gate and up (dense, shared and routed experts), every down. Each group is calibrated with
+ * the groups before it already quantized. Without true sequential: one group.
+ */
+function layerGroups(layer: LayerWeights, trueSequential: boolean): LinearWeight[][] {
+  const a = layer.attn;
+  const mlps: MlpWeights[] = layer.mlp ? [layer.mlp] : [...(layer.moe?.shared ? [layer.moe.shared] : []), ...(layer.moe?.experts ?? [])];
+  const groups: LinearWeight[][] = [
+    [a.qProj, a.qA, a.kvA].filter((x): x is LinearWeight => x !== null),
+    [a.qB, a.kvB].filter((x): x is LinearWeight => x !== null),
+    [a.oProj],
+    mlps.flatMap((m) => [m.gate, m.up]),
+    mlps.map((m) => m.down),
+  ].filter((g) => g.length > 0);
+  return trueSequential ? groups : [groups.flat()];
+}
 
 /**
  * Runs sequential GPTQ over the model in `dir` (a float DeepSeek-V2 checkpoint) with the given
@@ -77,57 +97,61 @@ export async function sequentialCalibrate(dir: string, sequences: readonly Int32
     for (let l = 0; l < w.layers.length; l++) {
       if (o.signal?.aborted) throw new KvantError('KVANT_ABORTED', 'quantizeModel was aborted');
       const layer = w.layers[l];
-      const hess = new Map<string, { lw: LinearWeight; h: Hessian }>();
-      const hOf = (lw: LinearWeight) => {
-        let e = hess.get(lw.name);
-        if (!e) hess.set(lw.name, (e = { lw, h: new Hessian(lw.K) }));
-        return e.h;
-      };
-      const addMlp = (m: MlpWeights, x: Tensor) => {
-        hOf(m.gate).add(x, 1);
-        hOf(m.up).add(x, 1);
-        const d = siluGate(linear(x, m.gate.w as Tensor), linear(x, m.up.w as Tensor));
-        hOf(m.down).add(d, 1);
-      };
-      const observer: ForwardObserver = {
-        linear: (lw, x) => hOf(lw).add(x, 1),
-        moe: (m: MoeWeights, xn, experts) => {
-          if (m.shared) addMlp(m.shared, xn);
-          const T = xn.shape[0];
-          const k = experts.length / T;
-          const rows = new Map<number, number[]>();
-          for (let t = 0; t < T; t++)
-            for (let j = 0; j < k; j++) {
-              const e = experts[t * k + j];
-              if (!rows.has(e)) rows.set(e, []);
-              rows.get(e)!.push(t);
+      const groups = layerGroups(layer, o.trueSequential ?? true);
+      for (const group of groups) {
+        const members = new Set(group);
+        const hess = new Map<LinearWeight, Hessian>();
+        const hOf = (lw: LinearWeight) => {
+          let h = hess.get(lw);
+          if (!h) hess.set(lw, (h = new Hessian(lw.K)));
+          return h;
+        };
+        const add = (lw: LinearWeight, x: () => Tensor) => {
+          if (members.has(lw)) hOf(lw).add(x(), 1);
+        };
+        // An MLP inside the grouped MoE kernel: gate/up see x, down sees silu(gate(x))·up(x)
+        // computed with the weights as they are now (gate/up already quantized when true
+        // sequential has reached down).
+        const addMlp = (m: MlpWeights, x: Tensor) => {
+          add(m.gate, () => x);
+          add(m.up, () => x);
+          add(m.down, () => siluGate(applyLinear(x, m.gate), applyLinear(x, m.up)));
+        };
+        const observer: ForwardObserver = {
+          linear: (lw, x) => add(lw, () => x),
+          moe: (m: MoeWeights, xn, experts) => {
+            if (m.shared) addMlp(m.shared, xn);
+            const T = xn.shape[0];
+            const k = experts.length / T;
+            const rows = new Map<number, number[]>();
+            for (let t = 0; t < T; t++)
+              for (let j = 0; j < k; j++) {
+                const e = experts[t * k + j];
+                if (!rows.has(e)) rows.set(e, []);
+                rows.get(e)!.push(t);
+              }
+            for (const [e, r] of [...rows].sort((a, b) => a[0] - b[0])) {
+              const m2 = m.experts[e];
+              if (members.has(m2.gate) || members.has(m2.up) || members.has(m2.down)) addMlp(m2, gatherRows(xn, r));
             }
-          for (const [e, r] of [...rows].sort((a, b) => a[0] - b[0])) addMlp(m.experts[e], gatherRows(xn, r));
-        },
-      };
-      try {
-        const kObs = { ...forwardConsts(cfg), observer };
-        for (let s = 0; s < hidden.length; s++) prefillLayer(layer, l, kObs, hidden[s].to('f32'), positions[s], chunkIO());
-        // Every Linear of the layer, routed experts no token reached included (they get an
-        // empty Hessian, hence the quantizer's round-to-nearest fallback).
-        const all: LinearWeight[] = [];
-        const a = layer.attn;
-        for (const lw of [a.qProj, a.qA, a.qB, a.kvA, a.kvB, a.oProj]) if (lw) all.push(lw);
-        if (layer.mlp) all.push(...mlpLinears(layer.mlp));
-        if (layer.moe) {
-          if (layer.moe.shared) all.push(...mlpLinears(layer.moe.shared));
-          for (const m of layer.moe.experts) all.push(...mlpLinears(m));
+          },
+        };
+        try {
+          const kObs = { ...forwardConsts(cfg), observer };
+          for (let s = 0; s < hidden.length; s++) prefillLayer(layer, l, kObs, hidden[s].to('f32'), positions[s], chunkIO());
+          // Routed experts no token reached get an empty Hessian, hence the quantizer's
+          // round-to-nearest fallback.
+          for (const lw of group) {
+            if (o.signal?.aborted) throw new KvantError('KVANT_ABORTED', 'quantizeModel was aborted');
+            if (!(lw.w instanceof Tensor)) continue; // already quantized in the checkpoint
+            visited.add(prefixOf(lw));
+            const q = await quantize(prefixOf(lw), lw.w, hOf(lw));
+            // The forward's kernels take act-order weights as sequential groups + perm (lossless).
+            if (q) lw.w = q.gIdx && !isSequentialGIdx(q) ? makeSequential(q) : q;
+          }
+        } finally {
+          for (const h of hess.values()) h.dispose();
         }
-        for (const lw of all) {
-          if (o.signal?.aborted) throw new KvantError('KVANT_ABORTED', 'quantizeModel was aborted');
-          if (!(lw.w instanceof Tensor)) continue; // already quantized in the checkpoint
-          visited.add(prefixOf(lw));
-          const q = await quantize(prefixOf(lw), lw.w, hOf(lw));
-          // The forward's kernels take act-order weights as sequential groups + perm (lossless).
-          if (q) lw.w = q.gIdx && !isSequentialGIdx(q) ? makeSequential(q) : q;
-        }
-      } finally {
-        for (const { h } of hess.values()) h.dispose();
       }
       const k = forwardConsts(cfg);
       for (let s = 0; s < hidden.length; s++) prefillLayer(layer, l, k, hidden[s], positions[s], chunkIO());

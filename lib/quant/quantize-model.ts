@@ -65,6 +65,12 @@ export interface QuantizeModelOptions {
    * sequences of `calibSeqLen`); with 'synthetic' per Linear (default 256).
    */
   calibTokens?: number;
+  /**
+   * With calib 'model': quantize each layer's Linears in groups (q_a/q + kv_a -> q_b + kv_b ->
+   * o -> gate + up -> down), re-collecting inputs behind each (default true; recorded as
+   * true_sequential). false: one input collection per layer.
+   */
+  trueSequential?: boolean;
   /** Tokens per calibration sequence with calib 'model' (default 128, capped by calibTokens). */
   calibSeqLen?: number;
   /** Calibration text (calib 'model'), tokenized with the input folder's tokenizer.json; default: seeded random ids. */
@@ -224,7 +230,7 @@ export async function quantizeModel(o: QuantizeModelOptions): Promise<QuantizeRe
       const seqs = calibrationSequences({ vocabSize: cfgP.vocabSize, count: Math.max(1, Math.floor(calibTokens / seqLen)), length: seqLen, seed, textIds });
       const nTok = seqs.reduce((n, s) => n + s.length, 0);
       calibDescription = `layer-by-layer on the model's own activations: ${seqs.length} sequences, ${nTok} tokens (${textIds ? 'calibration text' : `uniform random ids, seed ${seed}`})`;
-      const visited = await sequentialCalibrate(o.input, seqs, (prefix, w, h) => quantizeOne(prefix, w, h), { signal: o.signal });
+      const visited = await sequentialCalibrate(o.input, seqs, (prefix, w, h) => quantizeOne(prefix, w, h), { signal: o.signal, trueSequential: o.trueSequential ?? true });
       // Anything the forward does not reach (none in a DeepSeek-V2 checkpoint) is rounded to nearest.
       for (const wname of linears) {
         const prefix = wname.slice(0, -'.weight'.length);
@@ -291,7 +297,7 @@ export async function quantizeModel(o: QuantizeModelOptions): Promise<QuantizeRe
       desc_act: method === 'gptq' && (o.actOrder ?? false),
       static_groups: false,
       sym: o.sym ?? true,
-      true_sequential: method === 'gptq' && calib === 'model',
+      true_sequential: method === 'gptq' && calib === 'model' && (o.trueSequential ?? true),
       lm_head: false,
       model_name_or_path: null,
       model_file_base_name: 'model',
