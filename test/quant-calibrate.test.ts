@@ -191,6 +191,57 @@ describe('quantizeModel calib: model (sequential GPTQ on the model activations)'
     expect(d / m).toBeGreaterThan(1e-2);
   }, 60_000);
 
+  it('true sequential: o_proj is calibrated behind the already-quantized q/kv projections of its own layer', async () => {
+    const seqs = calibrationSequences({ vocabSize: 512, count: 2, length: 40, seed: 3 });
+    const target = 'model.layers.0.self_attn.o_proj';
+    const before = new Map<string, QTensor>();
+    let got: Float32Array | null = null;
+    await sequentialCalibrate(src, seqs, async (prefix, w, h) => {
+      if (prefix === target) got = Float32Array.from(h.H.data() as Float32Array);
+      if (!prefix.startsWith('model.layers.0.self_attn.') || prefix === target) return null;
+      const { q } = quantizeGptq(w, h, { bits: 2, groupSize: 32, name: prefix });
+      before.set(prefix, q);
+      return q;
+    });
+    expect([...before.keys()].sort()).toEqual(['q_a_proj', 'q_b_proj', 'kv_a_proj_with_mqa', 'kv_b_proj'].map((n) => `model.layers.0.self_attn.${n}`).sort());
+    // Reference: o_proj's input from a forward with exactly those four quantized, in f64.
+    const ref = (quantizedQKV: boolean): Float64Array => {
+      const w = loadWeights(src);
+      try {
+        const a = w.layers[0].attn;
+        if (quantizedQKV) for (const lw of [a.qA!, a.qB!, a.kvA, a.kvB]) lw.w = before.get(lw.name.replace(/\.weight$/, ''))!;
+        const K = a.oProj.K;
+        const H = new Float64Array(K * K);
+        const k = { ...forwardConsts(w.config), observer: { linear: (lw: { name: string }, x: Tensor) => {
+          if (lw.name !== `${target}.weight`) return;
+          const xd = x.data() as Float32Array;
+          for (let t = 0; t < x.shape[0]; t++)
+            for (let i = 0; i < K; i++) for (let j = 0; j < K; j++) H[i * K + j] += (2 / seqs.length) * xd[t * K + i] * xd[t * K + j];
+        } } };
+        for (const ids of seqs) {
+          let rows: Tensor | null = null;
+          prefillChunk(w, k, ids, 0, { append: (_l, r) => void (rows = r), rows: () => rows! }, false);
+        }
+        return H;
+      } finally {
+        w.checkpoint.close();
+      }
+    };
+    const relMax = (r: Float64Array) => {
+      let m = 0;
+      let d = 0;
+      for (let i = 0; i < r.length; i++) {
+        m = Math.max(m, Math.abs(r[i]));
+        d = Math.max(d, Math.abs(r[i] - got![i]));
+      }
+      return d / m;
+    };
+    // Same bound and reasoning as above (f32 accumulation of 80 rows vs f64).
+    expect(relMax(ref(true))).toBeLessThan(1e-4);
+    // 2-bit q/kv projections change o_proj's input far beyond that.
+    expect(relMax(ref(false))).toBeGreaterThan(1e-2);
+  }, 60_000);
+
   it('kvant quantize --calib model|synthetic; a bad --calib is KVANT_FORMAT', () => {
     const root = path.join(__dirname, '..');
     const out = tmp();
@@ -201,6 +252,12 @@ describe('quantizeModel calib: model (sequential GPTQ on the model activations)'
     const syn = spawnSync(process.execPath, ['bin/kvant.js', 'quantize', '--model', src, '--out', out, '--bits', '4', '--group-size', '32', '--calib', 'synthetic', '--calib-tokens', '64'], { cwd: root, encoding: 'utf8' });
     expect(syn.status).toBe(0);
     expect(JSON.parse(fs.readFileSync(path.join(out, 'quantize_config.json'), 'utf8')).calibration).toMatch(/synthetic/);
+    const text = path.join(out, '..', `calib-${process.pid}.txt`);
+    fs.writeFileSync(text, 'The model reads a prompt and predicts the next token. '.repeat(20));
+    const txt = spawnSync(process.execPath, ['bin/kvant.js', 'quantize', '--model', src, '--out', out, '--bits', '4', '--group-size', '32', '--calib-text', text, '--calib-tokens', '64', '--calib-seq-len', '32'], { cwd: root, encoding: 'utf8' });
+    fs.rmSync(text);
+    expect(txt.status).toBe(0);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'quantize_config.json'), 'utf8')).calibration).toMatch(/calibration text/);
     const bad = spawnSync(process.execPath, ['bin/kvant.js', 'quantize', '--model', src, '--out', out, '--calib', 'real'], { cwd: root, encoding: 'utf8' });
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/KVANT_FORMAT/);
