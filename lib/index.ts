@@ -27,6 +27,8 @@ export { TextTokenizer } from './text/tokenizer';
 export type { DeepSeekV2Config, YarnScaling } from './models/deepseek-v2/config';
 export { quantizeModel, isLinearWeight } from './quant/quantize-model';
 export type { QuantizeModelOptions, QuantizeReport, QuantizedTensorReport, CalibrationSource, CalibrationRequest } from './quant/quantize-model';
+export { sequentialCalibrate, calibrationSequences } from './quant/calibrate-model';
+export type { QuantizeLinear, SequentialOptions } from './quant/calibrate-model';
 export { configFor, dynamicRuleFor } from './quant/checkpoint';
 export { qlinear, moeMlp } from './ops/qlinear';
 export { MlaKVCache } from './kv/mla-cache';

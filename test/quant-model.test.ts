@@ -31,7 +31,7 @@ describe('quantizeModel', () => {
     const out = tmp();
     const progress: number[] = [];
     const rules = { '-:.*kv_b_proj': {}, '+:.*\\.down_proj': { bits: 8, group_size: 64, desc_act: false } };
-    const r = await quantizeModel({ input: src, output: out, bits: 4, groupSize: 128, actOrder: true, rules, calibTokens: 48, seed: 1, maxShardBytes: 1 << 20, onProgress: (p) => progress.push(p.done) });
+    const r = await quantizeModel({ input: src, output: out, bits: 4, groupSize: 128, actOrder: true, rules, calib: 'synthetic', calibTokens: 48, seed: 1, maxShardBytes: 1 << 20, onProgress: (p) => progress.push(p.done) });
     expect(progress[progress.length - 1]).toBe(r.quantized.length + r.kept.filter((k) => k.reason.startsWith('rule')).length);
     // routed experts get 48 * 2 / 8 = 12 tokens (< 16): they fall back to RTN, reported
     const experts = r.quantized.filter((t) => /experts\.\d+\./.test(t.name));
@@ -43,7 +43,7 @@ describe('quantizeModel', () => {
     expect(fs.existsSync(path.join(out, 'tokenizer.json'))).toBe(true);
     expect(SafetensorsFile.open(path.join(out, r.files[0])).metadata.format).toBe('pt');
     const qcFile = JSON.parse(fs.readFileSync(path.join(out, 'quantize_config.json'), 'utf8'));
-    expect(qcFile).toMatchObject({ bits: 4, group_size: 128, desc_act: true, sym: true, damp_percent: 0.01, true_sequential: true, checkpoint_format: 'gptq', dynamic: rules });
+    expect(qcFile).toMatchObject({ bits: 4, group_size: 128, desc_act: true, sym: true, damp_percent: 0.01, true_sequential: false, checkpoint_format: 'gptq', dynamic: rules });
     expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).quantization_config).toEqual(qcFile);
 
     const a = Checkpoint.open(src);

@@ -70,6 +70,12 @@ export interface BenchCase {
   teardown?(): void;
   /** Untimed runs before measuring (default 1): enough to touch every copy of the data once. */
   warmup?: number;
+  /**
+   * One-shot phases (seconds to minutes per run, e.g. a 10944² factorization): time exactly
+   * this many runs with a wall clock instead of Benchmark.js (which takes >= 10 samples) and
+   * report their median. The row name gets the seconds appended.
+   */
+  runs?: number;
 }
 
 export interface BenchOptions {
@@ -153,6 +159,19 @@ function sd(xs: number[]): number {
 export function runCase(c: BenchCase, machine: Machine, quick = false): BenchRow {
   const body = c.setup();
   for (let i = 0; i < (c.warmup ?? 1); i++) body(); // warm-up: first touch, page faults, lazy init
+  if (c.runs !== undefined) {
+    const times: number[] = [];
+    try {
+      for (let i = 0; i < Math.max(1, c.runs); i++) {
+        const t0 = performance.now();
+        body();
+        times.push(performance.now() - t0);
+      }
+    } finally {
+      c.teardown?.();
+    }
+    return rowFor(c, machine, times, `${c.name}: ${(median(times) / 1e3).toFixed(2)} s`);
+  }
   const bench = new Benchmark(c.name, body, {
     minSamples: quick ? 3 : 10,
     maxTime: quick ? 0.3 : 2,
@@ -162,14 +181,18 @@ export function runCase(c: BenchCase, machine: Machine, quick = false): BenchRow
   bench.run();
   c.teardown?.();
   if (bench.error) throw bench.error;
-  const samples = bench.stats.sample.map((s) => s * 1e3);
+  return rowFor(c, machine, bench.stats.sample.map((s) => s * 1e3), c.name);
+}
+
+/** A results row from per-run times in ms. */
+function rowFor(c: BenchCase, machine: Machine, samples: number[], name: string): BenchRow {
   const ms = median(samples);
   const gbps = c.bytes ? c.bytes / (ms / 1e3) / 1e9 : null;
   const gflops = c.flops ? c.flops / (ms / 1e3) / 1e9 : null;
   const bw = c.ceiling === 'copy' ? machine.copy_gbps : machine.read_gbps;
   const f = c.fields ?? {};
   return {
-    name: c.name,
+    name,
     kernel: c.kernel,
     backend: 'cpu',
     isa: machine.isa,

@@ -103,7 +103,10 @@ function speedCases(quick: boolean): BenchCase[] {
       kernel: 'gptq_factor',
       fields: { k: K, dtype: 'f64' },
       flops: (2 / 3) * K ** 3,
-      warmup: 1,
+      // One timed run, no warm-up: at K = 10944 a run is minutes on a loaded 2-core machine.
+      // It overwrites its matrix in place, so setup prepares and the update case reuses it.
+      warmup: 0,
+      runs: 1,
       setup() {
         native().gptqBenchPrepare(N, K, B);
         return () => native().gptqBenchRun(0);
@@ -114,7 +117,8 @@ function speedCases(quick: boolean): BenchCase[] {
       kernel: 'gptq_update',
       fields: { n: N, k: K, dtype: 'f32' },
       flops: updateFlops,
-      warmup: 1,
+      warmup: quick ? 1 : 0,
+      runs: quick ? 3 : 2,
       setup() {
         return () => native().gptqBenchRun(1);
       },

@@ -39,6 +39,10 @@ Commands:
   quantize --model IN --out OUT --bits B --group-size G [--act-order] [--asym] [--method gptq|rtn]
            [--rules FILE|JSON] [--calib-tokens N] [--seed S] [--json]   (per channel: --group-size=-1)
                             GPTQ/RTN group quantization into an AutoGPTQ-compatible folder
+           [--calib model|synthetic] [--calib-seq-len L] [--calib-text FILE] [--no-true-sequential]
+                            calibration: model (default for DeepSeek-V2) = layer-by-layer GPTQ on the
+                            model's own activations for --calib-tokens ids (seeded random, or FILE's text
+                            through tokenizer.json); synthetic = correlated Gaussian per Linear
   help                      this text
 `;
 

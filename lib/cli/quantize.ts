@@ -15,9 +15,9 @@ function intArg(v: string | undefined, name: string): number | undefined {
 
 /** The per-tensor table printed at the end. */
 export function formatQuantizeReport(r: QuantizeReport): string {
-  const rows = [['tensor', 'N', 'K', 'bits', 'group', 'act-order', 'method', 'rel. error', 'seconds']];
+  const rows = [['tensor', 'N', 'K', 'bits', 'group', 'act-order', 'tokens', 'method', 'rel. error', 'seconds']];
   for (const t of r.quantized)
-    rows.push([t.name, String(t.N), String(t.K), String(t.bits), String(t.groupSize), t.actOrder ? 'yes' : 'no',
+    rows.push([t.name, String(t.N), String(t.K), String(t.bits), String(t.groupSize), t.actOrder ? 'yes' : 'no', String(t.tokens),
       t.method + (t.fallbackReason ? ` (${t.fallbackReason})` : ''), Number.isNaN(t.relError) ? '-' : t.relError.toExponential(3), t.seconds.toFixed(2)]);
   const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   const lines = rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  '));
@@ -43,6 +43,10 @@ export async function quantizeCommand(argv: string[]): Promise<number> {
       method: { type: 'string', default: 'gptq' },
       rules: { type: 'string' },
       'calib-tokens': { type: 'string' },
+      calib: { type: 'string' },
+      'calib-seq-len': { type: 'string' },
+      'calib-text': { type: 'string' },
+      'no-true-sequential': { type: 'boolean' },
       seed: { type: 'string' },
       json: { type: 'boolean' },
     },
@@ -64,6 +68,16 @@ export async function quantizeCommand(argv: string[]): Promise<number> {
       throw new KvantError('KVANT_FORMAT', `--rules is not valid JSON: ${(e as Error).message}`);
     }
   }
+  if (values.calib !== undefined && values.calib !== 'model' && values.calib !== 'synthetic')
+    throw new KvantError('KVANT_FORMAT', `Expected --calib model or synthetic but received ${JSON.stringify(values.calib)}`);
+  let calibText: string | undefined;
+  if (values['calib-text'] !== undefined) {
+    try {
+      calibText = fs.readFileSync(values['calib-text'], 'utf8');
+    } catch (e) {
+      throw new KvantError('KVANT_IO', `Cannot read --calib-text ${values['calib-text']}: ${(e as Error).message}`);
+    }
+  }
   const ctl = new AbortController();
   const onSig = () => ctl.abort();
   process.once('SIGINT', onSig);
@@ -79,6 +93,10 @@ export async function quantizeCommand(argv: string[]): Promise<number> {
       method: values.method as 'gptq' | 'rtn',
       rules,
       calibTokens: intArg(values['calib-tokens'], 'calib-tokens'),
+      calib: values.calib as 'model' | 'synthetic' | undefined,
+      calibSeqLen: intArg(values['calib-seq-len'], 'calib-seq-len'),
+      calibText,
+      trueSequential: !(values['no-true-sequential'] ?? false),
       seed: intArg(values.seed, 'seed'),
       signal: ctl.signal,
       onProgress: (p) => bar.update(p.done, p.total, p.tensor),

@@ -21,7 +21,7 @@ import { axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate } fro
 import { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
 import { ropeAmplitude, ropeInvFreq, softmaxScale } from './rope';
-import { AttentionWeights, LayerWeights, MlpWeights, ModelWeights, MoeWeights, applyLinear, weightBytes } from './weights';
+import { AttentionWeights, LayerWeights, LinearWeight, MlpWeights, ModelWeights, MoeWeights, applyLinear, weightBytes } from './weights';
 
 const f32 = (t: Tensor): Float32Array => t.data() as Float32Array;
 
@@ -54,6 +54,26 @@ export interface ForwardConsts {
   scale: number;
   /** When set, every forward call adds its timings and bytes here. */
   profile?: ForwardProfile;
+  /** Calibration hook (GPTQ): sees every Linear's input. Unset in normal inference. */
+  observer?: ForwardObserver;
+}
+
+/**
+ * Sees the inputs of the forward's Linears, for calibration (lib/quant/calibrate-model.ts).
+ * `linear` gets each projection that goes through applyLinear (attention, dense MLP) with its
+ * input rows [T, K] before it runs; `moe` gets an MoE FFN's normalized input rows [T, H] and
+ * the routed expert ids [T, k] (the experts run inside one grouped kernel, so their inputs are
+ * derived from these). Observers must not modify the tensors.
+ */
+export interface ForwardObserver {
+  linear?(w: LinearWeight, x: Tensor): void;
+  moe?(m: MoeWeights, xn: Tensor, experts: Int32Array): void;
+}
+
+/** applyLinear, shown to the observer first when one is set. */
+function lin(k: ForwardConsts, x: Tensor, w: LinearWeight): Tensor {
+  k.observer?.linear?.(w, x);
+  return applyLinear(x, w);
 }
 
 function timed<T>(k: ForwardConsts, part: ForwardComponent, bytes: number, fn: () => T): T {
@@ -85,11 +105,11 @@ function queries(a: AttentionWeights, k: ForwardConsts, xn: Tensor, positions: I
   const cfg = k.cfg;
   let q: Tensor;
   if (a.qProj) {
-    q = applyLinear(xn, a.qProj);
+    q = lin(k, xn, a.qProj);
   } else {
-    const qa = applyLinear(xn, a.qA!);
+    const qa = lin(k, xn, a.qA!);
     rmsNorm(qa, a.qANorm!, cfg.rmsNormEps, qa);
-    q = applyLinear(qa, a.qB!);
+    q = lin(k, qa, a.qB!);
   }
   const q3 = q.reshape([positions.length, cfg.numHeads, cfg.qkNopeHeadDim + cfg.qkRopeHeadDim]);
   ropeInPlace(q3, { positions, invFreq: k.invFreq, offset: cfg.qkNopeHeadDim, amplitude: k.amplitude });
@@ -105,7 +125,7 @@ function latentRows(a: AttentionWeights, k: ForwardConsts, xn: Tensor, positions
   const L = cfg.kvLoraRank;
   const W = L + cfg.qkRopeHeadDim;
   const T = positions.length;
-  const rows = applyLinear(xn, a.kvA);
+  const rows = lin(k, xn, a.kvA);
   const rd = f32(rows);
   const c = Tensor.zeros([T, L], 'f32');
   const cd = f32(c);
@@ -135,7 +155,7 @@ function attendExplicit(a: AttentionWeights, k: ForwardConsts, q: Tensor, all: T
   const cd = f32(c);
   for (let t = 0; t < Sk; t++) cd.set(ad.subarray(t * W, t * W + L), t * L);
   // kv [Sk, nh, P+Dv]: per head the non-rotary key (P) then the value (Dv).
-  const kvd = f32(applyLinear(c, a.kvB));
+  const kvd = f32(lin(k, c, a.kvB));
   const K = Tensor.zeros([1, Sk, nh, P + R], 'f32');
   const V = Tensor.zeros([1, Sk, nh, Dv], 'f32');
   const Kd = f32(K);
@@ -151,7 +171,7 @@ function attendExplicit(a: AttentionWeights, k: ForwardConsts, q: Tensor, all: T
     }
   }
   const { out } = flashAttention(q.reshape([1, T, nh, P + R]), K, V, { causal: true, scale: k.scale });
-  return applyLinear(out.reshape([T, nh * Dv]), a.oProj);
+  return lin(k, out.reshape([T, nh * Dv]), a.oProj);
 }
 
 /** Absorbed-form query [B, nh, L+R] = [W_UK(h)ᵀ q_nope(h) | q_pe(h)] per head. */
@@ -199,10 +219,10 @@ function expandValues(a: AttentionWeights, k: ForwardConsts, oLat: Tensor): Tens
   return o;
 }
 
-function mlpForward(m: MlpWeights, x: Tensor): Tensor {
-  const g = applyLinear(x, m.gate);
-  const u = applyLinear(x, m.up);
-  return applyLinear(siluGate(g, u), m.down);
+function mlpForward(m: MlpWeights, k: ForwardConsts, x: Tensor): Tensor {
+  const g = lin(k, x, m.gate);
+  const u = lin(k, x, m.up);
+  return lin(k, siluGate(g, u), m.down);
 }
 
 const kernelMlp = (m: MlpWeights): KernelMlp => ({ gate: m.gate.w, up: m.up.w, down: m.down.w });
@@ -230,6 +250,7 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
   });
   const id = idx.data() as Int32Array;
   const wd = f32(weights);
+  k.observer?.moe?.(m, x, id);
   const selected = [...new Set(id)].sort((a, b) => a - b);
   if (k.profile) k.profile.bytes.experts += selected.reduce((n, e) => n + mlpBytes(m.experts[e]), 0);
   const mlps: KernelMlp[] = m.shared ? [kernelMlp(m.shared)] : [];
@@ -262,13 +283,13 @@ function ffn(layer: LayerWeights, k: ForwardConsts, x: Tensor): Tensor {
   const xn = rmsNorm(x, layer.postNorm, k.cfg.rmsNormEps);
   const moe = layer.moe;
   if (moe) return timed(k, 'experts', weightBytes(moe.router) + (moe.shared ? mlpBytes(moe.shared) : 0), () => moeForward(moe, k, xn));
-  return timed(k, 'dense_mlp', k.profile ? mlpBytes(layer.mlp!) : 0, () => mlpForward(layer.mlp!, xn));
+  return timed(k, 'dense_mlp', k.profile ? mlpBytes(layer.mlp!) : 0, () => mlpForward(layer.mlp!, k, xn));
 }
 
 /** Final norm and lm_head on rows x [n, H] -> logits [n, V]. */
 function head(w: ModelWeights, k: ForwardConsts, x: Tensor): Tensor {
   const xn = rmsNorm(x, w.finalNorm, k.cfg.rmsNormEps);
-  return timed(k, 'lm_head', weightBytes(w.lmHead.w), () => applyLinear(xn, w.lmHead));
+  return timed(k, 'lm_head', weightBytes(w.lmHead.w), () => lin(k, xn, w.lmHead));
 }
 
 /** Weight bytes of the attention projections both forms use (q path, kv_a, o_proj). */
@@ -297,20 +318,28 @@ export function prefillChunk(w: ModelWeights, k: ForwardConsts, tokens: Int32Arr
     const T = tokens.length;
     const positions = Int32Array.from({ length: T }, (_, i) => start + i);
     const x = embedding(w.embed, tokens);
-    w.layers.forEach((layer, l) => {
-      const a = layer.attn;
-      const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
-      const bytes = k.profile ? attnCommonBytes(a) + weightBytes(a.kvB.w) : 0;
-      const o = timed(k, 'attention', bytes, () => {
-        const q = queries(a, k, xn, positions);
-        io.append(l, latentRows(a, k, xn, positions));
-        return attendExplicit(a, k, q, io.rows(l));
-      });
-      axpyInPlace(1, o, x);
-      axpyInPlace(1, ffn(layer, k, x), x);
-    });
+    w.layers.forEach((layer, l) => prefillLayer(layer, l, k, x, positions, io));
     return head(w, k, allLogits ? x : x.slice(T - 1, T));
   });
+}
+
+/**
+ * One decoder layer of a prefill chunk, in place: x [T, H] (the residual stream at `positions`)
+ * becomes the layer's output. prefillChunk is embedding, this for every layer, then the head;
+ * layer-by-layer calibration (GPTQ) calls it directly to feed each layer the outputs of the
+ * already-quantized layers before it.
+ */
+export function prefillLayer(layer: LayerWeights, l: number, k: ForwardConsts, x: Tensor, positions: Int32Array, io: PrefillCacheIO): void {
+  const a = layer.attn;
+  const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
+  const bytes = k.profile ? attnCommonBytes(a) + weightBytes(a.kvB.w) : 0;
+  const o = timed(k, 'attention', bytes, () => {
+    const q = queries(a, k, xn, positions);
+    io.append(l, latentRows(a, k, xn, positions));
+    return attendExplicit(a, k, q, io.rows(l));
+  });
+  axpyInPlace(1, o, x);
+  axpyInPlace(1, ffn(layer, k, x), x);
 }
 
 /** What a decode step needs from the cache, per layer. */
@@ -333,7 +362,7 @@ export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array
         const q = queries(a, k, xn, positions);
         io.append(l, latentRows(a, k, xn, positions));
         const oLat = io.attend(l, absorbQuery(a, k, q), k.scale);
-        return applyLinear(expandValues(a, k, oLat), a.oProj);
+        return lin(k, expandValues(a, k, oLat), a.oProj);
       });
       axpyInPlace(1, o, x);
       axpyInPlace(1, ffn(layer, k, x), x);
