@@ -15,6 +15,7 @@
  * Each configuration runs in its own child process (lib/bench/model-child.ts).
  */
 import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KvantError } from '../errors';
 import { KvCacheType } from '../kv/format';
@@ -117,7 +118,9 @@ const stats = (xs: number[]) => {
 
 /** Runs one job in a fresh Node process (the compiled dist/ build of model-child). */
 export function runChildProcess(job: ChildJob): ChildResult {
-  const script = path.join(__dirname, 'model-child.js');
+  // Beside this file in dist/; from the TS sources (tests), the compiled copy in dist/.
+  const beside = path.join(__dirname, 'model-child.js');
+  const script = fs.existsSync(beside) ? beside : path.join(__dirname, '..', '..', 'dist', 'bench', 'model-child.js');
   let out: string;
   try {
     out = execFileSync(process.execPath, [script, JSON.stringify(job)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 24 });

@@ -31,7 +31,7 @@ function posInt(v: string | undefined, name: string): number | undefined {
 }
 
 /** Runs the model rows and/or the claims tables after the machine ceilings were measured. */
-export async function benchModelCommand(v: ModelBenchFlags, machine: Machine): Promise<number> {
+export async function benchModelCommand(v: ModelBenchFlags, measure: () => Promise<Machine>): Promise<number> {
   const err = (s: string) => process.stderr.write(s + '\n');
   const quick = v.quick ?? false;
   if (v.preset !== undefined && v.preset !== 'tiny' && v.preset !== 'lite') throw new KvantError('KVANT_RANGE', `Expected --preset tiny or lite but received ${JSON.stringify(v.preset)}`);
@@ -40,6 +40,8 @@ export async function benchModelCommand(v: ModelBenchFlags, machine: Machine): P
   const pp = posInt(v.pp, 'pp');
   const tg = posInt(v.tg, 'tg');
   const filter = v.filter ? new RegExp(v.filter) : undefined;
+  err('measuring machine ceilings…');
+  const machine = await measure();
   const out: { machine: Machine; model?: ModelBenchReport; claims?: ClaimsReport } = { machine };
   console.log(formatMachine(machine));
   if (v.model) {

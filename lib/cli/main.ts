@@ -60,7 +60,7 @@ async function bench(argv: string[]): Promise<number> {
     args: argv,
     options: { json: { type: 'string' }, filter: { type: 'string' }, quick: { type: 'boolean' }, ...MODEL_BENCH_OPTIONS },
   });
-  if (values.model || values.claims) return benchModelCommand(values, await measureMachine(values.quick ?? false));
+  if (values.model || values.claims) return benchModelCommand(values, () => measureMachine(values.quick ?? false));
   const filter = values.filter ? new RegExp(values.filter) : undefined;
   const quick = values.quick ?? false;
   const log = (s: string) => err(s);
