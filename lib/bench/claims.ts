@@ -119,7 +119,7 @@ export interface ClaimsReport {
 export interface ClaimsOptions {
   quick?: boolean;
   log?: (s: string) => void;
-  /** Include DeepSeek-V2-Lite-shaped layers (lite preset, 2 layers) in the KV table (default: not quick). */
+  /** Include the DeepSeek-V2-Lite-shaped model (lite preset, 2 layers) in tables (a, RTN only) and (c) (default: not quick). */
   lite?: boolean;
   /** Which tables to run (default all). */
   tables?: ReadonlyArray<'quant' | 'bytes' | 'kv_quality' | 'kv_size' | 'scheduler'>;
@@ -285,6 +285,46 @@ function layerErrors(fdir: string, qdir: string, seed: number, maxLinears = Infi
     fck.close();
     qck.close();
   }
+}
+
+/**
+ * (a) on the DeepSeek-V2-Lite-shaped 2-layer model: RTN only (GPTQ over its ~200 linears of
+ * K = 2048 costs tens of minutes per configuration here), layer error on its first 4 linears.
+ */
+export async function liteQuantRows(log: (s: string) => void): Promise<QuantRow[]> {
+  const fdir = floatCheckpoint('lite', 2, log);
+  const V = (JSON.parse(fs.readFileSync(path.join(fdir, 'config.json'), 'utf8')) as { vocab_size: number }).vocab_size;
+  const tokens = fixedTokens(32, V);
+  const ref = prefillLogits(fdir, tokens, 'f16');
+  const floatBytes = dirBytes(fdir);
+  const rows: QuantRow[] = [];
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kvant-claims-lq-'));
+  try {
+    for (const bits of [2, 3, 4, 8] as QuantBits[]) {
+      const out = path.join(tmp, `q${bits}`);
+      log(`claims (a): lite-2 ${bits}-bit g128 rtn…`);
+      await quantizeModel({ input: fdir, output: out, bits, groupSize: 128, method: 'rtn' });
+      const { calib, heldOut } = layerErrors(fdir, out, 0, 4);
+      rows.push({
+        model: 'lite-2',
+        bits,
+        group: 128,
+        method: 'rtn',
+        calib_rel_error: calib.reduce((a, b) => a + b, 0) / calib.length,
+        layer_rel_error: heldOut.reduce((a, b) => a + b, 0) / heldOut.length,
+        layer_rel_error_max: Math.max(...heldOut),
+        linears: heldOut.length,
+        logits: agreement(ref, prefillLogits(out, tokens, 'f16'), V),
+        decode_tokens_per_s: decodeSpeed(out, 8, 1),
+        bytes_on_disk: dirBytes(out),
+        float_bytes_on_disk: floatBytes,
+      });
+      fs.rmSync(out, { recursive: true, force: true });
+    }
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+  return rows;
 }
 
 async function quantTable(quick: boolean, log: (s: string) => void): Promise<QuantRow[]> {
@@ -567,7 +607,7 @@ async function schedulerTable(quick: boolean, log: (s: string) => void): Promise
 
 function verdicts(r: Omit<ClaimsReport, 'verdicts' | 'notes'>): Verdict[] {
   const out: Verdict[] = [];
-  const q = (bits: number, group: number, method: string) => r.quant.find((x) => x.bits === bits && x.group === group && x.method === method);
+  const q = (bits: number, group: number, method: string) => r.quant.find((x) => x.model === 'tiny-3' && x.bits === bits && x.group === group && x.method === method);
   const fmt = (x: QuantRow | undefined) => (x ? `KL ${x.logits.mean_kl.toExponential(2)}, top-1 ${(100 * x.logits.top1).toFixed(0)}%, layer err ${x.layer_rel_error.toFixed(3)}` : 'n/a');
   if (r.quant.length) {
     const g2 = q(2, 128, 'gptq');
@@ -644,7 +684,7 @@ export async function runClaims(o: ClaimsOptions = {}): Promise<ClaimsReport> {
   const log = o.log ?? (() => undefined);
   const want = new Set(o.tables ?? ['quant', 'bytes', 'kv_quality', 'kv_size', 'scheduler']);
   const r = {
-    quant: want.has('quant') ? await quantTable(quick, log) : [],
+    quant: want.has('quant') ? [...(await quantTable(quick, log)), ...(o.lite ?? !quick ? await liteQuantRows(log) : [])] : [],
     bytes: want.has('bytes') ? bytesTable() : [],
     kv_quality: want.has('kv_quality') ? kvQualityTable(quick, o.lite ?? !quick, log) : [],
     kv_size: want.has('kv_size') ? kvSizeTable() : [],
@@ -669,9 +709,9 @@ const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
 export function formatClaims(r: ClaimsReport): string {
   const out: string[] = ['CLAIMS (DESIGN.md §8). ' + r.notes[0], ''];
   if (r.quant.length) {
-    out.push('(a) quantization: bits × group × method (tiny-3; vs bf16 model)');
-    out.push(table([['bits', 'group', 'method', 'calib err', 'held-out err', 'held-out max', 'KL mean', 'KL max', 'top-1', 'decode tok/s', 'MB on disk'],
-      ...r.quant.map((x) => [String(x.bits), String(x.group), x.method, e(x.calib_rel_error), e(x.layer_rel_error), e(x.layer_rel_error_max), e(x.logits.mean_kl), e(x.logits.max_kl), pct(x.logits.top1), x.decode_tokens_per_s.toFixed(0), (x.bytes_on_disk / 1e6).toFixed(2)])]));
+    out.push('(a) quantization: bits × group × method (vs the bf16 model; lite-2: RTN, layer error over its first 4 linears)');
+    out.push(table([['model', 'bits', 'group', 'method', 'calib err', 'held-out err', 'held-out max', 'KL mean', 'KL max', 'top-1', 'decode tok/s', 'MB on disk'],
+      ...r.quant.map((x) => [x.model, String(x.bits), String(x.group), x.method, e(x.calib_rel_error), e(x.layer_rel_error), e(x.layer_rel_error_max), e(x.logits.mean_kl), e(x.logits.max_kl), pct(x.logits.top1), x.decode_tokens_per_s.toFixed(0), (x.bytes_on_disk / 1e6).toFixed(2)])]));
     out.push('');
   }
   if (r.bytes.length) {
