@@ -693,7 +693,7 @@ export async function runClaims(o: ClaimsOptions = {}): Promise<ClaimsReport> {
   return {
     notes: [
       'Random weights, no data sets: task accuracy (HumanEval, "98% accuracy") cannot be measured here. Quality numbers are proxies: relative layer output error on held-out synthetic activations, and KL divergence / top-1 agreement of next-token distributions with the reference model over a fixed token sequence.',
-      '(a) tiny preset (3 layers), every linear quantized by `quantizeModel` (lm_head, embeddings, router stay bf16); reference = the bf16 model; both with an f16 cache.',
+      '(a) tiny preset (3 layers), and (not with --quick) the lite-shaped 2-layer model with RTN only; every linear quantized by `quantizeModel` (lm_head, embeddings, router stay bf16); reference = the bf16 model; both with an f16 cache; decode tok/s of the tiny model is per-step overhead and load noise.',
       '(c) reference = the same model over an exact f32 latent store (prefill: one chunk; decode: the absorbed attention in f64); attention error = cache.decode over the model\'s own latent rows with Gaussian queries vs f64 attention.',
       '(d) computed from shapes, not measured: MLA stores kv_lora_rank latent values (cache type) + qk_rope_head_dim rotary key values (bf16) per layer; a standard cache stores K and V for every KV head.',
     ],
