@@ -38,6 +38,7 @@ import { Tensor } from '../tensor';
 import { floatCheckpoint } from './model-checkpoints';
 import { table } from './model-cases';
 
+/** Agreement of a model's next-token distributions with a reference's over the same positions. */
 export interface Agreement {
   mean_kl: number;
   max_kl: number;
@@ -45,6 +46,7 @@ export interface Agreement {
   positions: number;
 }
 
+/** Table (a): one quantization configuration (bits, group, method) of one model. */
 export interface QuantRow {
   model: string;
   bits: QuantBits;
@@ -62,11 +64,13 @@ export interface QuantRow {
   float_bytes_on_disk: number;
 }
 
+/** Table (b): bytes of one model/format (computed from shapes or by `plan`). */
 export interface BytesRow {
   what: string;
   bytes: number;
 }
 
+/** Table (c): one KV cache type vs the exact f32 latent store. */
 export interface KvQualityRow {
   model: string;
   kv_cache: KvCacheType;
@@ -77,6 +81,7 @@ export interface KvQualityRow {
   decode: Agreement;
 }
 
+/** Table (d): KV cache bytes per token of one model and cache type, from shapes. */
 export interface KvSizeRow {
   model: string;
   cache: string;
@@ -86,6 +91,7 @@ export interface KvSizeRow {
   formula: string;
 }
 
+/** Table (e): latency of a burst of concurrent generate() calls at one maxBatchSize. */
 export interface SchedulerRow {
   max_batch_size: number;
   max_wait_ms: number;
@@ -100,12 +106,14 @@ export interface SchedulerRow {
   max_batch_seen: number;
 }
 
+/** A DESIGN.md §8 hypothesis, its verdict and the numbers behind it. */
 export interface Verdict {
   claim: string;
   verdict: 'confirmed' | 'refuted' | 'partly confirmed' | 'not measurable here';
   evidence: string;
 }
 
+/** Everything `kvant bench --claims` measures (also its JSON). */
 export interface ClaimsReport {
   notes: string[];
   quant: QuantRow[];
@@ -116,6 +124,7 @@ export interface ClaimsReport {
   verdicts: Verdict[];
 }
 
+/** Options of {@link runClaims}. */
 export interface ClaimsOptions {
   quick?: boolean;
   log?: (s: string) => void;

@@ -35,6 +35,7 @@ export interface ModelCase {
   kvCache: KvCacheType;
 }
 
+/** Options of {@link runModelBench} (defaults there). */
 export interface ModelBenchOptions {
   preset?: PresetName;
   layers?: number;
@@ -90,6 +91,7 @@ export interface ModelBenchRow {
   load_ms: number;
 }
 
+/** Rows plus the notes that say how they were measured. */
 export interface ModelBenchReport {
   rows: ModelBenchRow[];
   notes: string[];
@@ -105,6 +107,7 @@ export function defaultModelCases(quick: boolean): ModelCase[] {
   return out;
 }
 
+/** Row name of a case, e.g. "q4g128+lm_bf16 kv=f16". */
 export function caseName(c: ModelCase): string {
   const w = c.bits === 16 ? 'bf16' : `q${c.bits}g${c.group}${c.lmHeadQuantized ? '' : '+lm_bf16'}`;
   return `${w} kv=${c.kvCache}`;

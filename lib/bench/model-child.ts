@@ -14,6 +14,7 @@ import { DeepSeekV2Model } from '../models/deepseek-v2/model';
 import { KvCacheType } from '../kv/format';
 import { native } from '../native';
 
+/** What one child process runs (JSON in argv[2]). */
 export interface ChildJob {
   dir: string;
   kvCache: KvCacheType;
@@ -24,6 +25,7 @@ export interface ChildJob {
   profileSteps: number;
 }
 
+/** The child's raw measurements (one JSON line on stdout). */
 export interface ChildResult {
   load_ms: number;
   pp_ms: number[];
@@ -73,6 +75,7 @@ function instrumentNative(): { ms: () => number; calls: () => number; undo: () =
   return { ms: () => ms, calls: () => calls, undo: () => saved.forEach((f, k) => (b[k] = f)) };
 }
 
+/** Loads the checkpoint and runs the pp, tg and instrumented passes (see the module comment). */
 export function runChild(job: ChildJob): ChildResult {
   const rssBefore = status('VmRSS');
   let t = performance.now();
