@@ -14,6 +14,13 @@ import { generateCommand } from './generate';
 import { logitsCommand } from './logits';
 import { demoCommand } from './demo';
 import { quantizeCommand } from './quantize';
+import { benchModelCommand } from './bench-model';
+
+/** Flags of `bench --model` / `bench --claims` (lib/cli/bench-model.ts). */
+const MODEL_BENCH_OPTIONS = {
+  model: { type: 'boolean' }, claims: { type: 'boolean' }, preset: { type: 'string' }, layers: { type: 'string' },
+  reps: { type: 'string' }, pp: { type: 'string' }, tg: { type: 'string' },
+} as const;
 
 const HELP = `kvant — quantized LLM inference for Node.js
 
@@ -28,6 +35,10 @@ Commands:
                             memory for weights and KV cache, and whether it fits here
   bench [--json FILE] [--filter REGEX] [--quick]
                             measure machine ceilings, then run the kernel benchmarks
+  bench --model [--preset lite|tiny] [--layers N] [--pp N] [--tg N] [--reps N] [--filter RE] [--quick] [--json FILE]
+                            end-to-end DeepSeek-V2 rows: pp/tg tokens/s, bandwidth, components, memory
+  bench --claims [--quick] [--json FILE]
+                            the quality/size/cache/scheduler tables that settle DESIGN.md §8's claims
   generate --model DIR (--prompt TEXT [--chat] | --tokens 1,2,3) [--max-tokens N] [--temperature T]
            [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--ignore-eos]
            [--kv-cache f16|bf16|q8|q6|q4] [--json]
@@ -51,8 +62,9 @@ const err = (s: string) => process.stderr.write(s + '\n');
 async function bench(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { json: { type: 'string' }, filter: { type: 'string' }, quick: { type: 'boolean' } },
+    options: { json: { type: 'string' }, filter: { type: 'string' }, quick: { type: 'boolean' }, ...MODEL_BENCH_OPTIONS },
   });
+  if (values.model || values.claims) return benchModelCommand(values, () => measureMachine(values.quick ?? false));
   const filter = values.filter ? new RegExp(values.filter) : undefined;
   const quick = values.quick ?? false;
   const log = (s: string) => err(s);
