@@ -259,11 +259,37 @@ inline void pvTile(const float* pt, size_t ldpt, size_t n, const float* v, size_
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(acc + i * lda, a[i][0]), _mm256_storeu_ps(acc + i * lda + 8, a[i][1]);
 }
 
+// MR = 6 spelled out: GCC keeps a 12-entry __m256 array in memory (a store per FMA) instead
+// of registers; named accumulators stay in ymm registers. Same arithmetic as pvTile<6>.
+inline void pvTile6(const float* pt, size_t ldpt, size_t n, const float* v, size_t ldv, const float* rs, float* acc, size_t lda) {
+#define KV_LD(I) \
+  __m256 a##I##0 = _mm256_mul_ps(_mm256_loadu_ps(acc + I * lda), _mm256_broadcast_ss(rs + I)); \
+  __m256 a##I##1 = _mm256_mul_ps(_mm256_loadu_ps(acc + I * lda + 8), _mm256_broadcast_ss(rs + I));
+  KV_LD(0) KV_LD(1) KV_LD(2) KV_LD(3) KV_LD(4) KV_LD(5)
+#undef KV_LD
+  for (size_t j = 0; j < n; ++j) {
+    const __m256 v0 = _mm256_loadu_ps(v + j * ldv), v1 = _mm256_loadu_ps(v + j * ldv + 8);
+    const float* pj = pt + j * ldpt;
+#define KV_FMA(I)                                  \
+  {                                                \
+    const __m256 w = _mm256_broadcast_ss(pj + I);  \
+    a##I##0 = _mm256_fmadd_ps(w, v0, a##I##0);     \
+    a##I##1 = _mm256_fmadd_ps(w, v1, a##I##1);     \
+  }
+    KV_FMA(0) KV_FMA(1) KV_FMA(2) KV_FMA(3) KV_FMA(4) KV_FMA(5)
+#undef KV_FMA
+  }
+#define KV_ST(I) _mm256_storeu_ps(acc + I * lda, a##I##0), _mm256_storeu_ps(acc + I * lda + 8, a##I##1);
+  KV_ST(0) KV_ST(1) KV_ST(2) KV_ST(3) KV_ST(4) KV_ST(5)
+#undef KV_ST
+}
+
 inline void pvTileN(size_t mr, const float* pt, size_t ldpt, size_t n, const float* v, size_t ldv, const float* rs, float* acc, size_t lda) {
   switch (mr) {
 #define KV_PV_CASE(M) \
   case M: pvTile<M>(pt, ldpt, n, v, ldv, rs, acc, lda); break;
-    KV_PV_CASE(6) KV_PV_CASE(5) KV_PV_CASE(4) KV_PV_CASE(3) KV_PV_CASE(2) KV_PV_CASE(1)
+    case 6: pvTile6(pt, ldpt, n, v, ldv, rs, acc, lda); break;
+    KV_PV_CASE(5) KV_PV_CASE(4) KV_PV_CASE(3) KV_PV_CASE(2) KV_PV_CASE(1)
 #undef KV_PV_CASE
     default: break;
   }
