@@ -412,7 +412,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
       if (corr != 1.f)
         for (size_t d = 0; d < Dv; ++d) acc[d] *= corr;
       m[0] = mNew;
-      for (size_t r = 0; r < n; ++r) kv->axpy(a.v.type, rp[r] + a.v.offset, s[r], acc, Dv);
+      kv->axpyRows(a.v.type, rp, a.v.offset, n, s, acc, Dv);
     }
     for (size_t c0 = t0; !fused && c0 < t1; c0 += kRows) {
       const size_t n = std::min(kRows, t1 - c0);

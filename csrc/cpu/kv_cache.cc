@@ -157,7 +157,11 @@ void axpy(KvType t, const uint8_t* src, float p, float* acc, size_t n) {
 }
 
 }  // namespace
-const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy};
+void axpyRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* p, float* acc, size_t n) {
+  for (size_t r = 0; r < nrows; ++r) axpy(t, rows[r] + off, p[r], acc, n);
+}
+
+const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy, axpyRows};
 }  // namespace scalar
 
 const KvKernels* kvKernelsFor(Isa isa) {

@@ -61,6 +61,10 @@ struct KvKernels {
   // dot returns Σ q[i]·x[i]; axpy does acc[i] += p·x[i] (x as stored, like decode).
   float (*dot)(KvType t, const uint8_t* src, const float* q, size_t n);
   void (*axpy)(KvType t, const uint8_t* src, float p, float* acc, size_t n);
+  // axpy over nrows rows (row r at rows[r] + off) in row order: the same arithmetic per
+  // element as nrows axpy calls (bit-identical), but the AVX2 level keeps a 64-column slice of
+  // acc in registers across all rows instead of loading and storing acc once per row.
+  void (*axpyRows)(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* p, float* acc, size_t n);
 };
 
 namespace scalar { extern const KvKernels kKvKernels; }

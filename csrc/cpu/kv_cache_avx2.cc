@@ -267,7 +267,39 @@ void axpy(KvType t, const uint8_t* src, float p, float* acc, size_t n) {
   }
 }
 
+// 64 columns of acc (8 registers) across all rows; per row and element one FMA in row order,
+// exactly as axpy does, so the result is the same as nrows axpy calls. Columns past the last
+// full 64 go through axpy row by row (same arithmetic again).
+void axpyRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* p, float* acc, size_t n) {
+  const bool quant = kvQuantized(t);
+  const size_t gbytes = quant ? kvSegmentBytes(t, kKvGroup) : 0;
+  size_t c = 0;
+  for (; c + 64 <= n; c += 64) {
+    __m256 a[8];
+    for (int k = 0; k < 8; ++k) a[k] = _mm256_loadu_ps(acc + c + 8 * k);
+    // Byte offset of column c in a row: groups of 32 for quantized types, 2 B per value else.
+    const size_t boff = off + (quant ? c / 32 * gbytes : 2 * c);
+    for (size_t r = 0; r < nrows; ++r) {
+      const uint8_t* src = rows[r] + boff;
+      const __m256 vp = _mm256_set1_ps(p[r]);
+      __m256 v[8];
+      if (quant) {
+        block32(t, src, v);
+        block32(t, src + gbytes, v + 4);
+      } else {
+        for (int k = 0; k < 8; ++k) v[k] = half8(t, src + 16 * k);
+      }
+      for (int k = 0; k < 8; ++k) a[k] = _mm256_fmadd_ps(vp, v[k], a[k]);
+    }
+    for (int k = 0; k < 8; ++k) _mm256_storeu_ps(acc + c + 8 * k, a[k]);
+  }
+  if (c < n) {
+    const size_t boff = off + (quant ? c / 32 * gbytes : 2 * c);
+    for (size_t r = 0; r < nrows; ++r) axpy(t, rows[r] + boff, p[r], acc + c, n - c);
+  }
+}
+
 }  // namespace
-const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy};
+const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy, axpyRows};
 }  // namespace avx2
 }  // namespace kvant
