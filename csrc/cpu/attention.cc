@@ -392,6 +392,16 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     // One query head per kv head (standard-cache decode without GQA): nothing would reuse a
     // decoded row, so decode it in registers straight into the dot and the accumulation.
     const bool fused = group == 1 && !a.vFromKey && a.k1.n == 0;
+    // q8 / q4 keys on the fused path: scores in integers against the query quantized per group
+    // of 32 (once per task). Added score error <= Σ_g (qd_g / 2)·‖y_g‖₁ (y = the stored key
+    // group), see kvQuantizeQuery; the tests bound it by (√32 / 254)·Σ_g ‖q_g‖₂‖k_g‖₂.
+    const bool intScore = fused && kvIntScore(a.k0.type);
+    thread_local std::vector<int8_t> q8buf;
+    thread_local std::vector<float> qdbuf;
+    if (intScore) {
+      q8buf.resize(Dk), qdbuf.resize(Dk / 32);
+      kvQuantizeQuery(qbuf.data(), Dk, q8buf.data(), qdbuf.data());
+    }
     for (size_t c0 = t0; fused && c0 < t1; c0 += kRows) {
       const size_t n = std::min(kRows, t1 - c0);
       const uint8_t* rp[kRows];
@@ -403,7 +413,8 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
           const uint8_t* ahead = rowAt(t + kAhead);
           for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(ahead + prefetchFrom + off, 0, 0);
         }
-        s[r] = kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk) * a.scale;
+        s[r] = (intScore ? kv->dotI8(a.k0.type, rp[r] + a.k0.offset, q8buf.data(), qdbuf.data(), Dk)
+                         : kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk)) * a.scale;
         bm = s[r] > bm ? s[r] : bm;
       }
       const float mNew = m[0] > bm ? m[0] : bm;
