@@ -52,6 +52,11 @@ describe.each(levels)('flashAttention at ISA level %s', (isa) => {
     [2, 33, 33, 2, 1, 64, 48, true],
     [1, 20, 7, 2, 2, 64, 64, true],
     [1, 17, 129, 6, 3, 192, 128, false],
+    // several 64-row query blocks, partial row tiles (150 = 2·64 + 22), the diagonal cutting
+    // K blocks at every offset, Dv with an 8-column tail (40), Sq > Sk over several blocks
+    [1, 150, 200, 2, 1, 64, 40, true],
+    [1, 130, 100, 2, 2, 72, 128, true],
+    [1, 70, 70, 1, 1, 128, 128, false],
   ])('B=%i Sq=%i Sk=%i Hq=%i Hkv=%i Dqk=%i Dv=%i causal=%s matches f64', (B, Sq, Sk, Hq, Hkv, Dqk, Dv, causal) => {
     const q = Tensor.random([B, Sq, Hq, Dqk], 'f32', { seed: 1, dist: 'normal' });
     const k = Tensor.random([B, Sk, Hkv, Dqk], 'f32', { seed: 2, dist: 'normal' });
@@ -118,6 +123,17 @@ describe('flashAttention', () => {
     });
     setThreads(before);
     expect(outs[1].equals(outs[0]) && outs[2].equals(outs[0])).toBe(true);
+    // Several query blocks per head (tasks of different lengths spread over the threads).
+    const q2 = Tensor.random([1, 200, 3, 64], 'f32', { seed: 10, dist: 'normal' });
+    const k2 = Tensor.random([1, 200, 3, 64], 'f32', { seed: 11, dist: 'normal' });
+    const v2 = Tensor.random([1, 200, 3, 32], 'f32', { seed: 12, dist: 'normal' });
+    const outs2 = [1, 2, 3].map((t) => {
+      setThreads(t);
+      const r = flashAttention(q2, k2, v2, { causal: true });
+      return Buffer.concat([Buffer.from(r.out.byteView()), Buffer.from(r.lse.byteView())]);
+    });
+    setThreads(before);
+    expect(outs2[1].equals(outs2[0]) && outs2[2].equals(outs2[0])).toBe(true);
   });
 
   it('bad input is a typed error', () => {

@@ -19,8 +19,46 @@ function kv(T: number, seed: number): Tensor {
   return Tensor.from(d, { shape: [T, HKV, D] });
 }
 
+/** Unnormalized 32-point Walsh–Hadamard transform of one group (f64). */
+function wht32(x: ArrayLike<number>): Float64Array {
+  const y = Float64Array.from(x);
+  for (let len = 1; len < 32; len *= 2)
+    for (let i = 0; i < 32; i += 2 * len)
+      for (let j = i; j < i + len; j++) {
+        const a = y[j];
+        const b = y[j + len];
+        y[j] = a + b;
+        y[j + len] = a - b;
+      }
+  return y;
+}
+
+/**
+ * Worst-case score change of the integer score path (q8/q4 keys, one query head per kv
+ * head) before the softmax scale: the kernel rounds the rotated query q̃ = H·q/32 per group
+ * of 32 to qd·int8 with qd = max|q̃|/127, so each element moves <= qd/2 and the score
+ * q̃·y (y = H·k̂, the stored group) moves <= (qd/2)·‖y‖₁. Exact-arithmetic figure; f32
+ * rounding of q̃ can only flip a rounding that is within an ulp of a tie, covered by the
+ * f32 score term it is added to.
+ */
+function intSlack(q: ArrayLike<number>, k: ArrayLike<number>): number {
+  let e = 0;
+  for (let g = 0; g < D; g += 32) {
+    const qt = wht32(Array.from({ length: 32 }, (_, i) => q[g + i] / 32));
+    const y = wht32(Array.from({ length: 32 }, (_, i) => k[g + i]));
+    let qmax = 0;
+    let y1 = 0;
+    for (let i = 0; i < 32; i++) {
+      qmax = Math.max(qmax, Math.abs(qt[i]));
+      y1 += Math.abs(y[i]);
+    }
+    e += (qmax / 127 / 2) * y1;
+  }
+  return e;
+}
+
 /** f64 GQA decode of one sequence: q [HQ, D], k/v [T, HKV, D]. */
-function ref(q: Float32Array, k: Float32Array, v: Float32Array, T: number, scale: number, HQ = 6) {
+function ref(q: Float32Array, k: Float32Array, v: Float32Array, T: number, scale: number, HQ = 6, intScore = false) {
   const out = new Float64Array(HQ * D);
   const lse = new Float64Array(HQ);
   let bound = 0;
@@ -42,7 +80,8 @@ function ref(q: Float32Array, k: Float32Array, v: Float32Array, T: number, scale
       m = Math.max(m, s[t]);
       // Same worst-case f32 bound as the MLA test: γ_(D+8) on the score, softmax factor
       // (e^{2dS} - 1), plus ≤ 576 roundings along the accumulation, times max|v|.
-      const dS = scale * (D + 8) * EPS * a;
+      let dS = scale * (D + 8) * EPS * a;
+      if (intScore) dS += scale * intSlack(q.subarray(h * D, (h + 1) * D), k.subarray((t * HKV + hk) * D, (t * HKV + hk + 1) * D));
       bound = Math.max(bound, (Math.expm1(2 * dS) + 576 * EPS) * maxV);
     }
     let z = 0;
@@ -101,13 +140,25 @@ describe.each(levels)('PagedKVCache decode at ISA level %s', (isa) => {
       expect(maxDiff(got, w.out)).toBeLessThanOrEqual(dv + Math.expm1(2 * delta) * maxV + r.bound + 1e-30);
     });
     expect(Array.from(lse.toFloat32Array().subarray(2 * HQ))).toEqual(new Array(HQ).fill(Infinity));
-    // One query head per kv head takes the fused decode-in-registers path: same bound.
+    // One query head per kv head takes the fused decode-in-registers path: same bound, plus
+    // the query rounding of the integer score path for q8/q4 keys.
     const q1 = Tensor.random([3, HKV, D], 'f32', { seed: 6, dist: 'normal' });
     const r1 = cache.decode(1, seqs, q1, scale);
+    const intScore = type === 'q8' || type === 'q4';
     seqs.forEach((s, b) => {
       const { k, v } = cache.gather(s, 1, 0, lens[b]);
-      const r = ref(q1.toFloat32Array().subarray(b * HKV * D, (b + 1) * HKV * D), k.toFloat32Array(), v.toFloat32Array(), lens[b], scale, HKV);
+      const r = ref(q1.toFloat32Array().subarray(b * HKV * D, (b + 1) * HKV * D), k.toFloat32Array(), v.toFloat32Array(), lens[b], scale, HKV, intScore);
       expect(maxDiff(r1.out.toFloat32Array().subarray(b * HKV * D, (b + 1) * HKV * D), r.out)).toBeLessThanOrEqual(r.bound + 1e-30);
+      // lse moves by at most the largest score change (it is 1-Lipschitz in every score):
+      // a tight check of the integer scores, which the output bound above amplifies by e^{2δ}.
+      if (intScore && lens[b] > 0) {
+        let slack = 0;
+        const qq = q1.toFloat32Array().subarray(b * HKV * D, (b + 1) * HKV * D);
+        const kk = k.toFloat32Array();
+        for (let h = 0; h < HKV; h++)
+          for (let t = 0; t < lens[b]; t++) slack = Math.max(slack, scale * intSlack(qq.subarray(h * D, (h + 1) * D), kk.subarray((t * HKV + h) * D, (t * HKV + h + 1) * D)));
+        expect(maxDiff(r1.lse.toFloat32Array().subarray(b * HKV, (b + 1) * HKV), r.lse)).toBeLessThanOrEqual(slack + 1e-4);
+      }
     });
     cache.dispose();
   });

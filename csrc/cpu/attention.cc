@@ -43,8 +43,49 @@ void pv(const float* p, size_t ldp, size_t m, size_t n, const float* v, size_t l
       for (size_t d = 0; d < dv; ++d) acc[i * lda + d] += w * v[j * ldv + d];
     }
 }
+void qkT(const float* qt, size_t ldqt, size_t m, const float* k, size_t ldk, size_t n, size_t d, float* st, size_t ldst) {
+  for (size_t j = 0; j < n; ++j)
+    for (size_t i = 0; i < m; ++i) {
+      float a = 0;
+      for (size_t t = 0; t < d; ++t) a += qt[t * ldqt + i] * k[j * ldk + t];
+      st[j * ldst + i] = a;
+    }
+}
+
+void softmaxT(float* st, size_t ldst, size_t m, size_t n, long c, float scale2, float* mx, float* l, float* corr) {
+  for (size_t i = 0; i < m; ++i) {
+    const long vis = long(i) + c + 1;  // keys 0..vis-1 are visible to row i
+    const size_t nv = vis <= 0 ? 0 : size_t(vis) < n ? size_t(vis) : n;
+    float bm = kNegInf;
+    for (size_t j = 0; j < nv; ++j) bm = std::max(bm, st[j * ldst + i] * scale2);
+    const float mNew = std::max(mx[i], bm);
+    if (mNew == kNegInf) {  // nothing seen yet: p = 0, state unchanged
+      for (size_t j = 0; j < n; ++j) st[j * ldst + i] = 0;
+      corr[i] = 1;
+      continue;
+    }
+    corr[i] = std::exp2(mx[i] - mNew);  // exp2(-inf) = 0 on the first block
+    float sum = 0;
+    for (size_t j = 0; j < n; ++j) {
+      const float p = j < nv ? std::exp2(st[j * ldst + i] * scale2 - mNew) : 0.f;
+      st[j * ldst + i] = p;
+      sum += p;
+    }
+    l[i] = l[i] * corr[i] + sum;
+    mx[i] = mNew;
+  }
+}
+
+void pvT(const float* pt, size_t ldpt, size_t m, size_t n, const float* v, size_t ldv, size_t dv, const float* rowScale, float* acc, size_t lda) {
+  for (size_t i = 0; i < m; ++i)
+    for (size_t d = 0; d < dv; ++d) {
+      float a = acc[i * lda + d] * rowScale[i];
+      for (size_t j = 0; j < n; ++j) a += pt[j * ldpt + i] * v[j * ldv + d];
+      acc[i * lda + d] = a;
+    }
+}
 }  // namespace
-const AttnKernels kAttnKernels = {qk, pv};
+const AttnKernels kAttnKernels = {qk, pv, qkT, softmaxT, pvT};
 }  // namespace scalar
 
 const AttnKernels* attnKernelsFor(Isa isa) {
@@ -74,59 +115,62 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
     const size_t sq = varlen ? size_t(a.cuQ[b + 1] - a.cuQ[b]) : a.Sq;
     blockStart[b + 1] = blockStart[b] + (sq + kFlashBr - 1) / kFlashBr;
   }
+  // Task order: batch, head, then query block, so consecutive tasks (on any thread) re-read
+  // the same head's K/V while it is still in L2/L3 (head-fastest order streamed all heads'
+  // K/V, 42 MB at 16 heads x 2048 x 320, from DRAM for every query block).
   const size_t tasks = blockStart[B] * Hq;
   threadPool().parallelFor(tasks, [&](size_t task) {
-    const size_t h = task % Hq;
-    const size_t flat = task / Hq;
     size_t b = 0;
-    while (blockStart[b + 1] <= flat) ++b;
-    const size_t qb = flat - blockStart[b];
+    while (blockStart[b + 1] * Hq <= task) ++b;
+    const size_t nb = blockStart[b + 1] - blockStart[b];
+    const size_t h = (task - blockStart[b] * Hq) / nb;
+    const size_t qb = (task - blockStart[b] * Hq) % nb;
     const size_t sq = varlen ? size_t(a.cuQ[b + 1] - a.cuQ[b]) : a.Sq;
     const size_t sk = varlen ? size_t(a.cuK[b + 1] - a.cuK[b]) : a.Sk;
     const size_t q0 = varlen ? size_t(a.cuQ[b]) : b * sq;  // first query token of this batch
     const size_t k0 = varlen ? size_t(a.cuK[b]) : b * sk;
     const size_t hk = h / group;
     const size_t r0 = qb * kFlashBr, rows = sq - r0 < kFlashBr ? sq - r0 : kFlashBr;
-    // O(tile) scratch: running max/sum per row, the output accumulator, one score block.
-    float m[kFlashBr], l[kFlashBr], s[kFlashBr * kFlashBc];
-    std::vector<float> acc(rows * Dv, 0.f);
-    notePeak(sizeof(m) + sizeof(l) + sizeof(s) + acc.size() * sizeof(float));
-    for (size_t i = 0; i < rows; ++i) {
+    const size_t mPad = (rows + 15) & ~size_t(15);  // kernels run whole 16-row tiles; pad rows are zero queries
+    // O(tile) scratch: running max (base 2) / sum per row, the transposed query block, the
+    // transposed score block and the output accumulator.
+    // K/V blocks are copied into panels with a padded row stride: the heads' interleaved rows
+    // are Hkv·D floats apart (a multiple of 4 KB for 16 heads x 128), so a column stripe of
+    // the raw block maps every row to one L1 set and is re-fetched from L2 for each row tile;
+    // a stride of D + 16 floats spreads the rows over the sets.
+    const size_t ldkp = Dqk + 16, ldvp = Dv + 16;
+    float m[kFlashBr], l[kFlashBr], corr[kFlashBr], st[kFlashBc * kFlashBr];
+    thread_local std::vector<float> qt, acc, kp, vp;
+    qt.assign(Dqk * mPad, 0.f), acc.assign(mPad * Dv, 0.f), kp.resize(kFlashBc * ldkp), vp.resize(kFlashBc * ldvp);
+    notePeak(sizeof(m) + sizeof(l) + sizeof(corr) + sizeof(st) + (qt.size() + acc.size() + kp.size() + vp.size()) * sizeof(float));
+    for (size_t i = 0; i < kFlashBr; ++i) {
       m[i] = kNegInf;
       l[i] = 0;
     }
-    const float* qBase = a.q + ((q0 + r0) * Hq + h) * Dqk;
     const size_t ldq = Hq * Dqk, ldk = Hkv * Dqk, ldv = Hkv * Dv;
+    const float* qBase = a.q + ((q0 + r0) * Hq + h) * Dqk;
+    for (size_t i = 0; i < rows; ++i)  // transpose once per task; reused by every K block
+      for (size_t t = 0; t < Dqk; ++t) qt[t * mPad + i] = qBase[i * ldq + t];
+    // Scores in base 2: 2^(s·scale·log2 e) = e^(s·scale).
+    const float scale2 = a.scale * 1.44269504088896340736f;
     // Keys visible to the block's last row bound the K/V stream (lower-right causal mask).
     const long shift = long(sk) - long(sq);
     const size_t kEnd = a.causal ? size_t(std::max<long>(0, std::min<long>(long(sk), long(r0 + rows) + shift))) : sk;
     for (size_t j0 = 0; j0 < kEnd; j0 += kFlashBc) {
       const size_t cols = kEnd - j0 < kFlashBc ? kEnd - j0 : kFlashBc;
       const float* kBase = a.k + ((k0 + j0) * Hkv + hk) * Dqk;
-      // S = Q_blk · K_blkᵀ (2x4 register tiles, one joint reduction per tile).
-      ak->qk(qBase, ldq, rows, kBase, ldk, cols, Dqk, s, kFlashBc);
-      for (size_t i = 0; i < rows; ++i) {
-        float* si = s + i * kFlashBc;
-        const long visible = a.causal ? long(r0 + i) + shift + 1 - long(j0) : long(cols);  // keys j0.. visible to row i
-        const size_t n = visible <= 0 ? 0 : size_t(visible) < cols ? size_t(visible) : cols;
-        for (size_t j = n; j < cols; ++j) si[j] = 0;  // masked: probability exactly 0 in the P·V block
-        if (n == 0) continue;
-        float bm = kNegInf;
-        for (size_t j = 0; j < n; ++j) {
-          si[j] *= a.scale;
-          bm = si[j] > bm ? si[j] : bm;
-        }
-        const float mNew = m[i] > bm ? m[i] : bm;
-        const float corr = m[i] == kNegInf ? 0.f : std::exp(m[i] - mNew);
-        const float sum = float(so->expShift(si, mNew, si, n));
-        l[i] = l[i] * corr + sum;
-        float* ai = acc.data() + i * Dv;
-        if (corr != 1.f)
-          for (size_t d = 0; d < Dv; ++d) ai[d] *= corr;
-        m[i] = mNew;
+      const float* vBase = a.v + ((k0 + j0) * Hkv + hk) * Dv;
+      for (size_t j = 0; j < cols; ++j) {
+        std::copy_n(kBase + j * ldk, Dqk, kp.data() + j * ldkp);
+        std::copy_n(vBase + j * ldv, Dv, vp.data() + j * ldvp);
       }
-      // O_blk += P · V_blk for all rows at once (each V row loaded once per 4 query rows).
-      ak->pv(s, kFlashBc, rows, cols, a.v + ((k0 + j0) * Hkv + hk) * Dv, ldv, Dv, acc.data(), Dv);
+      // Sᵀ = K_blk · Q_blkᵀ, then the online softmax step: key j visible to row i iff
+      // j0 + j <= r0 + i + shift.
+      ak->qkT(qt.data(), mPad, mPad, kp.data(), ldkp, cols, Dqk, st, kFlashBr);
+      const long c = a.causal ? long(r0) + shift - long(j0) : long(cols);
+      ak->softmaxT(st, kFlashBr, mPad, cols, c, scale2, m, l, corr);
+      // O_blk = O_blk · corr + P · V_blk (the rescale fused into the accumulator load).
+      ak->pvT(st, kFlashBr, mPad, cols, vp.data(), ldvp, Dv, corr, acc.data(), Dv);
     }
     for (size_t i = 0; i < rows; ++i) {
       float* o = a.out + ((q0 + r0 + i) * Hq + h) * Dv;
@@ -138,7 +182,8 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
       }
       const float inv = 1.f / l[i];
       for (size_t d = 0; d < Dv; ++d) o[d] = acc[i * Dv + d] * inv;
-      if (a.lse) a.lse[lseIdx] = m[i] + std::log(l[i]);
+      // lse in natural units: ln(Σ e^(s·scale)) = (m2 + log2 l) · ln 2.
+      if (a.lse) a.lse[lseIdx] = (m[i] + std::log2(l[i])) * 0.693147180559945309417f;
     }
   });
   return Status::kOk;
@@ -347,6 +392,16 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     // One query head per kv head (standard-cache decode without GQA): nothing would reuse a
     // decoded row, so decode it in registers straight into the dot and the accumulation.
     const bool fused = group == 1 && !a.vFromKey && a.k1.n == 0;
+    // q8 / q4 keys on the fused path: scores in integers against the query quantized per group
+    // of 32 (once per task). Added score error <= Σ_g (qd_g / 2)·‖y_g‖₁ (y = the stored key
+    // group), see kvQuantizeQuery; the tests bound it by (√32 / 254)·Σ_g ‖q_g‖₂‖k_g‖₂.
+    const bool intScore = fused && kvIntScore(a.k0.type);
+    thread_local std::vector<int8_t> q8buf;
+    thread_local std::vector<float> qdbuf;
+    if (intScore) {
+      q8buf.resize(Dk), qdbuf.resize(Dk / 32);
+      kvQuantizeQuery(qbuf.data(), Dk, q8buf.data(), qdbuf.data());
+    }
     for (size_t c0 = t0; fused && c0 < t1; c0 += kRows) {
       const size_t n = std::min(kRows, t1 - c0);
       const uint8_t* rp[kRows];
@@ -358,7 +413,8 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
           const uint8_t* ahead = rowAt(t + kAhead);
           for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(ahead + prefetchFrom + off, 0, 0);
         }
-        s[r] = kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk) * a.scale;
+        s[r] = (intScore ? kv->dotI8(a.k0.type, rp[r] + a.k0.offset, q8buf.data(), qdbuf.data(), Dk)
+                         : kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk)) * a.scale;
         bm = s[r] > bm ? s[r] : bm;
       }
       const float mNew = m[0] > bm ? m[0] : bm;
@@ -367,7 +423,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
       if (corr != 1.f)
         for (size_t d = 0; d < Dv; ++d) acc[d] *= corr;
       m[0] = mNew;
-      for (size_t r = 0; r < n; ++r) kv->axpy(a.v.type, rp[r] + a.v.offset, s[r], acc, Dv);
+      kv->axpyRows(a.v.type, rp, a.v.offset, n, s, acc, Dv);
     }
     for (size_t c0 = t0; !fused && c0 < t1; c0 += kRows) {
       const size_t n = std::min(kRows, t1 - c0);

@@ -25,9 +25,26 @@ namespace kvant {
 //
 // qk: s[i·lds + j] = Σ_t q[i·ldq + t] · k[j·ldk + t] (i < m, j < n), 2 query rows x 4 keys
 // per register tile; an output depends only on its own row and key, never on m or n.
+//
+// The FlashAttention-2 prefill loop works on transposed blocks instead (query rows are the
+// vector lanes, so the per-row online softmax is vertical vector math, no reductions):
+// qkT: st[j·ldst + i] = Σ_t qt[t·ldqt + i] · k[j·ldk + t]  (qt = the query block transposed,
+//      packed once per task; each output summed over t in order, one FMA per term).
+//      AVX2 tiles are 16 rows (two vectors of qt) x 6 keys (broadcasts of k): 12 accumulators,
+//      8 loads per 12 FMAs. AVX2 needs m a multiple of 8 (callers pad qt with zero rows).
+// softmaxT: one online-softmax step in base 2 for rows i < m over keys j < n of st:
+//      x = st·scale2 (scale2 = scale·log2 e), key j visible to row i iff j <= i + c;
+//      mNew = max(mx, max_j x), p = 2^(x - mNew) (0 when masked) written back to st,
+//      corr[i] = 2^(mx - mNew), l = l·corr + Σ_j p (j in order), mx = mNew. Rows that have
+//      seen no key keep mx = -inf, l = 0, p = 0. AVX2 needs m a multiple of 8.
+// pvT: acc[i·lda + d] = acc[i·lda + d]·rowScale[i] + Σ_j pt[j·ldpt + i] · v[j·ldv + d]
+//      (j in order): the rescale by corr is fused into the load of the accumulator tile.
 struct AttnKernels {
   void (*qk)(const float* q, size_t ldq, size_t m, const float* k, size_t ldk, size_t n, size_t d, float* s, size_t lds);
   void (*pv)(const float* p, size_t ldp, size_t m, size_t n, const float* v, size_t ldv, size_t dv, float* acc, size_t lda);
+  void (*qkT)(const float* qt, size_t ldqt, size_t m, const float* k, size_t ldk, size_t n, size_t d, float* st, size_t ldst);
+  void (*softmaxT)(float* st, size_t ldst, size_t m, size_t n, long c, float scale2, float* mx, float* l, float* corr);
+  void (*pvT)(const float* pt, size_t ldpt, size_t m, size_t n, const float* v, size_t ldv, size_t dv, const float* rowScale, float* acc, size_t lda);
 };
 namespace scalar { extern const AttnKernels kAttnKernels; }
 namespace avx2 { extern const AttnKernels kAttnKernels; }
@@ -49,9 +66,10 @@ struct FlashArgs {
   const int32_t* cuK;
 };
 
-// Block sizes: 16 query rows share each streamed block of 64 keys (their K/V rows stay in
-// L1/L2 while all 16 rows use them).
-constexpr size_t kFlashBr = 16, kFlashBc = 64;
+// Block sizes: 64 query rows share each streamed block of 64 keys (their K/V rows stay in
+// L2 while all 64 rows use them: each K/V element loaded feeds 64 FMAs per pass). The causal
+// waste (the upper half of diagonal blocks) is Bc / (2·Sk) of the work, 1.6 % at Sk = 2048.
+constexpr size_t kFlashBr = 64, kFlashBc = 64;
 
 Status flashAttention(const FlashArgs& a, Isa isa = Isa(-1));
 

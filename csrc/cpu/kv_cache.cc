@@ -1,6 +1,7 @@
 // KV cache codecs (scalar reference) and the row writer/reader over pages.
 #include "kv_cache.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -157,8 +158,39 @@ void axpy(KvType t, const uint8_t* src, float p, float* acc, size_t n) {
 }
 
 }  // namespace
-const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy};
+void axpyRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* p, float* acc, size_t n) {
+  for (size_t r = 0; r < nrows; ++r) axpy(t, rows[r] + off, p[r], acc, n);
+}
+
+float dotI8(KvType t, const uint8_t* src, const int8_t* q8, const float* qd, size_t n) {
+  const size_t bytes = kvSegmentBytes(t, kKvGroup);
+  float s = 0;
+  for (size_t g = 0; g < n / 32; ++g, src += bytes) {
+    uint16_t h;
+    std::memcpy(&h, src, 2);
+    int32_t isum = 0;
+    for (size_t i = 0; i < 32; ++i) {
+      // q8: int8 codes after the scale; q4: byte j holds code j (low nibble) and 16 + j, offset 8.
+      const int c = t == KvType::kQ8 ? int(int8_t(src[2 + i])) : int((src[2 + (i & 15)] >> (i < 16 ? 0 : 4)) & 15) - 8;
+      isum += c * q8[g * 32 + i];
+    }
+    s += float(isum) * (qd[g] * f16ToF32(h));
+  }
+  return s;
+}
+
+const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy, axpyRows, dotI8};
 }  // namespace scalar
+
+void kvQuantizeQuery(const float* q, size_t n, int8_t* q8, float* qd) {
+  for (size_t g = 0; g < n / 32; ++g) {
+    float amax = 0;
+    for (size_t i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(q[g * 32 + i]));
+    qd[g] = amax / 127;
+    const float inv = amax > 0 ? 127 / amax : 0.f;
+    for (size_t i = 0; i < 32; ++i) q8[g * 32 + i] = int8_t(std::max(-127.f, std::min(127.f, std::nearbyint(q[g * 32 + i] * inv))));
+  }
+}
 
 const KvKernels* kvKernelsFor(Isa isa) {
   if (int(isa) < 0) isa = isaChoice().isa;

@@ -61,7 +61,22 @@ struct KvKernels {
   // dot returns Σ q[i]·x[i]; axpy does acc[i] += p·x[i] (x as stored, like decode).
   float (*dot)(KvType t, const uint8_t* src, const float* q, size_t n);
   void (*axpy)(KvType t, const uint8_t* src, float p, float* acc, size_t n);
+  // axpy over nrows rows (row r at rows[r] + off) in row order: the same arithmetic per
+  // element as nrows axpy calls (bit-identical), but the AVX2 level keeps a 64-column slice of
+  // acc in registers across all rows instead of loading and storing acc once per row.
+  void (*axpyRows)(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* p, float* acc, size_t n);
+  // Integer score path for q8 / q4 keys (t must be one of them; n % 32 == 0): the query is
+  // given quantized per group of 32, q ≈ qd[g]·q8[i], and
+  //   dotI8 = Σ_g (qd[g]·d_g) · Σ_{i in g} q8[i]·code[i]
+  // with the inner sums exact in integers (|Σ| <= 32·127·127 < 2^19) and one float multiply
+  // per group (AVX2: maddubs/madd on 32 codes at a time). kvQuantizeQuery makes q8 / qd.
+  float (*dotI8)(KvType t, const uint8_t* src, const int8_t* q8, const float* qd, size_t n);
 };
+
+// The query side of dotI8: per group of 32, qd = max|q| / 127 and q8 = round(q / qd)
+// (0 for an all-zero group), so |q - qd·q8| <= qd / 2 per element.
+void kvQuantizeQuery(const float* q, size_t n, int8_t* q8, float* qd);
+inline bool kvIntScore(KvType t) { return t == KvType::kQ8 || t == KvType::kQ4; }
 
 namespace scalar { extern const KvKernels kKvKernels; }
 namespace avx2 { extern const KvKernels kKvKernels; }

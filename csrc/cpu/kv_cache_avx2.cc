@@ -267,7 +267,65 @@ void axpy(KvType t, const uint8_t* src, float p, float* acc, size_t n) {
   }
 }
 
+// 64 columns of acc (8 registers) across all rows; per row and element one FMA in row order,
+// exactly as axpy does, so the result is the same as nrows axpy calls. Columns past the last
+// full 64 go through axpy row by row (same arithmetic again).
+void axpyRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* p, float* acc, size_t n) {
+  const bool quant = kvQuantized(t);
+  const size_t gbytes = quant ? kvSegmentBytes(t, kKvGroup) : 0;
+  size_t c = 0;
+  for (; c + 64 <= n; c += 64) {
+    __m256 a[8];
+    for (int k = 0; k < 8; ++k) a[k] = _mm256_loadu_ps(acc + c + 8 * k);
+    // Byte offset of column c in a row: groups of 32 for quantized types, 2 B per value else.
+    const size_t boff = off + (quant ? c / 32 * gbytes : 2 * c);
+    for (size_t r = 0; r < nrows; ++r) {
+      const uint8_t* src = rows[r] + boff;
+      const __m256 vp = _mm256_set1_ps(p[r]);
+      __m256 v[8];
+      if (quant) {
+        block32(t, src, v);
+        block32(t, src + gbytes, v + 4);
+      } else {
+        for (int k = 0; k < 8; ++k) v[k] = half8(t, src + 16 * k);
+      }
+      for (int k = 0; k < 8; ++k) a[k] = _mm256_fmadd_ps(vp, v[k], a[k]);
+    }
+    for (int k = 0; k < 8; ++k) _mm256_storeu_ps(acc + c + 8 * k, a[k]);
+  }
+  if (c < n) {
+    const size_t boff = off + (quant ? c / 32 * gbytes : 2 * c);
+    for (size_t r = 0; r < nrows; ++r) axpy(t, rows[r] + boff, p[r], acc + c, n - c);
+  }
+}
+
+// 32 signed codes of a group as bytes in order: q8 as stored, q4 nibbles (low = codes
+// 0..15, high = 16..31) minus the offset 8.
+inline __m256i codes32(KvType t, const uint8_t* blk) {
+  if (t == KvType::kQ8) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+  const __m128i m15 = _mm_set1_epi8(15);
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+  const __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m15), _mm_and_si128(raw, m15));
+  return _mm256_sub_epi8(c, _mm256_set1_epi8(8));
+}
+
+// maddubs multiplies unsigned by signed bytes: |c| · (q · sign c) = c · q, pairs summed to
+// int16 (<= 2·127·127, no saturation), madd with 1 sums to 8 int32 lanes (exact); one
+// conversion and one FMA with qd·d per group. Lane partials are summed at the end.
+float dotI8(KvType t, const uint8_t* src, const int8_t* q8, const float* qd, size_t n) {
+  const size_t bytes = kvSegmentBytes(t, kKvGroup);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc = _mm256_setzero_ps();
+  for (size_t g = 0; g < n / 32; ++g, src += bytes) {
+    const __m256i c = codes32(t, src);
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 32 * g));
+    const __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c)), ones);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(qd[g] * scaleOf(src)), acc);
+  }
+  return hsum(acc);
+}
+
 }  // namespace
-const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy};
+const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy, axpyRows, dotI8};
 }  // namespace avx2
 }  // namespace kvant

@@ -123,3 +123,109 @@ TEST(kv_rows_and_paged_decode_match_f64_and_reject_bad_tables) {
   tiny.pageBytes = pageBytes - 1;
   EXPECT_TRUE(kvWriteRows(tiny, segs, 2, x.data(), D, 1, slots.data()) == Status::kShape);
 }
+
+TEST(kv_integer_scores_and_row_axpy_match_f64_and_per_row_axpy) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+    const KvKernels* k = kvKernelsFor(isa);
+    if (!k) continue;
+    for (KvType t : {KvType::kQ8, KvType::kQ4}) {
+      const size_t n = 32 * 5, rows = 11;
+      std::vector<uint8_t> enc(rows * kvSegmentBytes(t, n));
+      for (size_t r = 0; r < rows; ++r) {
+        auto x = randn(n, 40 + r);
+        EXPECT_TRUE(k->encode(t, true, x.data(), n, enc.data() + r * kvSegmentBytes(t, n)));
+      }
+      auto q = randn(n, 7);
+      std::vector<int8_t> q8(n);
+      std::vector<float> qd(n / 32);
+      kvQuantizeQuery(q.data(), n, q8.data(), qd.data());
+      // |q - qd·q8| <= qd/2, plus q·(127/amax) vs q/qd (<= 127·3 ulps of a step) and the
+      // test's own rounding of qd·q8 (<= 127 ulps of qd): far below 1e-4 of a step.
+      for (size_t i = 0; i < n; ++i) EXPECT_TRUE(std::fabs(q[i] - qd[i / 32] * q8[i]) <= qd[i / 32] * (0.5f + 1e-4f));
+      for (size_t r = 0; r < rows; ++r) {
+        const uint8_t* src = enc.data() + r * kvSegmentBytes(t, n);
+        std::vector<float> y(n);
+        k->decode(t, src, n, y.data());
+        // f64 of the same products: y_i = d_g·code_i exactly, so Σ qd_g·q8_i·y_i is the exact
+        // value; the kernel's integer sums are exact and its float part (per group: qd·d, the
+        // product with the sum, one addition; then <= 8 lane additions) stays within
+        // γ_(3·n/32+10) of Σ|qd·q8·y|.
+        double want = 0, mag = 0;
+        for (size_t i = 0; i < n; ++i) {
+          want += double(qd[i / 32]) * q8[i] * y[i];
+          mag += std::fabs(double(qd[i / 32]) * q8[i] * y[i]);
+        }
+        const double got = k->dotI8(t, src, q8.data(), qd.data(), n);
+        EXPECT_TRUE(std::fabs(got - want) <= (3 * n / 32 + 10) * 6e-8 * mag + 1e-30);
+      }
+      // axpyRows == rows x axpy, bit for bit, on an accumulator with a non-multiple-of-64 tail.
+      const size_t nn = 32 * 5;
+      std::vector<const uint8_t*> rp(rows);
+      std::vector<float> p(rows);
+      for (size_t r = 0; r < rows; ++r) rp[r] = enc.data() + r * kvSegmentBytes(t, n), p[r] = 0.1f * float(r) - 0.3f;
+      auto a = randn(nn, 9), b = a;
+      k->axpyRows(t, rp.data(), 0, rows, p.data(), a.data(), nn);
+      for (size_t r = 0; r < rows; ++r) k->axpy(t, rp[r], p[r], b.data(), nn);
+      EXPECT_TRUE(a == b);
+    }
+  }
+}
+
+TEST(flash_block_kernels_match_scalar_and_f64) {
+  const AttnKernels* ref = attnKernelsFor(Isa::kScalar);
+  const AttnKernels* ak = attnKernelsFor(Isa::kAvx2);
+  if (!ak) return;
+  const size_t m = 40, n = 37, d = 70, dv = 45, ldk = 81, ldv = 50;  // m: multiple of 8 (AVX2 contract)
+  auto qt = randn(d * m, 1), kk = randn(n * ldk, 2), v = randn(n * ldv, 3);
+  std::vector<float> s1(n * m, NAN), s2(n * m, NAN);
+  ref->qkT(qt.data(), m, m, kk.data(), ldk, n, d, s1.data(), m);
+  ak->qkT(qt.data(), m, m, kk.data(), ldk, n, d, s2.data(), m);
+  for (size_t j = 0; j < n; ++j)
+    for (size_t i = 0; i < m; ++i) {
+      double want = 0, mag = 0;
+      for (size_t t = 0; t < d; ++t) want += double(qt[t * m + i]) * kk[j * ldk + t], mag += std::fabs(double(qt[t * m + i]) * kk[j * ldk + t]);
+      EXPECT_TRUE(std::fabs(s1[j * m + i] - want) <= d * 6e-8 * mag);  // γ_d: d roundings
+      EXPECT_TRUE(std::fabs(s2[j * m + i] - want) <= d * 6e-8 * mag);
+    }
+  // Online softmax step with a causal cut (c = 3: row i sees keys j <= i + 3) from a state with
+  // finite running maxima on even rows and none (-inf) on odd rows.
+  std::vector<float> mx1(m), l1(m), c1(m, NAN), mx2, l2, c2(m, NAN);
+  for (size_t i = 0; i < m; ++i) mx1[i] = i % 2 ? -INFINITY : 1.5f, l1[i] = i % 2 ? 0.f : 2.f;
+  mx2 = mx1, l2 = l1;
+  const float scale2 = 0.2f;
+  std::vector<float> p1 = s1, p2 = s1;
+  ref->softmaxT(p1.data(), m, m, n, 3, scale2, mx1.data(), l1.data(), c1.data());
+  ak->softmaxT(p2.data(), m, m, n, 3, scale2, mx2.data(), l2.data(), c2.data());
+  for (size_t i = 0; i < m; ++i) {
+    EXPECT_TRUE(mx1[i] == mx2[i]);
+    // exp2 polynomial: relative error < 2e-7 per term, plus the f32 sum of n terms.
+    EXPECT_TRUE(std::fabs(l1[i] - l2[i]) <= (n + 4) * 1.2e-7 * l1[i]);
+    EXPECT_TRUE(std::fabs(c1[i] - c2[i]) <= 3e-7 * c1[i]);
+    for (size_t j = 0; j < n; ++j) {
+      // Both levels form the argument identically in f32 (x = s·scale2, then x - max, no FMA),
+      // so f64 2^arg of that f32 argument isolates exp2 itself: the polynomial's < 2e-7 plus
+      // one rounding, 4e-7 with margin; std::exp2f within 1 ulp.
+      const float x = s1[j * m + i] * scale2;
+      const float arg = x - mx1[i];
+      const double want = j <= i + 3 ? std::exp2(double(arg)) : 0.0;
+      // Below 2^-126 the AVX2 exp2 returns exactly 0 (documented), f32 exp2f a denormal.
+      const double tol = arg < -126 ? 0x1p-126 : 4e-7 * want;
+      EXPECT_TRUE(std::fabs(p2[j * m + i] - want) <= tol);  // masked keys: exactly 0
+      EXPECT_TRUE(std::fabs(p1[j * m + i] - want) <= tol);
+    }
+  }
+  // P·V with the fused rescale.
+  std::vector<float> rs(m), a1 = randn(m * dv, 4), a2;
+  for (size_t i = 0; i < m; ++i) rs[i] = 0.5f + 0.01f * float(i);
+  a2 = a1;
+  const std::vector<float> a0 = a1;
+  ref->pvT(p1.data(), m, m, n, v.data(), ldv, dv, rs.data(), a1.data(), dv);
+  ak->pvT(p1.data(), m, m, n, v.data(), ldv, dv, rs.data(), a2.data(), dv);
+  for (size_t i = 0; i < m; ++i)
+    for (size_t c = 0; c < dv; ++c) {
+      double want = double(a0[i * dv + c]) * rs[i], mag = std::fabs(want);
+      for (size_t j = 0; j < n; ++j) want += double(p1[j * m + i]) * v[j * ldv + c], mag += std::fabs(double(p1[j * m + i]) * v[j * ldv + c]);
+      EXPECT_TRUE(std::fabs(a1[i * dv + c] - want) <= (n + 2) * 6e-8 * mag);  // γ_(n+2)
+      EXPECT_TRUE(std::fabs(a2[i * dv + c] - want) <= (n + 2) * 6e-8 * mag);
+    }
+}
