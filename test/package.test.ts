@@ -13,7 +13,7 @@ import { describe, expect, it } from 'vitest';
 const root = path.join(__dirname, '..');
 
 function sh(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env) {
-  const r = spawnSync(cmd, args, { cwd, env, encoding: 'utf8', timeout: 300_000 });
+  const r = spawnSync(cmd, args, { cwd, env, encoding: 'utf8', timeout: 600_000 });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}):\n${r.stdout}\n${r.stderr}`);
   return r.stdout;
 }
@@ -81,5 +81,7 @@ describe('npm package', () => {
     expect(esm.trim()).toBe('true KVANT_SHAPE');
     const demo = sh(path.join(bin, 'npx'), ['--offline', 'kvant', 'demo'], app, env);
     expect(demo).toContain('kvant demo');
-  });
+    // The prebuild compiles the whole addon from scratch (every kernel file at -O3): minutes on two
+    // cores, so this guard against a hang is generous.
+  }, 900_000);
 });
