@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { Tensor, backendInfo, getThreads, setThreads } from '../lib';
 import { flashAttention, flashScratchBytes, mlaDecode } from '../lib/ops/attention';
+import { isaLevels } from './helpers/checks';
 
-const ORDER = ['scalar', 'avx2', 'avx512'] as const;
-const levels = ORDER.filter((l) => ORDER.indexOf(l) <= ORDER.indexOf(backendInfo().bestIsa));
+const levels = isaLevels();
 
 /** Naive f64 attention for one batch: q [Sq,Hq,D], k [Sk,Hkv,D], v [Sk,Hkv,Dv]. */
 function naive(q: Float32Array, k: Float32Array, v: Float32Array, Sq: number, Sk: number, Hq: number, Hkv: number, D: number, Dv: number, scale: number, causal: boolean) {

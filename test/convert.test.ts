@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { Tensor, backendInfo } from '../lib';
 import { bf16BitsRef, bitsOf, f16BitsRef, f16Value, floatOf } from './helpers/half-ref';
+import { isaLevels } from './helpers/checks';
 
-const ORDER = ['scalar', 'avx2', 'avx512'] as const;
-const levels = ORDER.filter((l) => ORDER.indexOf(l) <= ORDER.indexOf(backendInfo().bestIsa));
+const levels = isaLevels();
 
 /** Awkward special values: zeros, extremes, ties, subnormals of both formats, NaN payloads. */
 function specialF32(): Float32Array {

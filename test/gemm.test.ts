@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { Tensor, backendInfo, getThreads, setThreads } from '../lib';
 import { linear } from '../lib/ops/linear';
+import { isaLevels } from './helpers/checks';
 
-const ORDER = ['scalar', 'avx2', 'avx512'] as const;
-const levels = ORDER.filter((l) => ORDER.indexOf(l) <= ORDER.indexOf(backendInfo().bestIsa));
+const levels = isaLevels();
 const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
 /** f64 reference of x · Wᵀ (+ bias) on the exact (dequantized-to-f32) weight values. */

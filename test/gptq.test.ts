@@ -4,19 +4,10 @@ import { syntheticActivations } from '../lib/quant/calibration';
 import { QuantBits } from '../lib/quant/format';
 import { Hessian, dequantize, quantizeGptq, quantizeGptqAsync, quantizeRtn } from '../lib/quant/quantize';
 import { gptqRef, relErrorF64 } from './helpers/gptq-ref';
+import { errorCode as code, isaLevels } from './helpers/checks';
 
-const ORDER = ['scalar', 'avx2', 'avx512'] as const;
-const levels = ORDER.filter((l) => ORDER.indexOf(l) <= ORDER.indexOf(backendInfo().bestIsa));
+const levels = isaLevels();
 
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(KvantError);
-    return (e as KvantError).code;
-  }
-  return 'no error';
-}
 
 // K = 288 spans three 96-wide factorization panels and three 128-column blocks (the last
 // partial), and with G = 64 groups straddle nothing but are not aligned to the panels.

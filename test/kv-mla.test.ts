@@ -4,9 +4,9 @@ import { KvantError } from '../lib/errors';
 import { KV_CACHE_TYPES, KvCacheType } from '../lib/kv/format';
 import { MlaKVCache } from '../lib/kv/mla-cache';
 import { flashAttention } from '../lib/ops/attention';
+import { errorCode as code, isaLevels } from './helpers/checks';
 
-const ORDER = ['scalar', 'avx2', 'avx512'] as const;
-const levels = ORDER.filter((l) => ORDER.indexOf(l) <= ORDER.indexOf(backendInfo().bestIsa) && l !== 'avx512');
+const levels = isaLevels({ avx512: false });
 const EPS = 2 ** -24;
 
 /** f64 absorbed attention of one sequence: q [H, L+R], rows [T, L+R] -> out [H, L], lse [H]. */
@@ -226,15 +226,6 @@ describe('MlaKVCache pages: append / fork / truncate / close', () => {
 });
 
 describe('MlaKVCache bad input', () => {
-  const code = (fn: () => unknown) => {
-    try {
-      fn();
-    } catch (e) {
-      expect(e).toBeInstanceOf(KvantError);
-      return (e as KvantError).code;
-    }
-    return 'no error';
-  };
   it('ends in the documented codes', () => {
     expect(code(() => new MlaKVCache({ layers: 1, latentDim: 64, ropeDim: 8, pageSize: 8 }))).toBe('KVANT_RANGE');
     expect(code(() => new MlaKVCache({ layers: 1, latentDim: 64, ropeDim: 8, pageSize: 300 }))).toBe('KVANT_RANGE');

@@ -4,9 +4,9 @@ import { KvantError } from '../lib/errors';
 import { KV_CACHE_TYPES, KvCacheType } from '../lib/kv/format';
 import { PagedKVCache } from '../lib/kv/paged-cache';
 import { flashAttention } from '../lib/ops/attention';
+import { errorCode as code, isaLevels } from './helpers/checks';
 
-const ORDER = ['scalar', 'avx2', 'avx512'] as const;
-const levels = ORDER.filter((l) => ORDER.indexOf(l) <= ORDER.indexOf(backendInfo().bestIsa) && l !== 'avx512');
+const levels = isaLevels({ avx512: false });
 const EPS = 2 ** -24;
 const HKV = 2;
 const HQ = 6;
@@ -207,15 +207,6 @@ describe('PagedKVCache invariances and round trips', () => {
 });
 
 describe('PagedKVCache bad input', () => {
-  const code = (fn: () => unknown) => {
-    try {
-      fn();
-    } catch (e) {
-      expect(e).toBeInstanceOf(KvantError);
-      return (e as KvantError).code;
-    }
-    return 'no error';
-  };
   it('ends in the documented codes', () => {
     expect(code(() => new PagedKVCache({ layers: 1, kvHeads: 2, headDim: 48, type: 'q8' }))).toBe('KVANT_SHAPE');
     expect(code(() => new PagedKVCache({ layers: 1, kvHeads: 2, headDim: 64, pageSize: 512 }))).toBe('KVANT_RANGE');

@@ -3,9 +3,9 @@ import { Tensor, backendInfo } from '../lib';
 import { KvantError } from '../lib/errors';
 import { hadamard32, kvDequantize, kvQuantize } from '../lib/kv/codec';
 import { KV_BLOCK_BYTES, KV_BYTES_PER_VALUE, KvCacheType } from '../lib/kv/format';
+import { errorCode as code, isaLevels } from './helpers/checks';
 
-const ORDER = ['scalar', 'avx2', 'avx512'] as const;
-const levels = ORDER.filter((l) => ORDER.indexOf(l) <= ORDER.indexOf(backendInfo().bestIsa) && l !== 'avx512');
+const levels = isaLevels({ avx512: false });
 const QMAX = { q8: 127, q6: 31, q4: 7 } as const;
 
 /** Normal values with outlier channels (x10 on channels 5 and 29 of every 32, as keys have). */
@@ -99,15 +99,6 @@ describe('KV codecs', () => {
   });
 
   it('bad input ends in typed errors', () => {
-    const code = (fn: () => unknown) => {
-      try {
-        fn();
-      } catch (e) {
-        expect(e).toBeInstanceOf(KvantError);
-        return (e as KvantError).code;
-      }
-      return 'no error';
-    };
     expect(code(() => kvQuantize(Tensor.zeros([33]), 'q4'))).toBe('KVANT_SHAPE');
     expect(code(() => kvQuantize(Tensor.zeros([32], 'bf16'), 'q4'))).toBe('KVANT_DTYPE');
     expect(code(() => kvQuantize(Tensor.from([NaN, ...new Array(31).fill(0)]), 'q8'))).toBe('KVANT_RANGE');

@@ -9,19 +9,10 @@ import { QTensor, QuantBits, QuantFormat, encodeQuantFormat } from '../lib/quant
 import { configFor, dynamicRuleFor, isQuantized, loadQTensor, parseQuantizeConfig, readQuantizeConfig } from '../lib/quant/checkpoint';
 import { dequantize, makeSequential, nativeQuantFormat, quantizeRtn, restoreOrder } from '../lib/quant/quantize';
 import { packAxis, rtnRef, unpackAxis } from './helpers/quant-ref';
+import { errorCode as code, isaLevels } from './helpers/checks';
 
-const ORDER = ['scalar', 'avx2', 'avx512'] as const;
-const levels = ORDER.filter((l) => ORDER.indexOf(l) <= ORDER.indexOf(backendInfo().bestIsa));
+const levels = isaLevels();
 
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(KvantError);
-    return (e as KvantError).code;
-  }
-  return 'no error';
-}
 
 function message(fn: () => unknown): string {
   try {

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { KvantError } from '../lib';
 import { DecodeEngine, Scheduler } from '../lib/generate/scheduler';
 import { Sampler, topKIndices } from '../lib/generate/sampler';
+import { errorCode as code } from './helpers/checks';
 
 interface FakeSeq {
   id: number;
@@ -152,15 +153,6 @@ describe('continuous batching scheduler', () => {
 
   it('bad requests are typed errors', () => {
     const s = new Scheduler(new FakeEngine());
-    const code = (fn: () => unknown) => {
-      try {
-        fn();
-      } catch (e) {
-        expect(e).toBeInstanceOf(KvantError);
-        return (e as KvantError).code;
-      }
-      return 'none';
-    };
     expect(code(() => s.generate([]))).toBe('KVANT_RANGE');
     expect(code(() => s.generate([50]))).toBe('KVANT_RANGE'); // vocab is 50
     expect(code(() => s.generate([-1]))).toBe('KVANT_RANGE');

@@ -4,9 +4,9 @@ import { argmax, axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGa
 import { parseConfig } from '../lib/models/deepseek-v2/config';
 import { routeRef } from './helpers/reference-forward';
 import { LITE } from './helpers/configs';
+import { isaLevels } from './helpers/checks';
 
-const ORDER = ['scalar', 'avx2', 'avx512'] as const;
-const levels = ORDER.filter((l) => ORDER.indexOf(l) <= ORDER.indexOf(backendInfo().bestIsa));
+const levels = isaLevels();
 
 const rand = (shape: number[], seed: number, std = 1) => Tensor.random(shape, 'f32', { seed, dist: 'normal', std });
 const poisoned = (shape: number[]) => Tensor.from(new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(NaN), { shape });
