@@ -127,7 +127,7 @@ namespace {
 inline size_t up16(size_t n) { return (n + 15) / 16 * 16; }
 inline size_t blocksPerGroup(const QuantFormat& f) { return (size_t(qEffectiveGroup(f)) + kQ8Block - 1) / kQ8Block; }
 
-inline bool useSplitK(const QuantFormat& f, size_t M) { return M >= 2 && M <= kQSplitMaxM && size_t(qGroupCount(f)) >= kQSplitMinGroups; }
+inline bool useSplitK(const QuantFormat& f, size_t M) { return M >= 1 && M <= kQSplitMaxM && size_t(qGroupCount(f)) >= kQSplitMinGroups; }
 
 size_t qgemmActsFloats(const QuantFormat& f, size_t M, QAct act) {
   const size_t K = size_t(f.K), ng = size_t(qGroupCount(f));
@@ -236,15 +236,7 @@ Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float
   if (M == 0) return Status::kOk;
   const size_t K = size_t(w.fmt.K), N = size_t(w.fmt.N);
   const QActs a = qgemmPrepare(w, x, xType, K, M, scratch, act);
-  // Decode strips: about two tasks per thread (some slack for a loaded machine), each a run of
-  // >= 1 KB per qweight row. The split never changes a result (each output is one fixed
-  // operation sequence), so it may depend on the thread count.
-  size_t cpt = kQGemmColsPerTask;
-  if (qDecodeStrips(w.fmt, M)) {
-    const size_t want = 2 * size_t(threadPool().threads());
-    cpt = ((N + want - 1) / want + 7) / 8 * 8;
-    cpt = cpt < kQDecodeMinCols ? kQDecodeMinCols : cpt > kQSplitCols ? kQSplitCols : cpt;
-  }
+  const size_t cpt = kQGemmColsPerTask;
   const size_t tasks = (N + cpt - 1) / cpt;
   if (useSplitK(w.fmt, M)) {
     // Phase 1: group × column-range tasks write the group terms; phase 2 combines them.
@@ -345,11 +337,7 @@ static void denseColumns(const GemmKernels& gk, const float* x, size_t M, const 
   }
 }
 
-// Decode strips (one row): 512 columns per task, 2 KB runs per qweight row at 4 bits; the MoE
-// phases hold many such tasks (every expert's gate and up), which balances the threads.
-static size_t colsPerTask(const MlpProj& p, size_t m) {
-  return p.q ? (qDecodeStrips(p.q->fmt, m) ? 2 * kQDecodeMinCols : kQGemmColsPerTask) : kDenseColsPerTask;
-}
+static size_t colsPerTask(const MlpProj& p) { return p.q ? kQGemmColsPerTask : kDenseColsPerTask; }
 
 // Output columns [n0, n1) of projection p over m rows: prepared acts (quantized) or raw x (dense).
 static void projColumns(const QGemmKernels& qk, const GemmKernels& gk, const MlpProj& p, const float* x, size_t m, float* prep,
@@ -407,7 +395,7 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
   auto step1 = [&](const MlpProj& p, size_t m) -> size_t {
     if (!m) return 0;
     if (split(p, m)) return size_t(qGroupCount(p.q->fmt)) * ((p.N + kQSplitCols - 1) / kQSplitCols);
-    return (p.N + colsPerTask(p, m) - 1) / colsPerTask(p, m);
+    return (p.N + colsPerTask(p) - 1) / colsPerTask(p);
   };
   auto step2 = [&](const MlpProj& p, size_t m) -> size_t { return split(p, m) ? (p.N + kQGemmColsPerTask - 1) / kQGemmColsPerTask : 0; };
   for (int j = 0; j < 4; ++j) pre[j][0] = 0;
@@ -443,7 +431,7 @@ Status moeMlp(const float* x, size_t M, size_t H, const MlpDesc* mlps, size_t E,
       qk->groupTerms(*p.q, a, g, n0, n0 + kQSplitCols < p.N ? n0 + kQSplitCols : p.N, prep + qgemmActsFloats(p.q->fmt, m, act));
       return;
     }
-    const size_t cpt = colsPerTask(p, m), n0 = local * cpt, n1 = n0 + cpt < p.N ? n0 + cpt : p.N;
+    const size_t n0 = local * colsPerTask(p), n1 = n0 + colsPerTask(p) < p.N ? n0 + colsPerTask(p) : p.N;
     projColumns(*qk, *gk, p, xin, m, prep, n0, n1, yout, act);
   };
   auto runStep2 = [&](const MlpProj& p, size_t m, float* prep, float* yout, size_t local) {

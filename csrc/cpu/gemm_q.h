@@ -106,15 +106,7 @@ Status qgemmValidate(const QMatrix& w);
 // Split-K decode: used when M <= kQSplitMaxM and the matrix has >= kQSplitMinGroups groups.
 // A task covers one group × up to kQSplitCols columns (8 KB per qweight row at 4 bits is
 // two pages read front to back; the per-column accumulators, 2 x 8 KB, stay in L1).
-// M = 1 with >= kQSplitMinGroups groups takes neither: one phase of wide column strips
-// (kQDecodeMinCols..kQSplitCols columns per task, each task applying the scales itself, same
-// bits as split-K; see gemm_q_avx2.cc). M = 2..8 keeps split-K, whose group tasks reuse the
-// group's rows from L2 for every activation row.
 constexpr size_t kQSplitMaxM = 8, kQSplitMinGroups = 4, kQSplitCols = 2048;
-constexpr size_t kQDecodeMinCols = 256;
-
-// True when qgemm/moeMlp run M rows through the single-phase decode strips.
-inline bool qDecodeStrips(const QuantFormat& f, size_t M) { return M == 1 && size_t(qGroupCount(f)) >= kQSplitMinGroups; }
 
 // Floats of scratch qgemm needs for M rows (act: the requested precision).
 size_t qgemmScratchFloats(const QuantFormat& f, size_t M, QAct act = QAct::kF32);

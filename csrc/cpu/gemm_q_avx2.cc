@@ -251,12 +251,12 @@ void gemvQ8Columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float
 // columns() would have formed in registers, with the same operations.
 constexpr size_t kSplitVectors = kQSplitCols / 8;
 
-// acc[c] = A(m, g, n0 + 8c ..) for c < nv: the group's FMA chains, k ascending from 0.
 template <int BITS>
-inline void accF32(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, __m256* acc) {
+void termsF32(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, float* T) {
   constexpr int U = unitCodes(BITS), W = unitWords(BITS);
   const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt));
   const size_t u0 = g * G / U, u1 = ((g + 1) * G < K ? (g + 1) * G : K) / U;
+  __m256 acc[kSplitVectors];
   for (size_t c = 0; c < nv; ++c) acc[c] = _mm256_setzero_ps();
   for (size_t u = u0; u < u1; ++u) {
     const uint32_t* p = w.qweight + u * W * N + n0;
@@ -290,25 +290,19 @@ inline void accF32(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t 
       acc[c] = s;
     }
   }
-}
-
-template <int BITS>
-void termsF32(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, float* T) {
-  __m256 acc[kSplitVectors];
-  accF32<BITS>(w, a, m, g, n0, nv, acc);
   const __m256 xsum = _mm256_broadcast_ss(a.xsum + m * a.ng + g);
-  float* t = T + (m * a.ng + g) * size_t(w.fmt.N) + n0;
+  float* t = T + (m * a.ng + g) * N + n0;
   for (size_t c = 0; c < nv; ++c) _mm256_storeu_ps(t + 8 * c, _mm256_fnmadd_ps(zerosOf(w, g, n0 + 8 * c), xsum, acc[c]));
 }
 
-// A[c] = A(m, g, n0 + 8c ..) of the int8 path for c < nv (Z: scratch for the zeros).
 template <int BITS>
-inline void accQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, __m256* A, __m256* Z) {
+void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, float* T) {
   constexpr int U = 32 / BITS, SH = 8 / BITS, ROWS = int(kQ8Block) / U;
   const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt));
   const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K;
   const int8_t* qx = a.qx + m * K;
   const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1)), ones = _mm256_set1_epi16(1);
+  __m256 A[kSplitVectors], Z[kSplitVectors];
   for (size_t c = 0; c < nv; ++c) A[c] = _mm256_setzero_ps(), Z[c] = zerosOf(w, g, n0 + 8 * c);
   for (size_t b = 0, kb = k0; kb < k1; ++b, kb += kQ8Block) {
     const size_t u0 = kb / U, rows = ((kb + kQ8Block < k1 ? kb + kQ8Block : k1) - kb) / U;
@@ -338,55 +332,8 @@ inline void accQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n
       A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(Z[c], q, I), d, A[c]);
     }
   }
-}
-
-template <int BITS>
-void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, float* T) {
-  __m256 A[kSplitVectors], Z[kSplitVectors];
-  accQ8<BITS>(w, a, m, g, n0, nv, A, Z);
-  float* t = T + (m * a.ng + g) * size_t(w.fmt.N) + n0;
+  float* t = T + (m * a.ng + g) * N + n0;
   for (size_t c = 0; c < nv; ++c) _mm256_storeu_ps(t + 8 * c, A[c]);
-}
-
-// ---- Single-phase decode (M = 1): a wide column strip walks every group -------------------
-//
-// For one activation row, a task of a few hundred columns reads each qweight row of its strip
-// as one contiguous run of >= 1 KB (like split-K) but also applies the scales itself, group by
-// group in ascending order: y = fma(s, t, y) with t exactly the split-K group term. So the
-// result is the same bits as split-K + groupCombine, without writing and re-reading the
-// M·ng·N terms and without the second parallel phase (a pool barrier per call, which costs
-// tens of microseconds on a loaded machine against a 0.2-0.5 ms GEMV).
-template <int BITS>
-void stripDecode(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t nv, float* y) {
-  __m256 acc[kSplitVectors], Z[kSplitVectors], Y[kSplitVectors];
-  for (size_t c = 0; c < nv; ++c) Y[c] = _mm256_setzero_ps();
-  for (size_t g = 0; g < a.ng; ++g) {
-    bool q8 = false;
-    if constexpr (BITS == 2 || BITS == 4) {
-      if (a.act == QAct::kInt8) {
-        accQ8<BITS>(w, a, m, g, n0, nv, acc, Z);
-        q8 = true;
-      }
-    }
-    if (!q8) {
-      accF32<BITS>(w, a, m, g, n0, nv, acc);
-      const __m256 xsum = _mm256_broadcast_ss(a.xsum + m * a.ng + g);
-      for (size_t c = 0; c < nv; ++c) acc[c] = _mm256_fnmadd_ps(zerosOf(w, g, n0 + 8 * c), xsum, acc[c]);
-    }
-    for (size_t c = 0; c < nv; ++c) Y[c] = _mm256_fmadd_ps(scalesOf(w, g, n0 + 8 * c), acc[c], Y[c]);
-  }
-  for (size_t c = 0; c < nv; ++c) _mm256_storeu_ps(y + 8 * c, Y[c]);
-}
-
-template <int BITS>
-void decodeColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
-  const size_t n8 = n0 + (n1 - n0) / 8 * 8;
-  for (size_t m = 0; m < a.M; ++m)
-    for (size_t n = n0; n < n8; n += kQSplitCols) {
-      const size_t nv = (n8 - n < kQSplitCols ? n8 - n : kQSplitCols) / 8;
-      stripDecode<BITS>(w, a, m, n, nv, y + m * ldy + n);
-    }
-  if (n8 < n1) scalar::kQGemmKernels.columns(w, a, n8, n1, y, ldy);  // 8-bit N % 8 == 4 tail: same math
 }
 
 template <int BITS>
@@ -617,7 +564,6 @@ void gemmColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
 template <int BITS>
 void columnsFor(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
   // M <= 8 streams the weights once per row pair; beyond that the panel kernel's reuse wins.
-  if (a.M == 1 && a.ng >= kQSplitMinGroups) return decodeColumns<BITS>(w, a, n0, n1, y, ldy);
   if constexpr (BITS == 2 || BITS == 4) {
     if (a.act == QAct::kInt8) {
       if (a.M <= 8) gemvQ8Columns<BITS>(w, a, n0, n1, y, ldy);
