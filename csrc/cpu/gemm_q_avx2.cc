@@ -182,6 +182,34 @@ void gemvColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
 // apart); the per-vector accumulators live in small L1 arrays.
 constexpr size_t kStripVectors = 16;
 
+// I_b for one column vector, row by row (xr: the row's SH broadcast activation words).
+// 2/4 bits: maddubs of the masked codes (u8) with the int8 activations, summed in i16 (bound
+// above), widened once per block. 8 bits: a code up to 255 times 127 would saturate maddubs'
+// pair sums (2·255·127 > 32767), so the code is recentred, c' = c − 128 in [−128, 127], and
+// maddubs takes |c'| (u8, <= 128) and the activation carrying c's sign: pairs <= 2·128·127 =
+// 32512. Each row's pairs are widened at once (8 rows per block would overflow i16), and
+// I = Σ q·c' + 128·Q, all exact integers below 2^24, so the f32 result is exact.
+template <int BITS>
+struct Q8Dot {
+  static constexpr int SH = 8 / BITS;
+  __m256i s = _mm256_setzero_si256();
+  inline void row(__m256i wv, const __m256i* xr) {
+    if constexpr (BITS == 8) {
+      const __m256i c = _mm256_xor_si256(wv, _mm256_set1_epi8(char(0x80)));
+      s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(c), _mm256_sign_epi8(xr[0], c)), _mm256_set1_epi16(1)));
+    } else {
+      const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1));
+      for (int j = 0; j < SH; ++j)
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(j ? _mm256_srli_epi32(wv, BITS * j) : wv, mask), xr[j]));
+    }
+  }
+  // I_b as f32 (exact); q: the block's Q_b broadcast.
+  inline __m256 result(__m256 q) const {
+    if constexpr (BITS == 8) return _mm256_fmadd_ps(_mm256_set1_ps(128.0f), q, _mm256_cvtepi32_ps(s));
+    else return _mm256_cvtepi32_ps(_mm256_madd_epi16(s, _mm256_set1_epi16(1)));
+  }
+};
+
 template <int BITS>
 void gemvQ8Strip(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t nv, float* y, size_t ldy) {
   constexpr int U = 32 / BITS, SH = 8 / BITS, ROWS = int(kQ8Block) / U;
@@ -190,7 +218,6 @@ void gemvQ8Strip(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t n
   const int8_t* qx = a.qx + m * K;
   const float* dx = a.dx + m * a.nbt;
   const float* qs = a.qsum + m * a.nbt;
-  const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1)), ones = _mm256_set1_epi16(1);
   __m256 A[kStripVectors], Z[kStripVectors], Y[kStripVectors];
   for (size_t c = 0; c < nv; ++c) Y[c] = _mm256_setzero_ps();
   for (size_t g = 0; g < a.ng; ++g) {
@@ -213,18 +240,14 @@ void gemvQ8Strip(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t n
       const __m256 q = _mm256_broadcast_ss(qs + g * a.bpg + b), d = _mm256_broadcast_ss(dx + g * a.bpg + b);
       const uint32_t* p = qw + u0 * N;
       for (size_t c = 0; c < nv; ++c) {
-        __m256i isum = _mm256_setzero_si256();
-        auto row = [&](size_t r) {
-          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c));
-          for (int j = 0; j < SH; ++j)
-            isum = _mm256_add_epi16(isum, _mm256_maddubs_epi16(_mm256_and_si256(j ? _mm256_srli_epi32(wv, BITS * j) : wv, mask), xv[r][j]));
-        };
+        Q8Dot<BITS> dot;
+        auto row = [&](size_t r) { dot.row(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c)), xv[r]); };
         if (rows == size_t(ROWS)) {
           for (int r = 0; r < ROWS; ++r) row(size_t(r));
         } else {
           for (size_t r = 0; r < rows; ++r) row(r);
         }
-        const __m256 I = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum, ones));
+        const __m256 I = dot.result(q);
         A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(Z[c], q, I), d, A[c]);
       }
     }
@@ -235,12 +258,13 @@ void gemvQ8Strip(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t n
 
 template <int BITS>
 void gemvQ8Columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
+  const size_t n8 = n0 + (n1 - n0) / 8 * 8;
   for (size_t m = 0; m < a.M; ++m)
-    for (size_t n = n0; n < n1; n += kStripVectors * 8) {
-      const size_t nv = (n1 - n) / 8 < kStripVectors ? (n1 - n) / 8 : kStripVectors;
+    for (size_t n = n0; n < n8; n += kStripVectors * 8) {
+      const size_t nv = (n8 - n) / 8 < kStripVectors ? (n8 - n) / 8 : kStripVectors;
       gemvQ8Strip<BITS>(w, a, m, n, nv, y, ldy);
     }
-  // (N is a multiple of 8 for 2 and 4 bits: no scalar tail.)
+  if (n8 < n1) scalar::kQGemmKernels.columns(w, a, n8, n1, y, ldy);  // 8-bit N % 8 == 4 tail: same math
 }
 
 // ---- Split-K decode: one group × a wide column range per task ----------------------------
@@ -317,7 +341,6 @@ void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, si
   const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt));
   const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K;
   const int8_t* qx = a.qx + m * K;
-  const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1)), ones = _mm256_set1_epi16(1);
   const uintptr_t end = qweightEnd(w);
   __m256 A[kSplitVectors], Z[kSplitVectors];
   for (size_t c = 0; c < nv; ++c) A[c] = _mm256_setzero_ps(), Z[c] = zerosOf(w, g, n0 + 8 * c);
@@ -336,18 +359,14 @@ void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, si
     for (size_t c = 0; c < nv; ++c) {
       if ((c & 1) == 0)
         for (size_t r = 0; r < rows; ++r) prefetchAhead(p + r * N + 8 * c, end);
-      __m256i isum = _mm256_setzero_si256();
-      auto row = [&](size_t r) {
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c));
-        for (int j = 0; j < SH; ++j)
-          isum = _mm256_add_epi16(isum, _mm256_maddubs_epi16(_mm256_and_si256(j ? _mm256_srli_epi32(wv, BITS * j) : wv, mask), xv[r][j]));
-      };
+      Q8Dot<BITS> dot;
+      auto row = [&](size_t r) { dot.row(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c)), xv[r]); };
       if (rows == size_t(ROWS)) {
         for (int r = 0; r < ROWS; ++r) row(size_t(r));
       } else {
         for (size_t r = 0; r < rows; ++r) row(r);
       }
-      const __m256 I = _mm256_cvtepi32_ps(_mm256_madd_epi16(isum, ones));
+      const __m256 I = dot.result(q);
       A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(Z[c], q, I), d, A[c]);
     }
   }
@@ -361,7 +380,7 @@ void groupTermsFor(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t
   for (size_t m = 0; m < a.M; ++m)
     for (size_t n = n0; n < n8; n += kQSplitCols) {
       const size_t nv = ((n8 - n < kQSplitCols ? n8 - n : kQSplitCols)) / 8;
-      if constexpr (BITS == 2 || BITS == 4) {
+      if constexpr (BITS != 3) {
         if (a.act == QAct::kInt8) {
           termsQ8<BITS>(w, a, m, g, n, nv, T);
           continue;
@@ -484,7 +503,7 @@ void microTile(const float* xs, size_t K, size_t m0, size_t k0, size_t kn, const
   }
 }
 
-// Q8 variant: per 32-row block, I = Σ q·c in f32 FMAs is exact (|partial| <= 32·15·127 < 2^24),
+// Q8 variant: per 32-row block, I = Σ q·c in f32 FMAs is exact (|partial| <= 32·255·127 < 2^24),
 // then A += (I − z·Q)·d as in every other path; A lives in a small stack tile (L1).
 template <int MR, int NV>
 void microTileQ8(const QActs& a, size_t m0, size_t k0, size_t kn, const float* panel, const __m256* z, const __m256* s, size_t g,
@@ -583,7 +602,7 @@ void gemmColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
 template <int BITS>
 void columnsFor(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
   // M <= 8 streams the weights once per row pair; beyond that the panel kernel's reuse wins.
-  if constexpr (BITS == 2 || BITS == 4) {
+  if constexpr (BITS != 3) {
     if (a.act == QAct::kInt8) {
       if (a.M <= 8) gemvQ8Columns<BITS>(w, a, n0, n1, y, ldy);
       else gemmColumns<BITS, true>(w, a, n0, n1, y, ldy);
