@@ -29,6 +29,10 @@ function poisoned(M: number, N: number): Tensor {
  * m_b = max|x| over the block of 32 kernel rows, so |x − x̂| <= d_b/2·(1+2u) + 4u·|x|; the
  * integer block sums are exact, then bpg roundings per group and ng in the combine:
  *   |y − y64| <= Σ_k |W_k|·(d_b/2·(1+2u) + 4u|x_k|) + (bpg + ng + 3)·u·Σ_k |s|(c+z)(|x_k| + d_b) + u·|y64|.
+ * Measured (2048x1408 g128 random matrices, 4 rows, /tmp script at the time of writing): int8
+ * vs f32 relative RMS error 0.52% for normal x at 2, 4 and 8 bits alike (the activation
+ * rounding dominates, not the weight width), 1.3% when every 97th channel is 20x larger (LLM-
+ * like outliers). The model's tests compare against f64 with 1e-4, so 'f32' stays the default.
  */
 function check(y: Float32Array, x: Float32Array, q: MadeQuant, M: number, bias?: Float32Array, activations: 'f32' | 'int8' = 'f32'): void {
   const { K, N } = q.w.format;

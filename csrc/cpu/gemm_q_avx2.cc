@@ -167,7 +167,7 @@ void gemvColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
   if (n < n1) scalar::kQGemmKernels.columns(w, a, n, n1, y, ldy);  // 8-bit N % 8 == 4 tail: same math
 }
 
-// ---- GEMV with int8 activations (QAct::kInt8, 2 and 4 bits) ----------------------------
+// ---- GEMV with int8 activations (QAct::kInt8, 2, 4 and 8 bits) ------------------------
 //
 // One packed word holds 32/BITS codes of one column along K. Shifting the 8-column vector
 // right by BITS·j and masking every byte with maxq leaves, in byte i of each column's lane,
@@ -175,7 +175,8 @@ void gemvColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
 // maddubs (u8 codes × s8 activations, adjacent pairs summed to i16) then yields partial dot
 // products, summed over a 32-row block in i16 (bound: 8 maddubs per block per lane, each
 // |pair| <= 2·maxq·127: 4 bits 8·3810 = 30480, 2 bits 8·762 = 6096, both < 32767) and
-// widened once per block with madd(·, 1). I_b is exact, so this equals the scalar reference.
+// widened once per block with madd(·, 1) (8 bits: recentred codes, see Q8Dot). I_b is
+// exact, so this equals the scalar reference.
 // All columns of the strip (up to kStripVectors·8) advance together one 32-row block at a
 // time, so every qweight row is read as one contiguous run (256 bytes for a 64-column task;
 // measured 25-40% faster from DRAM than 32-column blocks walking 128-byte runs N·4 bytes
