@@ -36,15 +36,15 @@
 
 namespace kvant {
 
-// Activation precision. kF32: the math above. kInt8 (2- and 4-bit weights only; other widths
-// keep kF32): x is quantized per block of 32 consecutive kernel rows inside a group,
+// Activation precision. kF32: the math above. kInt8 (2-, 4- and 8-bit weights; 3 bits, whose
+// codes cross words, keeps kF32): x is quantized per block of 32 consecutive kernel rows inside a group,
 // q = round(x / d) in [−127, 127], d = max|x| / 127 (llama.cpp's Q8 blocks), and
 //   I_b = Σ_{k∈b} q_k · c_k,  Q_b = Σ_{k∈b} q_k   (exact integers)
 //   J_b = I_b − z · Q_b (exact), A_g = Σ_b fma(J_b, d_b, ·), y = Σ_g fma(s_g, A_g, ·)
 // which lets the GEMV use byte dot products (maddubs): about 3x fewer instructions per
 // weight. Every path computes I_b exactly, so kInt8 is as batch- and thread-invariant as kF32.
 enum class QAct : int { kF32 = 0, kInt8 = 1 };
-inline QAct qActFor(int bits, QAct requested) { return requested == QAct::kInt8 && (bits == 2 || bits == 4) ? QAct::kInt8 : QAct::kF32; }
+inline QAct qActFor(int bits, QAct requested) { return requested == QAct::kInt8 && (bits == 2 || bits == 4 || bits == 8) ? QAct::kInt8 : QAct::kF32; }
 constexpr size_t kQ8Block = 32;
 
 // Prepared activations (views into the caller's scratch).

@@ -172,6 +172,7 @@ export function gemmCases(machine: Machine, quick: boolean): BenchCase[] {
     cases.push(qCase(name, K, N, 1, 2, 128, machine, quick, 'f32'));
     cases.push(qCase(name, K, N, 1, 3, 128, machine, quick, 'f32'));
     cases.push(qCase(name, K, N, 1, 8, 128, machine, quick, 'f32'));
+    cases.push(qCase(name, K, N, 1, 8, 128, machine, quick, 'int8'));
     cases.push(qCase(name, K, N, 4, 4, 128, machine, quick, 'int8'));
     cases.push(denseCase(name, K, N, 1, 'f32', machine, quick));
     cases.push(denseCase(name, K, N, 1, 'bf16', machine, quick));

@@ -147,9 +147,9 @@ TEST(moe_mlp_validates_indices_and_scratch) {
 
 TEST(qgemm_int8_activations_match_f64_and_agree_across_levels_and_regimes) {
   uint64_t seed = 100;
-  for (int bits : {2, 4})
+  for (int bits : {2, 4, 8})
     for (int groupSize : {32, 128, -1}) {
-      const size_t K = bits == 2 ? 304 : 296, N = 48;
+      const size_t K = bits == 2 ? 304 : bits == 4 ? 296 : 300, N = bits == 8 ? 52 : 48;  // 52: the 8-bit N % 8 == 4 tail
       const Made m = make(bits, groupSize, false, K, N, ++seed);
       const QMatrix q = m.q();
       const size_t G = size_t(qEffectiveGroup(m.f)), ng = size_t(qGroupCount(m.f)), bpg = (G + 31) / 32;
