@@ -42,6 +42,8 @@ export const {
   TextTokenizer,
   quantizeModel,
   isLinearWeight,
+  sequentialCalibrate,
+  calibrationSequences,
   configFor,
   dynamicRuleFor,
   qlinear,
