@@ -108,34 +108,6 @@ export interface NativeBinding {
   gptqBenchPrepare(N: number, K: number, B: number): void;
   gptqBenchRun(kind: 0 | 1): void;
   gptqBenchRelease(): void;
-  gptqHessianAdd(H: RawStorage, ho: number, hb: number, K: number, x: RawStorage, xo: number, xb: number, tokens: number,
-    n: number, b: number, isa?: number): void;
-  gptqQuantize(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, H: RawStorage, ho: number, hb: number,
-    dampPercent: number, blockSize: number, actOrder: boolean, staticGroups: boolean, errorStats: boolean,
-    qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number, sc: RawStorage, sco: number, scb: number,
-    gIdx: RawStorage, gio: number, gib: number, isa?: number): NativeGptqStats;
-  gptqQuantizeAsync(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, H: RawStorage, ho: number, hb: number,
-    dampPercent: number, blockSize: number, actOrder: boolean, staticGroups: boolean, errorStats: boolean,
-    qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number, sc: RawStorage, sco: number, scb: number,
-    gIdx: RawStorage, gio: number, gib: number, isa: number | undefined, cancel: CancelTokenHandle | undefined): Promise<NativeGptqStats>;
-  quantFormatLayout(): { size: number; offsets: { bits: number; groupSize: number; sym: number; zeroFormat: number; K: number; N: number } };
-  quantEncodeFormat(bits: number, groupSize: number, sym: boolean, zeroFormat: number, K: number, N: number): Uint8Array;
-  quantRtn(fmt: Uint8Array, w: RawStorage, wo: number, wb: number, qw: RawStorage, qwo: number, qwb: number,
-    qz: RawStorage, qzo: number, qzb: number, sc: RawStorage, sco: number, scb: number): void;
-  quantDequant(fmt: Uint8Array, qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number,
-    sc: RawStorage, sco: number, scb: number, gIdx: RawStorage | null, gio: number, gib: number, perm: RawStorage | null, po: number, pb: number,
-    out: RawStorage, oo: number, ob: number, outDtype: number, isa?: number): void;
-  quantMakeSequential(fmt: Uint8Array, qw: RawStorage, qwo: number, qwb: number, gIdx: RawStorage, gio: number, gib: number,
-    perm: RawStorage, po: number, pb: number, out: RawStorage, oo: number, ob: number, forward: boolean): void;
-  /** Fused dequant GEMV/GEMM (csrc/napi/gemm_q_binding.cc): x [M, K] f32/f16/bf16, a QMatrix, y f32 [M, N]. */
-  qgemm(x: RawStorage, xo: number, xb: number, xDtype: number, M: number,
-    format: Uint8Array, qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number,
-    sc: RawStorage, sco: number, scb: number, perm: RawStorage | null, po: number, pb: number,
-    bias: RawStorage | null, bo: number, bb: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
-  /** Grouped MoE MLP; `projections` is E*3 groups of 17 values (see gemm_q_binding.cc). */
-  moeMlp(x: RawStorage, xo: number, xb: number, M: number, H: number, E: number,
-    mlp: RawStorage, mo: number, mb: number, row: RawStorage, ro: number, rb: number, weight: RawStorage, wo: number, wb: number,
-    out: RawStorage, oo: number, ob: number, isa: number | undefined, ...projections: (RawStorage | Uint8Array | number | null)[]): void;
   kvEncode(type: number, hadamard: boolean, x: RawStorage, xo: number, xb: number, n: number, dst: RawStorage, dso: number, dsb: number, isa?: number): void;
   kvDecode(type: number, src: RawStorage, so: number, sb: number, n: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
   kvWrite(pool: RawStorage, po: number, pb: number, numPages: number, pageSize: number, pageBytes: number, layerOffset: number, rowBytes: number,
