@@ -67,5 +67,6 @@ export const {
   embedding,
   argmax,
   axpyInPlace,
+  Checkpoint,
 } = kvant;
 export default kvant;

@@ -18,12 +18,8 @@ export type { SamplingOptions } from './generate/sampler';
 export type { ChatMessage } from './text/tokenizer';
 export type { KvCacheType } from './models/deepseek-v2/plan';
 
-/** Load progress: `done` of `total` steps (tensors), `what` names the current one. */
-export interface LoadProgress {
-  done: number;
-  total: number;
-  what: string;
-}
+import type { LoadProgress } from './models/deepseek-v2/weights';
+export type { LoadProgress };
 
 export interface LoadModelOptions {
   /** KV cache storage (default: the model's, bf16). */

@@ -91,6 +91,7 @@ export interface ModelWeights {
   bytes: number;
 }
 
+/** Load progress: `done` of `total` steps (tensors), `what` names the current one. */
 export interface LoadProgress {
   done: number;
   total: number;
