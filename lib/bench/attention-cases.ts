@@ -10,6 +10,7 @@ import { KV_CACHE_TYPES, KvCacheType } from '../kv/format';
 import { kvQuantize } from '../kv/codec';
 import { MlaKVCache } from '../kv/mla-cache';
 import { PagedKVCache } from '../kv/paged-cache';
+import { attendF64 } from '../kv/quality';
 import { flashAttention } from '../ops/attention';
 import { Tensor } from '../tensor';
 import { BenchCase, Machine } from './harness';
@@ -36,19 +37,7 @@ function relErr(got: Float32Array, want: Float64Array): number {
 /** f64 attention of H query rows over T keys: q [H, Dk], k rows stride ldk, v rows stride ldv. */
 function refAttend(q: Float32Array, H: number, Dk: number, k: Float32Array, ldk: number, v: Float32Array, ldv: number, Dv: number, T: number, scale: number): Float64Array {
   const out = new Float64Array(H * Dv);
-  const s = new Float64Array(T);
-  for (let h = 0; h < H; h++) {
-    let m = -Infinity;
-    for (let t = 0; t < T; t++) {
-      let d = 0;
-      for (let i = 0; i < Dk; i++) d += q[h * Dk + i] * k[t * ldk + i];
-      s[t] = d * scale;
-      m = Math.max(m, s[t]);
-    }
-    let z = 0;
-    for (let t = 0; t < T; t++) z += s[t] = Math.exp(s[t] - m);
-    for (let t = 0; t < T; t++) for (let i = 0; i < Dv; i++) out[h * Dv + i] += (s[t] / z) * v[t * ldv + i];
-  }
+  attendF64(q, H, Dk, k, ldk, v, ldv, Dv, T, scale, out, 0, Dv);
   return out;
 }
 

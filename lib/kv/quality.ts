@@ -37,7 +37,8 @@ function outlierRows(T: number, width: number, outCh: readonly number[], mult: n
   return t;
 }
 
-function attendF64(q: Float32Array, H: number, Dk: number, k: Float32Array, ldk: number, v: Float32Array, ldv: number, Dv: number, T: number, scale: number, out: Float64Array, outOff: number, outLd: number): void {
+/** f64 softmax attention of H query rows over T keys, added into out[outOff + h·outLd + i]: the reference the quality table and the attention bench share. */
+export function attendF64(q: Float32Array, H: number, Dk: number, k: Float32Array, ldk: number, v: Float32Array, ldv: number, Dv: number, T: number, scale: number, out: Float64Array, outOff: number, outLd: number): void {
   const s = new Float64Array(T);
   for (let h = 0; h < H; h++) {
     let m = -Infinity;
