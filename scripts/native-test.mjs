@@ -3,8 +3,8 @@
 // AddressSanitizer + UndefinedBehaviorSanitizer. Each csrc file gets the ISA flags binding.gyp
 // gives it. Objects are cached in build-native-test/ by content hash. Last line of output:
 // "N passed, N failed".
-import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { buildSanitized, hashHeaders } from './sanitized-build.mjs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,45 +33,17 @@ function flagsFor(f) {
 }
 
 // Headers change rarely; hash them all into every object's key so any edit rebuilds.
-const headerHash = createHash('sha1');
-for (const dir of ['csrc/include/kvant', 'csrc/cpu', 'test/native'])
-  for (const f of fs.readdirSync(path.join(root, dir)).filter((f) => f.endsWith('.h')).sort()) headerHash.update(fs.readFileSync(path.join(root, dir, f)));
-const hdr = headerHash.digest('hex');
-
-function objectFor(f) {
-  const h = createHash('sha1').update(hdr).update(fs.readFileSync(path.join(root, f))).update(flagsFor(f).join(' ')).digest('hex').slice(0, 16);
-  return path.join(out, `${path.basename(f, '.cc')}-${h}.o`);
-}
-
-function compile(f) {
-  return new Promise((resolve, reject) => {
-    const obj = objectFor(f);
-    if (fs.existsSync(obj)) return resolve(obj);
-    const p = spawn('g++', [...flagsFor(f), '-c', f, '-o', obj + '.tmp'], { cwd: root, stdio: 'inherit' });
-    p.on('exit', (code) => {
-      if (code !== 0) return reject(new Error(`compiling ${f} failed`));
-      fs.renameSync(obj + '.tmp', obj);
-      resolve(obj);
-    });
-  });
-}
+const hdr = hashHeaders(root, ['csrc/include/kvant', 'csrc/cpu', 'test/native']);
 
 async function main() {
   const t0 = Date.now();
-  const queue = [...sources];
-  const objects = [];
-  const jobs = Math.max(1, Math.min(2, (await import('node:os')).cpus().length));
-  await Promise.all(
-    Array.from({ length: jobs }, async () => {
-      while (queue.length) {
-        const f = queue.shift();
-        objects.push(await compile(f));
-      }
-    }),
-  );
   const exe = path.join(out, 'kvant-native-tests');
-  const link = spawnSync('g++', [...SAN, '-pthread', ...objects, '-o', exe], { cwd: root, stdio: 'inherit' });
-  if (link.status !== 0) throw new Error('link failed');
+  await buildSanitized({
+    root, out, sources, flagsFor, exe,
+    headerHashFor: () => hdr,
+    objectName: (f, h) => `${path.basename(f, '.cc')}-${h}.o`,
+    linkFlags: [...SAN, '-pthread'],
+  });
   console.error(`built in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
   // halt_on_error: the first sanitizer report fails the run; detect_leaks: no leaks allowed.
   const run = spawnSync(exe, [], {

@@ -6,8 +6,8 @@
 // Objects are cached in build-native-test/simt/ by content hash.
 // Usage: node scripts/simt-test.mjs [filter]   (filter: substring of test names)
 // Last line of output: "N passed, N failed" over all (test, schedule) runs.
-import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { buildSanitized, hashHeaders } from './sanitized-build.mjs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,45 +38,18 @@ const flagsFor = (f) => (isaOf(f) === 'base' ? BASE : [...BASE, ...ISA_FLAGS[isa
 
 // Headers are hashed into each object's key: the CPU references see only their own headers, so
 // editing a kernel body rebuilds just the test objects.
-function headersOf(dirs) {
-  const h = createHash('sha1');
-  for (const dir of dirs)
-    for (const f of fs.readdirSync(path.join(root, dir)).filter((f) => /\.(h|cuh)$/.test(f)).sort()) h.update(fs.readFileSync(path.join(root, dir, f)));
-  return h.digest('hex');
-}
-const cpuHeaders = headersOf(['csrc/include/kvant', 'csrc/cpu']);
-const allHeaders = headersOf(['csrc/include/kvant', 'csrc/cpu', 'csrc/cuda', 'csrc/cuda/simt', 'test/native', 'test/simt']);
-
-function objectFor(f) {
-  const hdr = f.startsWith('csrc/cpu/') ? cpuHeaders : allHeaders;
-  const h = createHash('sha1').update(hdr).update(fs.readFileSync(path.join(root, f))).update(flagsFor(f).join(' ')).digest('hex').slice(0, 16);
-  return path.join(out, `${f.replace(/[/.]/g, '_')}-${h}.o`);
-}
-
-function compile(f) {
-  return new Promise((resolve, reject) => {
-    const obj = objectFor(f);
-    if (fs.existsSync(obj)) return resolve(obj);
-    const p = spawn('g++', [...flagsFor(f), '-c', f, '-o', obj + '.tmp'], { cwd: root, stdio: 'inherit' });
-    p.on('exit', (code) => {
-      if (code !== 0) return reject(new Error(`compiling ${f} failed`));
-      fs.renameSync(obj + '.tmp', obj);
-      resolve(obj);
-    });
-  });
-}
+const cpuHeaders = hashHeaders(root, ['csrc/include/kvant', 'csrc/cpu']);
+const allHeaders = hashHeaders(root, ['csrc/include/kvant', 'csrc/cpu', 'csrc/cuda', 'csrc/cuda/simt', 'test/native', 'test/simt']);
 
 async function main() {
   const t0 = Date.now();
-  const queue = [...sources];
-  const objects = [];
-  const jobs = Math.max(1, Math.min(2, (await import('node:os')).cpus().length));
-  await Promise.all(Array.from({ length: jobs }, async () => {
-    while (queue.length) objects.push(await compile(queue.shift()));
-  }));
   const exe = path.join(out, 'kvant-simt-tests');
-  const link = spawnSync('g++', [...SAN, '-pthread', ...objects.sort(), '-o', exe], { cwd: root, stdio: 'inherit' });
-  if (link.status !== 0) throw new Error('link failed');
+  await buildSanitized({
+    root, out, sources, flagsFor, exe, sortObjects: true,
+    headerHashFor: (f) => (f.startsWith('csrc/cpu/') ? cpuHeaders : allHeaders),
+    objectName: (f, h) => `${f.replace(/[/.]/g, '_')}-${h}.o`,
+    linkFlags: [...SAN, '-pthread'],
+  });
   console.error(`built in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
   let passed = 0, failed = 0;
   for (const seed of SCHEDULES) {
