@@ -58,6 +58,7 @@ export const {
   DeepSeekV2Model,
   parseConfig,
   linear,
+  linearHeads,
   flashAttention,
   rmsNorm,
   ropeInPlace,

@@ -96,6 +96,10 @@ export interface NativeBinding {
   axpy(a: number, x: RawStorage, xo: number, xb: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
   gemm(x: RawStorage, xo: number, xb: number, M: number, K: number, w: RawStorage, wo: number, wb: number, wDtype: number, N: number,
     bias: RawStorage | null, bo: number, bb: number, y: RawStorage, yo: number, yb: number, isa?: number): void;
+  /** Per-head dense linears in one call (csrc/napi/gemm_binding.cc); strides in elements. */
+  gemmHeads(x: RawStorage, xo: number, xb: number, M: number, H: number, ldxM: number, ldxH: number, K: number,
+    w: RawStorage, wo: number, wb: number, wDtype: number, ldwH: number, N: number,
+    y: RawStorage, yo: number, yb: number, ldyM: number, ldyH: number, isa?: number): void;
   flashAttention(q: RawStorage, qo: number, qb: number, k: RawStorage, ko: number, kb: number, v: RawStorage, vo: number, vb: number,
     out: RawStorage, oo: number, ob: number, lse: RawStorage, lo: number, lb: number,
     B: number, Sq: number, Sk: number, Hq: number, Hkv: number, Dqk: number, Dv: number, scale: number, causal: boolean,

@@ -66,4 +66,30 @@ Status gemm(const float* x, size_t M, size_t K, const void* w, DType wType, size
   return Status::kOk;
 }
 
+Status gemmHeads(const float* x, size_t M, size_t H, size_t ldxM, size_t ldxH, size_t K, const void* w, DType wType,
+                 size_t ldwH, size_t N, float* y, size_t ldyM, size_t ldyH, Isa isa) {
+  const GemmKernels* k = gemmKernelsFor(isa);
+  if (!k) return Status::kBackend;
+  GemmTileFn tile = wType == DType::kF32 ? k->tileF32 : wType == DType::kF16 ? k->tileF16 : wType == DType::kBF16 ? k->tileBf16 : nullptr;
+  if (!tile) return Status::kDtype;
+  const size_t es = dtypeSize(wType);
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const size_t blocks = (N + kGemmRowsPerTask - 1) / kGemmRowsPerTask;
+  threadPool().parallelFor(H * blocks, [&](size_t t) {
+    const size_t h = t / blocks, n0 = (t % blocks) * kGemmRowsPerTask;
+    const size_t n1 = n0 + kGemmRowsPerTask < N ? n0 + kGemmRowsPerTask : N;
+    const float* xh = x + h * ldxH;
+    float* yh = y + h * ldyH;
+    const uint8_t* wh = wb + h * ldwH * es;
+    for (size_t m0 = 0; m0 < M; m0 += 4) {
+      const size_t mr = M - m0 < 4 ? M - m0 : 4;
+      for (size_t j = n0; j < n1; j += 4) {
+        const size_t nr = n1 - j < 4 ? n1 - j : 4;
+        tile(xh + m0 * ldxM, ldxM, mr, wh + j * K * es, K, nr, K, yh + m0 * ldyM + j, ldyM);
+      }
+    }
+  });
+  return Status::kOk;
+}
+
 }  // namespace kvant

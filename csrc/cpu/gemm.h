@@ -36,4 +36,13 @@ constexpr size_t kGemmRowsPerTask = 16;
 Status gemm(const float* x, size_t M, size_t K, const void* w, DType wType, size_t N, const float* bias, float* y,
             Isa isa = Isa(-1));
 
+// H independent linears in one call (MLA's absorbed W_UK / W_UV, one small matrix per head):
+//   y[m*ldyM + h*ldyH + n] = sum_k x[m*ldxM + h*ldxH + k] * w[h*ldwH + n*K + k]
+// for m < M, h < H, n < N; strides count elements. Each output is the same tile sequence as
+// gemm() over that head's rows, so the result equals H separate gemm calls bit for bit (and
+// keeps gemm's batch and thread-count invariance); the pool splits (head, 16-row block) pairs.
+// The caller guarantees the accesses are in bounds and y's rows do not overlap each other.
+Status gemmHeads(const float* x, size_t M, size_t H, size_t ldxM, size_t ldxH, size_t K, const void* w, DType wType,
+                 size_t ldwH, size_t N, float* y, size_t ldyM, size_t ldyH, Isa isa = Isa(-1));
+
 }  // namespace kvant

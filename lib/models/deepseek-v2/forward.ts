@@ -14,7 +14,7 @@
  * sums a row's experts in that row's top-k order — so a row's result never depends on which
  * other rows share the batch, and the kernels make it independent of the thread count.
  */
-import { linear } from '../../ops/linear';
+import { linear, linearHeads } from '../../ops/linear';
 import { flashAttention } from '../../ops/attention';
 import { MlpWeights as KernelMlp, moeMlp } from '../../ops/qlinear';
 import { axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate } from '../../ops/small';
@@ -182,41 +182,20 @@ function absorbQuery(a: AttentionWeights, k: ForwardConsts, q: Tensor): Tensor {
   const R = cfg.qkRopeHeadDim;
   const L = cfg.kvLoraRank;
   const B = q.shape[0];
-  const qd = f32(q);
   const qAbs = Tensor.zeros([B, nh, L + R], 'f32');
+  // q_lat(h) for every head in one call, read from q's nope slices and written into qAbs's latent slices.
+  linearHeads(q, a.wUkT, { out: qAbs });
+  const qd = f32(q);
   const od = f32(qAbs);
-  const qn = Tensor.zeros([B, P], 'f32');
-  const qnd = f32(qn);
-  for (let h = 0; h < nh; h++) {
-    for (let b = 0; b < B; b++) qnd.set(qd.subarray((b * nh + h) * (P + R), (b * nh + h) * (P + R) + P), b * P);
-    const ql = f32(linear(qn, a.wUkT[h]));
-    for (let b = 0; b < B; b++) {
-      const dst = (b * nh + h) * (L + R);
-      od.set(ql.subarray(b * L, (b + 1) * L), dst);
-      od.set(qd.subarray((b * nh + h) * (P + R) + P, (b * nh + h + 1) * (P + R)), dst + L);
-    }
-  }
+  for (let i = 0; i < B * nh; i++) od.set(qd.subarray(i * (P + R) + P, (i + 1) * (P + R)), i * (L + R) + L);
   return qAbs;
 }
 
 /** o [B, nh·Dv] from the attended latents oLat [B, nh, L]: o(h) = W_UV(h) · o_lat(h). */
 function expandValues(a: AttentionWeights, k: ForwardConsts, oLat: Tensor): Tensor {
   const cfg = k.cfg;
-  const nh = cfg.numHeads;
-  const L = cfg.kvLoraRank;
-  const Dv = cfg.vHeadDim;
-  const B = oLat.shape[0];
-  const ld = f32(oLat);
-  const x = Tensor.zeros([B, L], 'f32');
-  const xd = f32(x);
-  const o = Tensor.zeros([B, nh * Dv], 'f32');
-  const od = f32(o);
-  for (let h = 0; h < nh; h++) {
-    for (let b = 0; b < B; b++) xd.set(ld.subarray((b * nh + h) * L, (b * nh + h + 1) * L), b * L);
-    const y = f32(linear(x, a.wUv[h]));
-    for (let b = 0; b < B; b++) od.set(y.subarray(b * Dv, (b + 1) * Dv), b * nh * Dv + h * Dv);
-  }
-  return o;
+  const o = linearHeads(oLat, a.wUv, { wRow0: a.wUvRow0, n: cfg.vHeadDim });
+  return o.reshape([oLat.shape[0], cfg.numHeads * cfg.vHeadDim]);
 }
 
 function mlpForward(m: MlpWeights, k: ForwardConsts, x: Tensor): Tensor {
@@ -357,7 +336,7 @@ export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array
     w.layers.forEach((layer, l) => {
       const a = layer.attn;
       const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
-      const bytes = k.profile ? attnCommonBytes(a) + [...a.wUkT, ...a.wUv].reduce((n, t) => n + t.byteLength, 0) : 0;
+      const bytes = k.profile ? attnCommonBytes(a) + a.wUkT.byteLength + (a.wUv.byteLength * k.cfg.vHeadDim) / a.wUv.shape[1] : 0;
       const o = timed(k, 'attention', bytes, () => {
         const q = queries(a, k, xn, positions);
         io.append(l, latentRows(a, k, xn, positions));

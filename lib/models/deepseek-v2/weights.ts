@@ -58,10 +58,18 @@ export interface AttentionWeights {
   kvANorm: Tensor;
   /** kv_b_proj [nh·(P+Dv), L] (explicit form, prefill). */
   kvB: LinearWeight;
-  /** Absorbed form (decode): W_UK(h)ᵀ [L, P] per head, so q_lat(h) = q_nope(h) · W_UK(h) is a linear. */
-  wUkT: Tensor[];
-  /** W_UV(h) [Dv, L] per head (o(h) = o_lat(h) · W_UV(h)ᵀ). */
-  wUv: Tensor[];
+  /**
+   * Absorbed form (decode): W_UK(h)ᵀ for all heads, [nh, L, P], so q_lat(h) = q_nope(h) · W_UK(h)
+   * is one per-head linear (linearHeads).
+   */
+  wUkT: Tensor;
+  /**
+   * W_UV(h) for all heads as rows wUvRow0 .. wUvRow0+Dv of each head of a [nh, rows, L] tensor
+   * (o(h) = o_lat(h) · W_UV(h)ᵀ): a view of kv_b_proj itself ([nh, P+Dv, L], rows from P) when it
+   * is float, a compact f32 [nh, Dv, L] copy (rows from 0) when kv_b was dequantized.
+   */
+  wUv: Tensor;
+  wUvRow0: number;
   oProj: LinearWeight;
 }
 
@@ -130,20 +138,28 @@ function checkInventory(ck: Checkpoint, specs: TensorSpec[], quantized: (s: Tens
  * is a bit-exact element copy in the file's dtype (bf16 stays bf16), so both forms use the
  * same weight values.
  */
-function transposeKeyHeads(kvB: Tensor, nh: number, P: number, Dv: number, L: number): Tensor[] {
+function transposeKeyHeads(kvB: Tensor, nh: number, P: number, Dv: number, L: number): Tensor {
   const src = kvB.data() as Float32Array | Uint16Array;
-  const out: Tensor[] = [];
+  const t = Tensor.zeros([nh, L, P], kvB.dtype);
+  const dst = t.data() as Float32Array | Uint16Array;
   for (let h = 0; h < nh; h++) {
-    const t = Tensor.zeros([L, P], kvB.dtype);
-    const dst = t.data() as Float32Array | Uint16Array;
     const base = h * (P + Dv) * L;
+    const out = h * L * P;
     for (let p = 0; p < P; p++) {
       const row = base + p * L;
-      for (let l = 0; l < L; l++) dst[l * P + p] = src[row + l];
+      for (let l = 0; l < L; l++) dst[out + l * P + p] = src[row + l];
     }
-    out.push(t);
   }
-  return out;
+  return t;
+}
+
+/** W_UV(h) = rows P..P+Dv of head h of kv_b [nh·(P+Dv), L], copied into a compact f32 [nh, Dv, L]. */
+function valueHeads(kvB: Tensor, nh: number, P: number, Dv: number, L: number): Tensor {
+  const src = kvB.to('f32').data() as Float32Array;
+  const t = Tensor.zeros([nh, Dv, L], 'f32');
+  const dst = t.data() as Float32Array;
+  for (let h = 0; h < nh; h++) dst.set(src.subarray((h * (P + Dv) + P) * L, (h + 1) * (P + Dv) * L), h * Dv * L);
+  return t;
 }
 
 /** Opens and validates a checkpoint folder and builds the weight records. */
@@ -204,16 +220,14 @@ export function loadWeights(dir: string, onProgress?: (p: LoadProgress) => void)
       const quantKvB = !(kvB.w instanceof Tensor);
       const kvBDense = kvB.w instanceof Tensor ? kvB.w : dequantize(kvB.w, 'f32');
       const wUkT = transposeKeyHeads(kvBDense, nh, P, Dv, L);
-      for (const t of wUkT) bytes += t.byteLength;
+      bytes += wUkT.byteLength;
       // W_UV(h) rows are contiguous in kv_b_proj: a view of the mapped tensor, no copy. From a
       // dequantized kv_b they are copied out so the temporary [nh·(P+Dv), L] matrix is freed:
       // the absorbed form then holds exactly kv_b's values once, in f32 (what plan counts).
-      const wUv = Array.from({ length: nh }, (_, h) => {
-        const v = kvBDense.slice(h * (P + Dv) + P, (h + 1) * (P + Dv));
-        return quantKvB ? v.to('f32') : v;
-      });
+      const wUv = quantKvB ? valueHeads(kvBDense, nh, P, Dv, L) : kvBDense.reshape([nh, P + Dv, L]);
+      const wUvRow0 = quantKvB ? 0 : P;
       if (quantKvB) {
-        for (const t of wUv) bytes += t.byteLength;
+        bytes += wUv.byteLength;
         kvBDense.dispose(); // frees it now if it is native memory (a no-op for JS memory)
       }
       const attn: AttentionWeights = {
@@ -226,6 +240,7 @@ export function loadWeights(dir: string, onProgress?: (p: LoadProgress) => void)
         kvB,
         wUkT,
         wUv,
+        wUvRow0,
         oProj: lin(`${a}.o_proj.weight`),
       };
       const m = `${p}.mlp`;
