@@ -60,8 +60,31 @@ function shapeIs(t: Tensor, dims: number[]): boolean {
 const sequentialGIdx = new WeakSet<Tensor>();
 
 /** Validates a QTensor against its format; returns the native argument tuple. */
-function qArgs(w: QTensor, name: string): [Uint8Array, RawStorage, number, number, RawStorage, number, number, RawStorage, number, number, RawStorage | null, number, number] {
+type QArgs = [Uint8Array, RawStorage, number, number, RawStorage, number, number, RawStorage, number, number, RawStorage | null, number, number];
+
+/**
+ * QTensors already validated, with their argument list: a decode step makes dozens of qgemm
+ * calls on the same weights, and re-checking the format and encoding it each time was a
+ * measurable share of the step's JS time. An entry is reused only while every field is still
+ * the same object; the binding re-checks sizes against the format on every call regardless.
+ */
+const validatedArgs = new WeakMap<QTensor, { fields: unknown[]; args: QArgs }>();
+const qFields = (w: QTensor): unknown[] => [w.format, w.qweight, w.qzeros, w.scales, w.gIdx, w.perm];
+
+function qArgs(w: QTensor, name: string): QArgs {
   if (w === null || typeof w !== 'object') throw expected('KVANT_DTYPE', 'a QTensor', name, w);
+  const hit = validatedArgs.get(w);
+  if (hit && qFields(w).every((v, i) => v === hit.fields[i])) {
+    // Storage is re-read every call: raw() throws on a disposed or detached tensor.
+    const a = hit.args;
+    return [a[0], ...raw(w.qweight), ...raw(w.qzeros), ...raw(w.scales), a[10], a[11], a[12]];
+  }
+  const args = validateQArgs(w, name);
+  validatedArgs.set(w, { fields: qFields(w), args });
+  return args;
+}
+
+function validateQArgs(w: QTensor, name: string): QArgs {
   const f = checkQuantFormat(w.format, `${name}.format`);
   const G = effectiveGroup(f);
   const unit = f.bits === 3 ? 32 : 32 / f.bits;

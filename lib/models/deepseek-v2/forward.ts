@@ -187,7 +187,12 @@ function absorbQuery(a: AttentionWeights, k: ForwardConsts, q: Tensor): Tensor {
   linearHeads(q, a.wUkT, { out: qAbs });
   const qd = f32(q);
   const od = f32(qAbs);
-  for (let i = 0; i < B * nh; i++) od.set(qd.subarray(i * (P + R) + P, (i + 1) * (P + R)), i * (L + R) + L);
+  // q_pe(h) after the latent part; a plain loop (R = 64 values per head) is cheaper than 16 views.
+  for (let i = 0; i < B * nh; i++) {
+    const src = i * (P + R) + P;
+    const dst = i * (L + R) + L;
+    for (let r = 0; r < R; r++) od[dst + r] = qd[src + r];
+  }
   return qAbs;
 }
 
@@ -261,7 +266,7 @@ const mlpBytes = (m: MlpWeights): number => weightBytes(m.gate.w) + weightBytes(
 function ffn(layer: LayerWeights, k: ForwardConsts, x: Tensor): Tensor {
   const xn = rmsNorm(x, layer.postNorm, k.cfg.rmsNormEps);
   const moe = layer.moe;
-  if (moe) return timed(k, 'experts', weightBytes(moe.router) + (moe.shared ? mlpBytes(moe.shared) : 0), () => moeForward(moe, k, xn));
+  if (moe) return timed(k, 'experts', k.profile ? weightBytes(moe.router) + (moe.shared ? mlpBytes(moe.shared) : 0) : 0, () => moeForward(moe, k, xn));
   return timed(k, 'dense_mlp', k.profile ? mlpBytes(layer.mlp!) : 0, () => mlpForward(layer.mlp!, k, xn));
 }
 

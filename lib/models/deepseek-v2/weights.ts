@@ -155,7 +155,8 @@ function transposeKeyHeads(kvB: Tensor, nh: number, P: number, Dv: number, L: nu
 
 /** W_UV(h) = rows P..P+Dv of head h of kv_b [nh·(P+Dv), L], copied into a compact f32 [nh, Dv, L]. */
 function valueHeads(kvB: Tensor, nh: number, P: number, Dv: number, L: number): Tensor {
-  const src = kvB.to('f32').data() as Float32Array;
+  const f = kvB.dtype === 'f32' ? kvB : kvB.to('f32');
+  const src = f.data() as Float32Array;
   const t = Tensor.zeros([nh, Dv, L], 'f32');
   const dst = t.data() as Float32Array;
   for (let h = 0; h < nh; h++) dst.set(src.subarray((h * (P + Dv) + P) * L, (h + 1) * (P + Dv) * L), h * Dv * L);
