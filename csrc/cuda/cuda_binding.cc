@@ -264,7 +264,9 @@ void* getStream(const Napi::CallbackInfo& info, size_t i) {
 // The device's limits (queried once) and the stream of this call.
 ops::Target target(Napi::Env env, void* stream) {
   rt::DeviceProps p;
-  checkRt(env, rt::properties(&p), "CUDA device");
+  // No usable device: CUDA's own words, starting with the call that failed.
+  const Status s = rt::properties(&p);
+  if (s != Status::kOk) throwStatus(env, s, rt::lastError());
   ops::Target t;
   t.sm = p.sm;
   t.maxThreads = p.maxThreadsPerBlock;

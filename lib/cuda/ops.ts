@@ -37,7 +37,8 @@ function output(out: DeviceTensor | undefined, shape: readonly number[], dtype: 
   if (out === undefined) return DeviceTensor.empty(shape, dtype);
   checkDeviceTensor(out, name);
   const numel = shape.reduce((a, b) => a * b, 1);
-  if (out.dtype !== dtype || out.numel !== numel)
+  if (out.dtype !== dtype) throw expected('KVANT_DTYPE', `a ${dtype} tensor`, `${name}.dtype`, out.dtype);
+  if (out.numel !== numel)
     throw new KvantError('KVANT_SHAPE', `Expected ${name} to be ${dtype} with ${numel} elements but it is ${out.dtype} with ${out.numel}`);
   return out;
 }
