@@ -68,5 +68,7 @@ export const {
   argmax,
   axpyInPlace,
   Checkpoint,
+  cuda,
+  opsFor,
 } = kvant;
 export default kvant;
