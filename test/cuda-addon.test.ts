@@ -105,7 +105,9 @@ describe('CUDA addon: loading and backend selection', () => {
   });
 
   it('a missing or broken addon falls back to the CPU with a readable reason, and cuda ops say KVANT_BACKEND', () => {
-    const broken = path.join(root, 'build-native-test', 'cuda-emu', 'broken.node');
+    const dir = path.join(root, 'build-native-test', 'cuda-emu');
+    fs.mkdirSync(dir, { recursive: true });
+    const broken = path.join(dir, 'broken.node');
     fs.writeFileSync(broken, 'not an ELF file');
     const script = `const k = require('./dist'); const i = k.cudaInfo(); let c = null;
       try { k.cuda.DeviceTensor.empty([4]); } catch (e) { c = e.code; }
