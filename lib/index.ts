@@ -55,3 +55,4 @@ export { Checkpoint } from './io/checkpoint';
 export * as cuda from './cuda';
 export { opsFor } from './cuda/host';
 export type { HostOps } from './cuda/host';
+export type { PagedLatentView } from './ops/attention';

@@ -6,7 +6,7 @@
  */
 export { DeviceTensor, Stream, checkDeviceTensor, deviceProperties, memoryStats, setMemoryBudget, synchronize } from './device';
 export type { StreamOptions } from './device';
-export type { DeviceProperties, DeviceMemoryStats } from './native';
+export type { DeviceProperties, DeviceMemoryStats, DeviceBufferHandle, StreamHandle } from './native';
 export {
   rmsNorm, ropeInPlace, siluGate, softmaxInPlace, argmax, embedding, routeTopK, uploadQTensor, freeQTensor, dequantize, quantizeRtn, qlinear,
   flashAttention, mlaDecode,
