@@ -247,7 +247,7 @@ describe('CUDA addon: device memory', () => {
     expect(code(() => n.upload(x.buffer, 4, 600, new Float32Array(150), undefined))).toBe('KVANT_SHAPE'); // past the buffer's end
     expect(code(() => n.softmax(x.buffer, 2, 4, 1, 1, undefined))).toBe('KVANT_RANGE'); // misaligned
     expect(code(() => n.memset(x.buffer, 0, 4, 256, undefined))).toBe('KVANT_RANGE');
-    expect(code(() => new n.DeviceBuffer(-1))).toBe('KVANT_RANGE');
+    for (const bad of [-1, 0.5, NaN, 1e30]) expect(code(() => new n.DeviceBuffer(bad)), String(bad)).toBe('KVANT_RANGE');
     r.free();
     x.free();
   });

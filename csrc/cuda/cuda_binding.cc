@@ -64,7 +64,7 @@ bool isNil(const Napi::Value& v) { return v.IsNull() || v.IsUndefined(); }
 uint64_t getSize(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
   if (!info[i].IsNumber()) throwKvant(info.Env(), "KVANT_RANGE", "Expected a non-negative integer for " + name);
   const double v = info[i].As<Napi::Number>().DoubleValue();
-  if (!(v >= 0) || v != double(uint64_t(v)) || v > 9007199254740992.0)
+  if (!(v >= 0) || v > 9007199254740992.0 || v != double(uint64_t(v)))  // range first: the cast needs v < 2^64
     throwKvant(info.Env(), "KVANT_RANGE", "Expected a non-negative integer for " + name + " but received " + std::to_string(v));
   return uint64_t(v);
 }
