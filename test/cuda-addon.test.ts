@@ -179,6 +179,11 @@ describe('CUDA addon: device memory', () => {
     const n = cudaNative();
     expect(code(() => n.softmax(d.buffer, 0, 64, 4, 4, undefined))).toBe('KVANT_RANGE');
     expect(() => d.free()).not.toThrow();
+    // Symbol.dispose (`using`) frees too.
+    const sym = (Symbol as { dispose?: symbol }).dispose ?? Symbol.for('nodejs.dispose');
+    const e = up(f32Tensor(rand(4, 3), [4]));
+    (e as unknown as Record<symbol, () => void>)[sym]();
+    expect(e.freed).toBe(true);
   });
 
   it('the budget caps allocations with KVANT_OOM naming the bytes needed and available; stats account every byte', () => {

@@ -138,7 +138,10 @@ Status streamCreate(void** stream) {
   Status s = ready();
   if (s != Status::kOk) return s;
   cudaStream_t st = nullptr;
-  if ((s = fromCuda(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "cudaStreamCreate")) != Status::kOk) return s;
+  // A blocking stream (not cudaStreamNonBlocking): the legacy default stream waits for it and it
+  // for the default stream, so work a caller queued without a stream (an upload, a memset) is
+  // ordered before what it then queues on this stream, as JS code reads.
+  if ((s = fromCuda(cudaStreamCreateWithFlags(&st, cudaStreamDefault), "cudaStreamCreate")) != Status::kOk) return s;
   streams().add(st);
   *stream = st;
   return Status::kOk;

@@ -17,6 +17,9 @@ import { KvantError, callNative, expected } from '../errors';
 import { Tensor, checkShape, checkTensor } from '../tensor';
 import { DeviceBufferHandle, DeviceMemoryStats, DeviceProperties, StreamHandle, cudaNative } from './native';
 
+// `using t = ...` frees at the end of the scope (Symbol.dispose where the runtime has it).
+const disposeSymbol: symbol = (Symbol as { dispose?: symbol }).dispose ?? Symbol.for('nodejs.dispose');
+
 /** A device work queue: operations given the same stream run in order. */
 export class Stream {
   /** @internal */
@@ -39,6 +42,10 @@ export class Stream {
 
   get destroyed(): boolean {
     return this.handle.destroyed;
+  }
+
+  [disposeSymbol](): void {
+    this.destroy();
   }
 }
 
@@ -205,6 +212,10 @@ export class DeviceTensor {
   /** Frees the device buffer now (shared by every view of it); a second call is a no-op. */
   free(): void {
     callNative(() => this.buffer.free());
+  }
+
+  [disposeSymbol](): void {
+    this.free();
   }
 
   toString(): string {
