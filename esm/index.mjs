@@ -69,5 +69,7 @@ export const {
   argmax,
   axpyInPlace,
   Checkpoint,
+  cuda,
+  opsFor,
 } = kvant;
 export default kvant;

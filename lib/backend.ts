@@ -16,6 +16,14 @@ export interface CudaStatus {
   /** Path of the CUDA addon that was tried, if any was found. */
   binary: string | null;
   devices: number;
+  /**
+   * True when the addon is the test-only host-emulated build (kvant_cuda_emu.node). It is
+   * accepted only when the environment variable KVANT_CUDA_ADDON names it; the reason then
+   * says "emulated".
+   */
+  emulated: boolean;
+  /** The device the addon reported (device 0), when one answered. */
+  device: { name: string; sm: number; totalMemory: number } | null;
   reason: string;
 }
 
@@ -31,7 +39,11 @@ export interface BackendInfo {
   cuda: CudaStatus;
 }
 
-let cudaStatus: CudaStatus | undefined;
+/** The test-only environment variable that names a CUDA addon to use instead of the installed one. */
+export const CUDA_ADDON_ENV = 'KVANT_CUDA_ADDON';
+
+// One probe per (addon path, named by the environment or not), per process.
+const cudaStatusCache = new Map<string, CudaStatus>();
 
 function cudaCandidates(): string[] {
   const list = [path.join(packageRoot, 'build-cmake', 'Release', 'kvant_cuda.node')];
@@ -43,39 +55,73 @@ function cudaCandidates(): string[] {
   return list;
 }
 
+interface DeviceQuery {
+  count: number;
+  emulated?: boolean;
+  error?: string;
+  name?: string;
+  sm?: number;
+  totalMemory?: number;
+}
+
+function probe(binary: string, named: boolean): CudaStatus {
+  const none = { available: false, binary, devices: 0, emulated: false, device: null };
+  // The test load runs in a child process: a broken CUDA install (driver mismatch, missing
+  // libraries, a crash in the driver) must not take this process down.
+  const script = `const b = require(${JSON.stringify(binary)}); process.stdout.write(JSON.stringify(b.deviceQuery()));`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20000 });
+  if (r.status !== 0) {
+    const why = (r.stderr || r.error?.message || `exit ${r.status}${r.signal ? ` (${r.signal})` : ''}`).trim().split('\n').filter(Boolean).slice(-1)[0];
+    return { ...none, reason: `the CUDA addon failed to load in a test process: ${why}` };
+  }
+  let q: DeviceQuery;
+  try {
+    q = JSON.parse(r.stdout) as DeviceQuery;
+    if (typeof q.count !== 'number') throw new Error('no count');
+  } catch {
+    return { ...none, reason: 'the CUDA addon answered the device query with unreadable output' };
+  }
+  const emulated = q.emulated === true;
+  if (emulated && !named)
+    return { ...none, emulated, reason: `${binary} is the test-only emulated CUDA addon; it is used only when ${CUDA_ADDON_ENV} names it` };
+  const devices = q.count;
+  const device = devices > 0 && typeof q.name === 'string' ? { name: q.name, sm: q.sm ?? 0, totalMemory: q.totalMemory ?? 0 } : null;
+  let reason: string;
+  if (devices === 0 || (q.error && !device)) reason = `no CUDA device visible${q.error ? ` (${q.error})` : ''}`;
+  else if (emulated) reason = `emulated CUDA device (test-only, ${CUDA_ADDON_ENV}=${binary}): ${device?.name ?? 'host emulation'}, no GPU is used`;
+  else reason = `${devices} CUDA device(s) visible; using ${device?.name ?? 'device 0'} (sm_${device?.sm ?? '?'})`;
+  return { available: devices > 0 && device !== null, binary, devices, emulated, device, reason };
+}
+
 /**
  * Finds the CUDA addon and test-loads it in a child process first: a broken CUDA install
- * (driver mismatch, missing libraries) must not take the service down. Cached per process.
+ * (driver mismatch, missing libraries) must not take the service down. Cached per process
+ * (per addon path). With KVANT_CUDA_ADDON set (tests), that file is the only candidate, and it
+ * may be the emulated addon.
  */
 export function cudaInfo(): CudaStatus {
-  if (cudaStatus) return cudaStatus;
-  const binary = cudaCandidates().find((p) => fs.existsSync(p)) ?? null;
+  const named = process.env[CUDA_ADDON_ENV];
+  const binary = named ? path.resolve(named) : (cudaCandidates().find((p) => fs.existsSync(p)) ?? null);
+  const key = `${named ? 'env' : 'installed'}:${binary}`;
+  const cached = cudaStatusCache.get(key);
+  if (cached) return cached;
+  let status: CudaStatus;
   if (!binary) {
-    cudaStatus = {
+    status = {
       available: false,
       binary: null,
       devices: 0,
+      emulated: false,
+      device: null,
       reason: 'the CUDA addon is not installed (build it with `npm run build:cuda`, or install kvant-cuda-linux-x64)',
     };
-    return cudaStatus;
-  }
-  const script = `const b = require(${JSON.stringify(binary)}); process.stdout.write(JSON.stringify(b.deviceQuery()));`;
-  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20000 });
-  let devices = 0;
-  let reason: string;
-  if (r.status !== 0) {
-    reason = `the CUDA addon failed to load in a test process: ${(r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').slice(-1)[0]}`;
+  } else if (!fs.existsSync(binary)) {
+    status = { available: false, binary, devices: 0, emulated: false, device: null, reason: `${CUDA_ADDON_ENV} names ${binary}, which does not exist` };
   } else {
-    try {
-      const q = JSON.parse(r.stdout) as { count: number; error?: string };
-      devices = q.count;
-      reason = devices > 0 ? `${devices} CUDA device(s) visible` : `no CUDA device visible${q.error ? ` (${q.error})` : ''}`;
-    } catch {
-      reason = 'the CUDA addon answered the device query with unreadable output';
-    }
+    status = probe(binary, Boolean(named));
   }
-  cudaStatus = { available: devices > 0, binary, devices, reason };
-  return cudaStatus;
+  cudaStatusCache.set(key, status);
+  return status;
 }
 
 /** What kvant runs on here, and why. */

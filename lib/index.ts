@@ -52,3 +52,7 @@ export { rmsNorm, ropeInPlace, siluGate, softmaxInPlace, routeTopK, embedding, a
 export type { IsaLevel, RopeOptions, RouteOptions } from './ops/small';
 export type { QLinearOptions, QActivations, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';
 export { Checkpoint } from './io/checkpoint';
+export * as cuda from './cuda';
+export { opsFor } from './cuda/host';
+export type { HostOps } from './cuda/host';
+export type { PagedLatentView } from './ops/attention';

@@ -1,0 +1,99 @@
+// Host-side view of the CUDA kernel entry points, for the N-API layer: no CUDA types and no
+// kernel bodies, so cuda_binding.cc compiles with plain g++ in both builds.
+//
+// Why a second set of declarations: the entry points in the .cuh files take structs defined
+// next to the kernels (FlashDeviceArgs, Device, ...), which a host translation unit cannot see
+// without also defining the kernels (a second definition would clash with the family's .cu).
+// So each family's .cu (the one translation unit that defines its kernels, compiled by nvcc for
+// kvant_cuda.node and by g++ under the SIMT emulation for the test-only kvant_cuda_emu.node)
+// also defines the thin forwards declared here, which copy these plain structs field by field
+// into the kernels' own. The compiler checks every field name and type there.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kvant/dtype.h"
+#include "kvant/quant_format.h"
+#include "kvant/status.h"
+
+namespace kvant::cuda::ops {
+
+// Where a launch runs: the device's limits (launch.h ArchLimits) and a cudaStream_t (null =
+// the default stream).
+struct Target {
+  int sm = 80;
+  uint32_t maxThreads = 1024;
+  size_t smemDefault = 48 * 1024;
+  size_t smemOptInMax = 163 * 1024;
+  void* stream = nullptr;
+};
+
+// Why the last launch on this OS thread failed (the limit exceeded, CUDA's or the emulation's
+// own message); cudaError is 0 unless CUDA (or the emulation, -1) failed.
+const char* lastLaunchMessage();
+int lastLaunchCudaError();
+
+// ---- device.cu ----
+Status copyBytes(const Target& t, const void* src, void* dst, size_t n);
+
+// ---- small_ops.cu (contracts: csrc/cuda/small_ops.cuh) ----
+Status rmsNorm(const Target& t, const float* x, const void* w, DType wType, float eps, float* y, size_t rows, size_t n);
+Status rope(const Target& t, float* x, size_t rows, size_t heads, size_t stride, size_t offset, size_t pairs, const int32_t* pos,
+            const float* invFreq, float amp);
+Status siluGate(const Target& t, const float* g, const float* u, size_t inStride, float* y, size_t rows, size_t n);
+Status softmax(const Target& t, float* x, size_t rows, size_t n);
+Status argmax(const Target& t, const float* x, size_t rows, size_t n, int32_t* out);
+// badToken: device int32 holding n before the launch; afterwards the first bad token, or n.
+Status embedding(const Target& t, const void* table, DType type, size_t vocab, size_t dim, const int32_t* ids, size_t n, float* out,
+                 int32_t* badToken);
+Status routeTopK(const Target& t, const float* logits, size_t rows, size_t experts, size_t k, size_t nGroup, size_t topkGroup,
+                 bool groupLimited, bool normTopk, float scaling, int32_t* idx, float* w);
+
+// ---- quant.cu (contracts: csrc/cuda/quant.cuh) ----
+Status dequantize(const Target& t, const QMatrix& q, void* out, bool outF16);
+// bad: device int, 0 before the launch; 1 afterwards if W held a non-finite value.
+Status rtnQuantize(const Target& t, const float* W, const QuantFormat& f, uint32_t* qweight, uint32_t* qzeros, uint16_t* scales, int* bad);
+
+// ---- gemm_q.cu (contracts: csrc/cuda/gemm_q.cuh) ----
+constexpr int kGemvMaxRows = 8;  // gemv takes M = 1..8 (gemm_q.cuh kGemvMaxRows; checked there)
+size_t gemvScratchBytes(const QuantFormat& f, int M);
+Status gemv(const Target& t, const QMatrix& q, const float* x, int M, float* y, float* scratch);
+Status gemm(const Target& t, const QMatrix& q, const float* x, int64_t M, float* y);
+
+// ---- attention.cu (contracts: csrc/cuda/attention.cuh) ----
+struct FlashArgs {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  DType type = DType::kF32;
+  float* out = nullptr;
+  float* lse = nullptr;
+  int B = 0, Sq = 0, Sk = 0, Hq = 0, Hkv = 0, Dqk = 0, Dv = 0;
+  float scale = 1;
+  bool causal = false;
+  int keysPerSplit = 0;  // 0 or a positive multiple of 32
+  float* scratch = nullptr;
+};
+size_t flashScratchBytes(const FlashArgs& a);
+Status flash(const Target& t, const FlashArgs& a);
+
+struct MlaArgs {
+  const float* q = nullptr;
+  float* out = nullptr;
+  float* lse = nullptr;
+  int B = 0, H = 0, L = 0, R = 0;
+  float scale = 1;
+  const uint16_t* pool = nullptr;
+  int numPages = 0, pageSize = 0, maxPages = 0;
+  const int32_t* pageTable = nullptr;
+  const int32_t* seqLens = nullptr;
+  int maxSeqLen = 0;
+  int keysPerSplit = 0;
+  float* scratch = nullptr;
+  int* splitsPerBatch = nullptr;
+  int* badPage = nullptr;
+};
+size_t mlaScratchBytes(const MlaArgs& a);
+Status mla(const Target& t, const MlaArgs& a);
+
+}  // namespace kvant::cuda::ops
