@@ -350,9 +350,10 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
   for (size_t b = 0; b < a.B; ++b) splitStart[b + 1] = splitStart[b] + std::max<size_t>(1, (size_t(a.seqLens[b]) + kDecodeSplit - 1) / kDecodeSplit);
   const size_t nSplits = splitStart[a.B];
   std::vector<float> pm(nSplits * a.Hq), pl(nSplits * a.Hq), pacc(nSplits * a.Hq * Dv);
-  // Rows decoded per step: 16 rows of up to 576 f32 (36 KB) stay in L1/L2 while every query
-  // head of the kv head uses them.
-  constexpr size_t kRows = 16;
+  // Fused path: rows scored per softmax step. Shared-row path: rows decoded per panel, a
+  // multiple of qkT's 6-key tile; 24 rows of up to 576 f32 (54 KB) stay in L2 while every
+  // query head of the kv head uses them.
+  constexpr size_t kRows = 16, kPanel = 24;
   threadPool().parallelFor(nSplits * a.Hkv, [&](size_t task) {
     const size_t sidx = task / a.Hkv, hk = task % a.Hkv;
     size_t b = 0;
@@ -360,7 +361,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     const size_t len = size_t(a.seqLens[b]);
     const size_t t0 = (sidx - splitStart[b]) * kDecodeSplit, t1 = std::min(len, t0 + kDecodeSplit);
     thread_local std::vector<float> qbuf, kbuf, vbuf, sbuf;
-    qbuf.resize(group * Dk), kbuf.resize(kRows * Dk), vbuf.resize(kRows * Dv), sbuf.resize(group * kRows);
+    qbuf.resize(group * Dk), kbuf.resize(kPanel * Dk), vbuf.resize(kPanel * Dv), sbuf.resize(kRows);
     // The query heads of this kv head, with the rotated part of the key pre-transformed:
     // q·x = (H·q)·y / 32 where y = H·x is what the cache stores (1/32 is exact).
     for (size_t j = 0; j < group; ++j) {
@@ -376,8 +377,16 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     float* acc = pacc.data() + (sidx * a.Hq + hk * group) * Dv;
     for (size_t j = 0; j < group; ++j) m[j] = kNegInf, l[j] = 0;
     std::fill(acc, acc + group * Dv, 0.f);
-    auto rowAt = [&](size_t t) {
-      return P.pool + size_t(a.pageTable[b * a.maxPages + t / P.pageSize]) * P.pageBytes + P.layerOffset + t % P.pageSize * P.rowBytes;
+    // Pointers to rows [t, t + n) of this sequence: one division per call, then slot stepping
+    // (two divisions per row, for the row and its prefetch, cost ~10% of the MLA decode).
+    const int32_t* table = a.pageTable + b * a.maxPages;
+    auto rowsAt = [&](size_t t, size_t n, const uint8_t** out) {
+      size_t page = t / P.pageSize, slot = t % P.pageSize;
+      const uint8_t* base = P.pool + size_t(table[page]) * P.pageBytes + P.layerOffset;
+      for (size_t r = 0; r < n; ++r) {
+        out[r] = base + slot * P.rowBytes;
+        if (++slot == P.pageSize && r + 1 < n) slot = 0, base = P.pool + size_t(table[++page]) * P.pageBytes + P.layerOffset;
+      }
     };
     // Bytes of this kv head's part of a row: from its first segment to the end of its last.
     const size_t segEnd[3] = {a.k0.offset + kvSegmentBytes(a.k0.type, a.k0.n), a.k1.n ? a.k1.offset + kvSegmentBytes(a.k1.type, a.k1.n) : 0,
@@ -385,80 +394,95 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     const size_t segBeg = std::min(a.k0.offset, a.vFromKey ? a.k0.offset : a.v.offset);
     const size_t prefetchFrom = segBeg + hk * a.headStride;
     const size_t prefetchBytes = std::max({segEnd[0], segEnd[1], segEnd[2]}) - segBeg;
-    constexpr size_t kAhead = 16;
-    const float* vrows = a.vFromKey ? kbuf.data() : vbuf.data();
-    const size_t ldv = a.vFromKey ? Dk : Dv;
-    float* s = sbuf.data();
     // One query head per kv head (standard-cache decode without GQA): nothing would reuse a
     // decoded row, so decode it in registers straight into the dot and the accumulation.
     const bool fused = group == 1 && !a.vFromKey && a.k1.n == 0;
-    // q8 / q4 keys on the fused path: scores in integers against the query quantized per group
-    // of 32 (once per task). Added score error <= Σ_g (qd_g / 2)·‖y_g‖₁ (y = the stored key
-    // group), see kvQuantizeQuery; the tests bound it by (√32 / 254)·Σ_g ‖q_g‖₂‖k_g‖₂.
-    const bool intScore = fused && kvIntScore(a.k0.type);
-    thread_local std::vector<int8_t> q8buf;
-    thread_local std::vector<float> qdbuf;
-    if (intScore) {
-      q8buf.resize(Dk), qdbuf.resize(Dk / 32);
-      kvQuantizeQuery(qbuf.data(), Dk, q8buf.data(), qdbuf.data());
-    }
-    for (size_t c0 = t0; fused && c0 < t1; c0 += kRows) {
-      const size_t n = std::min(kRows, t1 - c0);
-      const uint8_t* rp[kRows];
-      float bm = kNegInf;
-      for (size_t r = 0; r < n; ++r) {
-        const size_t t = c0 + r;
-        rp[r] = rowAt(t) + hk * a.headStride;
-        if (t + kAhead < t1) {
-          const uint8_t* ahead = rowAt(t + kAhead);
-          for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(ahead + prefetchFrom + off, 0, 0);
-        }
-        s[r] = (intScore ? kv->dotI8(a.k0.type, rp[r] + a.k0.offset, q8buf.data(), qdbuf.data(), Dk)
-                         : kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk)) * a.scale;
-        bm = s[r] > bm ? s[r] : bm;
+    // Software prefetch one step ahead (the next step's rows while this step's are used): a
+    // head's run of rows is contiguous only within a page (pages are scattered), and the
+    // kernel is a pure stream otherwise.
+    const size_t step = fused ? kRows : kPanel;
+    const uint8_t* cur[kPanel > kRows ? kPanel : kRows];
+    const uint8_t* nxt[kPanel > kRows ? kPanel : kRows];
+    if (t0 < t1) rowsAt(t0, std::min(step, t1 - t0), cur);
+    auto prefetchNext = [&](size_t c0, size_t n) {  // the rows of the step after [c0, c0 + n)
+      const size_t nn = c0 + n < t1 ? std::min(step, t1 - c0 - n) : 0;
+      if (nn) rowsAt(c0 + n, nn, nxt);
+      return nn;
+    };
+    auto prefetchRow = [&](const uint8_t* row) {
+      for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(row + prefetchFrom + off, 0, 0);
+    };
+    if (fused) {
+      float* s = sbuf.data();
+      // q8 / q4 keys: scores in integers against the query quantized per group of 32 (once per
+      // task). Added score error <= Σ_g (qd_g / 2)·‖y_g‖₁ (y = the stored key group), see
+      // kvQuantizeQuery; the tests bound it by (√32 / 254)·Σ_g ‖q_g‖₂‖k_g‖₂.
+      const bool intScore = kvIntScore(a.k0.type);
+      thread_local std::vector<int8_t> q8buf;
+      thread_local std::vector<float> qdbuf;
+      if (intScore) {
+        q8buf.resize(Dk), qdbuf.resize(Dk / 32);
+        kvQuantizeQuery(qbuf.data(), Dk, q8buf.data(), qdbuf.data());
       }
-      const float mNew = m[0] > bm ? m[0] : bm;
-      const float corr = m[0] == kNegInf ? 0.f : std::exp(m[0] - mNew);
-      l[0] = l[0] * corr + float(so->expShift(s, mNew, s, n));
-      if (corr != 1.f)
-        for (size_t d = 0; d < Dv; ++d) acc[d] *= corr;
-      m[0] = mNew;
-      kv->axpyRows(a.v.type, rp, a.v.offset, n, s, acc, Dv);
-    }
-    for (size_t c0 = t0; !fused && c0 < t1; c0 += kRows) {
-      const size_t n = std::min(kRows, t1 - c0);
-      // Dequantize each row once (into this L1-sized tile), then use it for all heads.
-      for (size_t r = 0; r < n; ++r) {
-        const size_t t = c0 + r;
-        const uint8_t* row = rowAt(t);
-        // Software prefetch kAhead rows ahead: a head's run of rows is contiguous only within
-        // a page (pages are scattered), and the kernel is a pure stream otherwise.
-        if (t + kAhead < t1) {
-          const uint8_t* ahead = rowAt(t + kAhead);
-          for (size_t off = 0; off < prefetchBytes; off += 64) __builtin_prefetch(ahead + prefetchFrom + off, 0, 0);
-        }
-        kv->decode(a.k0.type, row + a.k0.offset + hk * a.headStride, a.k0.n, kbuf.data() + r * Dk);
-        if (a.k1.n) kv->decode(a.k1.type, row + a.k1.offset + hk * a.headStride, a.k1.n, kbuf.data() + r * Dk + a.k0.n);
-        if (!a.vFromKey) kv->decode(a.v.type, row + a.v.offset + hk * a.headStride, Dv, vbuf.data() + r * Dv);
-      }
-      ak->qk(qbuf.data(), Dk, group, kbuf.data(), Dk, n, Dk, s, kRows);
-      for (size_t j = 0; j < group; ++j) {
-        float* sj = s + j * kRows;
+      for (size_t c0 = t0; c0 < t1; c0 += kRows) {
+        const size_t n = std::min(kRows, t1 - c0);
+        const size_t nn = prefetchNext(c0, n);
+        const uint8_t* rp[kRows];
         float bm = kNegInf;
         for (size_t r = 0; r < n; ++r) {
-          sj[r] *= a.scale;
-          bm = sj[r] > bm ? sj[r] : bm;
+          rp[r] = cur[r] + hk * a.headStride;
+          if (r < nn) prefetchRow(nxt[r]);
+          s[r] = (intScore ? kv->dotI8(a.k0.type, rp[r] + a.k0.offset, q8buf.data(), qdbuf.data(), Dk)
+                           : kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk)) * a.scale;
+          bm = s[r] > bm ? s[r] : bm;
         }
-        const float mNew = m[j] > bm ? m[j] : bm;
-        const float corr = m[j] == kNegInf ? 0.f : std::exp(m[j] - mNew);
-        l[j] = l[j] * corr + float(so->expShift(sj, mNew, sj, n));
-        float* aj = acc + j * Dv;
+        const float mNew = m[0] > bm ? m[0] : bm;
+        const float corr = m[0] == kNegInf ? 0.f : std::exp(m[0] - mNew);
+        l[0] = l[0] * corr + float(so->expShift(s, mNew, s, n));
         if (corr != 1.f)
-          for (size_t d = 0; d < Dv; ++d) aj[d] *= corr;
-        m[j] = mNew;
+          for (size_t d = 0; d < Dv; ++d) acc[d] *= corr;
+        m[0] = mNew;
+        kv->axpyRows(a.v.type, rp, a.v.offset, n, s, acc, Dv);
+        std::copy_n(nxt, nn, cur);
       }
-      ak->pv(s, kRows, group, n, vrows, ldv, Dv, acc, Dv);  // all heads of the group per V row read
+      return;
     }
+    // Shared rows (GQA groups, MLA's 16 heads on one latent row): a small GEMM per panel of
+    // kPanel rows, run on the FlashAttention-2 prefill kernels with the group's query heads as
+    // the vector lanes. Sᵀ [n x mPad] = panel · Qᵀ (qkT: 16 heads x 6 keys per register tile,
+    // 12 accumulators, no horizontal sums), the online softmax step in base 2 down the lanes
+    // (softmaxT), then acc = acc·corr + P·V (pvT: 6 heads x 16 columns, 12 accumulators, the
+    // rescale fused into the accumulator load). The panel is decoded once to f32 and every head
+    // uses it while it sits in L1/L2: per row 2·group·(Dk + Dv) FLOP against Dk + Dv values
+    // decoded, so the decode is ~1/(2·group) of the work (MLA: 1/32).
+    const size_t mPad = (group + 7) & ~size_t(7);  // AVX2 qkT / softmaxT run whole 8-lane groups
+    thread_local std::vector<float> qt, st, stat;
+    qt.assign(Dk * mPad, 0.f), st.resize(kPanel * mPad), stat.resize(3 * mPad);
+    for (size_t j = 0; j < group; ++j)
+      for (size_t t = 0; t < Dk; ++t) qt[t * mPad + j] = qbuf[j * Dk + t];
+    float* mx = stat.data();  // running max in base 2 (pad lanes: zero queries, never read)
+    float* lx = mx + mPad;
+    float* corr = lx + mPad;
+    for (size_t j = 0; j < mPad; ++j) mx[j] = kNegInf, lx[j] = 0;
+    const float scale2 = a.scale * 1.44269504088896340736f;  // e^(s·scale) = 2^(s·scale2)
+    const float* vrows = a.vFromKey ? kbuf.data() : vbuf.data();
+    const size_t ldv = a.vFromKey ? Dk : Dv;
+    for (size_t c0 = t0; c0 < t1; c0 += kPanel) {
+      const size_t n = std::min(kPanel, t1 - c0);
+      const size_t nn = prefetchNext(c0, n);
+      for (size_t r = 0; r < n; ++r) {
+        const uint8_t* row = cur[r] + hk * a.headStride;
+        if (r < nn) prefetchRow(nxt[r]);
+        kv->decode(a.k0.type, row + a.k0.offset, a.k0.n, kbuf.data() + r * Dk);
+        if (a.k1.n) kv->decode(a.k1.type, row + a.k1.offset, a.k1.n, kbuf.data() + r * Dk + a.k0.n);
+        if (!a.vFromKey) kv->decode(a.v.type, row + a.v.offset, Dv, vbuf.data() + r * Dv);
+      }
+      ak->qkT(qt.data(), mPad, mPad, kbuf.data(), Dk, n, Dk, st.data(), mPad);
+      ak->softmaxT(st.data(), mPad, mPad, n, long(n), scale2, mx, lx, corr);  // c = n: no mask
+      ak->pvT(st.data(), mPad, group, n, vrows, ldv, Dv, corr, acc, Dv);
+      std::copy_n(nxt, nn, cur);
+    }
+    for (size_t j = 0; j < group; ++j) m[j] = mx[j] * 0.693147180559945309417f, l[j] = lx[j];  // back to natural units
   });
   // Merge each sequence's splits in order: out = Σ_s e^{m_s - M} acc_s / Σ_s e^{m_s - M} l_s,
   // then undo the value rotation once: x = H·y / 32.
