@@ -418,6 +418,9 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
       // task). Added score error <= Σ_g (qd_g / 2)·‖y_g‖₁ (y = the stored key group), see
       // kvQuantizeQuery; the tests bound it by (√32 / 254)·Σ_g ‖q_g‖₂‖k_g‖₂.
       const bool intScore = kvIntScore(a.k0.type);
+      // All rows of a step scored in one call (one reduction per 8 rows) where its shape
+      // limits allow; otherwise row by row (same bounds).
+      const bool batched = kvQuantized(a.k0.type) ? Dk <= 32 * kDotRowsMaxGroups : Dk % 16 == 0;
       thread_local std::vector<int8_t> q8buf;
       thread_local std::vector<float> qdbuf;
       if (intScore) {
@@ -431,9 +434,12 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
         float bm = kNegInf;
         for (size_t r = 0; r < n; ++r) {
           rp[r] = cur[r] + hk * a.headStride;
-          if (r < nn) prefetchRow(nxt[r]);
-          s[r] = (intScore ? kv->dotI8(a.k0.type, rp[r] + a.k0.offset, q8buf.data(), qdbuf.data(), Dk)
-                           : kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk)) * a.scale;
+          if (!batched)
+            s[r] = intScore ? kv->dotI8(a.k0.type, rp[r] + a.k0.offset, q8buf.data(), qdbuf.data(), Dk) : kv->dot(a.k0.type, rp[r] + a.k0.offset, qbuf.data(), Dk);
+        }
+        if (batched) kv->dotRows(a.k0.type, rp, a.k0.offset, n, qbuf.data(), intScore ? q8buf.data() : nullptr, qdbuf.data(), Dk, s);
+        for (size_t r = 0; r < n; ++r) {
+          s[r] *= a.scale;
           bm = s[r] > bm ? s[r] : bm;
         }
         const float mNew = m[0] > bm ? m[0] : bm;
@@ -442,6 +448,9 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
         if (corr != 1.f)
           for (size_t d = 0; d < Dv; ++d) acc[d] *= corr;
         m[0] = mNew;
+        // The next step's prefetches go out here, after the scores: issued before them, the
+        // burst filled the miss buffers and stalled the score loads (measured ~10% slower).
+        for (size_t r = 0; r < nn; ++r) prefetchRow(nxt[r]);
         kv->axpyRows(a.v.type, rp, a.v.offset, n, s, acc, Dv);
         std::copy_n(nxt, nn, cur);
       }
