@@ -5,7 +5,6 @@
 #include <limits>
 #include <vector>
 
-#include "convert.h"
 #include "gemm.h"
 #include "small_ops.h"
 #include "thread_pool.h"
@@ -223,96 +222,21 @@ Status naiveAttention(const FlashArgs& a, Isa isa) {
   return Status::kOk;
 }
 
+// The absorbed MLA decode over a plain bf16 pool is pagedDecode over a one-layer pool whose
+// key is [c | k_pe] and whose value is the latent prefix c of the key: one implementation (the
+// shared-row panel path) and one set of kernels for both entry points.
 Status mlaDecode(const MlaDecodeArgs& a, Isa isa) {
-  const GemmKernels* g = gemmKernelsFor(isa);
-  const SmallOpsKernels* so = smallOpsKernelsFor(isa);
-  const ConvertKernels* cv = convertKernelsFor(int(isa) < 0 ? isaChoice().isa : isa);
-  if (!g || !so || !cv) return Status::kBackend;
-  const size_t H = a.H, L = a.L, D = a.L + a.R;
-  for (size_t b = 0; b < a.B; ++b) {
-    const size_t len = size_t(a.seqLens[b]);
-    if (a.seqLens[b] < 0 || (len + a.pageSize - 1) / a.pageSize > a.maxPages) return Status::kRange;
-    for (size_t p = 0; p < (len + a.pageSize - 1) / a.pageSize; ++p) {
-      const int32_t page = a.pageTable[b * a.maxPages + p];
-      if (page < 0 || size_t(page) >= a.numPages) return Status::kRange;
-    }
-  }
-  // Splits of kMlaSplit keys per sequence, each an independent task with its own partial
-  // (max, sum, accumulator) per head; merged afterwards in split order.
-  std::vector<size_t> splitStart(a.B + 1, 0);
-  for (size_t b = 0; b < a.B; ++b) splitStart[b + 1] = splitStart[b] + std::max<size_t>(1, (size_t(a.seqLens[b]) + kMlaSplit - 1) / kMlaSplit);
-  const size_t nSplits = splitStart[a.B];
-  std::vector<float> pm(nSplits * H), pl(nSplits * H), pacc(nSplits * H * L);
-  constexpr size_t kRows = 32;  // rows converted to f32 at a time: 32 x 576 x 4 = 72 KB
-  threadPool().parallelFor(nSplits, [&](size_t sidx) {
-    size_t b = 0;
-    while (splitStart[b + 1] <= sidx) ++b;
-    const size_t t0 = (sidx - splitStart[b]) * kMlaSplit;
-    const size_t len = size_t(a.seqLens[b]);
-    const size_t t1 = t0 + kMlaSplit < len ? t0 + kMlaSplit : len;
-    float* m = pm.data() + sidx * H;
-    float* l = pl.data() + sidx * H;
-    float* acc = pacc.data() + sidx * H * L;
-    for (size_t h = 0; h < H; ++h) {
-      m[h] = kNegInf;
-      l[h] = 0;
-    }
-    std::fill(acc, acc + H * L, 0.f);
-    std::vector<float> rows(kRows * D), s(H * kRows);
-    const float* q = a.q + b * H * D;
-    for (size_t c0 = t0; c0 < t1; c0 += kRows) {
-      const size_t n = t1 - c0 < kRows ? t1 - c0 : kRows;
-      // Each cache row is read and widened once, then used by every head: that reuse is
-      // what makes MLA decode cheap (SPEC §1.8).
-      for (size_t r = 0; r < n; ++r) {
-        const size_t t = c0 + r;
-        const uint16_t* row = a.pool + (size_t(a.pageTable[b * a.maxPages + t / a.pageSize]) * a.pageSize + t % a.pageSize) * D;
-        cv->bf16ToF32(row, rows.data() + r * D, D);
-      }
-      for (size_t h = 0; h < H; h += 4)
-        for (size_t r = 0; r < n; r += 4)
-          g->tileF32(q + h * D, D, H - h < 4 ? H - h : 4, rows.data() + r * D, D, n - r < 4 ? n - r : 4, D, s.data() + h * kRows + r, kRows);
-      for (size_t h = 0; h < H; ++h) {
-        float* sh = s.data() + h * kRows;
-        float bm = kNegInf;
-        for (size_t r = 0; r < n; ++r) {
-          sh[r] *= a.scale;
-          bm = sh[r] > bm ? sh[r] : bm;
-        }
-        const float mNew = m[h] > bm ? m[h] : bm;
-        const float corr = m[h] == kNegInf ? 0.f : std::exp(m[h] - mNew);
-        l[h] = l[h] * corr + float(so->expShift(sh, mNew, sh, n));
-        float* ah = acc + h * L;
-        if (corr != 1.f)
-          for (size_t d = 0; d < L; ++d) ah[d] *= corr;
-        for (size_t r = 0; r < n; ++r) so->axpy(sh[r], rows.data() + r * D, ah, L);  // V = the latent c, a prefix of the row
-        m[h] = mNew;
-      }
-    }
-  });
-  // Merge the splits of each sequence in order: out = Σ_s e^{m_s - M} acc_s / Σ_s e^{m_s - M} l_s.
-  threadPool().parallelFor(a.B * H, [&](size_t bh) {
-    const size_t b = bh / H, h = bh % H;
-    float M = kNegInf;
-    for (size_t s = splitStart[b]; s < splitStart[b + 1]; ++s) M = pm[s * H + h] > M ? pm[s * H + h] : M;
-    float* o = a.out + (b * H + h) * L;
-    for (size_t d = 0; d < L; ++d) o[d] = 0;
-    if (M == kNegInf) {  // empty sequence
-      if (a.lse) a.lse[b * H + h] = std::numeric_limits<float>::infinity();
-      return;
-    }
-    float denom = 0;
-    for (size_t s = splitStart[b]; s < splitStart[b + 1]; ++s) {
-      if (pm[s * H + h] == kNegInf) continue;
-      const float w = std::exp(pm[s * H + h] - M);
-      denom += w * pl[s * H + h];
-      so->axpy(w, pacc.data() + (s * H + h) * L, o, L);
-    }
-    const float inv = 1.f / denom;
-    for (size_t d = 0; d < L; ++d) o[d] *= inv;
-    if (a.lse) a.lse[b * H + h] = M + std::log(denom);
-  });
-  return Status::kOk;
+  const size_t D = a.L + a.R;
+  PagedDecodeArgs p{};
+  p.q = a.q, p.out = a.out, p.lse = a.lse;
+  p.B = a.B, p.Hq = a.H, p.Hkv = 1;
+  p.k0 = KvSegment{KvType::kBf16, a.L, false, 0, 0};
+  p.k1 = KvSegment{KvType::kBf16, a.R, false, 2 * a.L, a.L};
+  p.v = p.k0, p.headStride = 0, p.vFromKey = true, p.scale = a.scale;
+  // pagedDecode only reads the pool (KvPages is shared with the writers, hence non-const).
+  p.pages = KvPages{reinterpret_cast<uint8_t*>(const_cast<uint16_t*>(a.pool)), a.numPages, a.pageSize, a.pageSize * D * 2, 0, D * 2};
+  p.pageTable = a.pageTable, p.maxPages = a.maxPages, p.seqLens = a.seqLens;
+  return pagedDecode(p, isa);
 }
 
 }  // namespace kvant
