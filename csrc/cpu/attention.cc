@@ -328,7 +328,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     const uint8_t* cur[kPanel > kRows ? kPanel : kRows];
     const uint8_t* nxt[kPanel > kRows ? kPanel : kRows];
     if (t0 < t1) rowsAt(t0, std::min(step, t1 - t0), cur);
-    auto prefetchNext = [&](size_t c0, size_t n) {  // the rows of the step after [c0, c0 + n)
+    auto nextRows = [&](size_t c0, size_t n) {  // the rows of the step after [c0, c0 + n)
       const size_t nn = c0 + n < t1 ? std::min(step, t1 - c0 - n) : 0;
       if (nn) rowsAt(c0 + n, nn, nxt);
       return nn;
@@ -353,7 +353,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
       }
       for (size_t c0 = t0; c0 < t1; c0 += kRows) {
         const size_t n = std::min(kRows, t1 - c0);
-        const size_t nn = prefetchNext(c0, n);
+        const size_t nn = nextRows(c0, n);
         const uint8_t* rp[kRows];
         float bm = kNegInf;
         for (size_t r = 0; r < n; ++r) {
@@ -402,7 +402,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     const size_t ldv = a.vFromKey ? Dk : Dv;
     for (size_t c0 = t0; c0 < t1; c0 += kPanel) {
       const size_t n = std::min(kPanel, t1 - c0);
-      const size_t nn = prefetchNext(c0, n);
+      const size_t nn = nextRows(c0, n);
       for (size_t r = 0; r < n; ++r) {
         const uint8_t* row = cur[r] + hk * a.headStride;
         if (r < nn) prefetchRow(nxt[r]);
