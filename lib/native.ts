@@ -150,6 +150,8 @@ export interface NativeBinding {
     mlp: RawStorage, mo: number, mb: number, row: RawStorage, ro: number, rb: number, weight: RawStorage, wo: number, wb: number,
     out: RawStorage, oo: number, ob: number, isa: number | undefined, activations: number, ...projections: (RawStorage | Uint8Array | number | null)[]): void;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
+  /** Every streaming-read variant over one buffer (best rep of each), csrc/cpu/probe.h. */
+  probeReadVariants(bytes: number, reps: number): Promise<(ProbeResult & { name: string })[]>;
   probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;
 }
