@@ -270,11 +270,7 @@ Status qgemmTyped(const QMatrix& w, const void* x, DType xType, size_t M, const 
     static_assert(sizeof(std::atomic<uint32_t>) == sizeof(float) && alignof(std::atomic<uint32_t>) <= alignof(float), "counter slots");
     for (size_t cb = 0; cb < colBlocks; ++cb) new (&left[cb]) std::atomic<uint32_t>(uint32_t(a.ng));
     threadPool().parallelFor(a.ng * colBlocks, [&](size_t t) {
-      // Column-block major: a block's groups run back to back, so its combine follows while its
-      // terms are still in cache, and only a few blocks' terms are live at once (lm_head,
-      // N = 102400: 50 blocks; group-major order kept all 6.5 MB of terms live until the end).
-      // Measured neutral within noise on the loaded machine (lm_head 32.0 vs 31.5 ms).
-      const size_t cb = t / a.ng, g = t % a.ng, n0 = cb * kQSplitCols, n1 = n0 + kQSplitCols < N ? n0 + kQSplitCols : N;
+      const size_t g = t / colBlocks, cb = t % colBlocks, n0 = cb * kQSplitCols, n1 = n0 + kQSplitCols < N ? n0 + kQSplitCols : N;
       kt->groupTerms(w, a, g, n0, n1, T);
       // acq_rel: each task releases its T writes; the last one acquires all of them.
       if (left[cb].fetch_sub(1, std::memory_order_acq_rel) != 1) return;
