@@ -17,6 +17,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import Benchmark from 'benchmark';
 import { backendInfo } from '../backend';
 import { native } from '../native';
@@ -40,6 +41,8 @@ export interface Machine {
   llc_bytes: number;
   cpu: string;
   probe_bytes: number;
+  /** 1-minute load average when the ceilings were measured (above the thread count: shared, noisy numbers). */
+  load_avg?: number;
 }
 
 /** One row of the results table; fields that do not apply are null. */
@@ -185,6 +188,7 @@ export async function measureMachine(quick = false): Promise<Machine> {
     llc_bytes: llc,
     cpu,
     probe_bytes: bytes,
+    load_avg: os.loadavg()[0],
   };
 }
 
@@ -269,7 +273,8 @@ const fmt = (v: number | null, digits = 1) => (v === null ? '-' : v.toFixed(digi
 export function formatMachine(m: Machine): string {
   const best = m.read_variants?.reduce((a, b) => (b.gbps > a.gbps ? b : a));
   const lines = [
-    `machine: ${m.cpu}, ${m.threads} threads, ISA ${m.isa}, LLC ${(m.llc_bytes / 2 ** 20).toFixed(0)} MiB`,
+    `machine: ${m.cpu}, ${m.threads} threads, ISA ${m.isa}, LLC ${(m.llc_bytes / 2 ** 20).toFixed(0)} MiB` +
+      (m.load_avg !== undefined ? `, load average ${m.load_avg.toFixed(1)}${m.load_avg > m.threads ? ' (shared machine: numbers are noisy)' : ''}` : ''),
     `ceilings: read ${m.read_gbps.toFixed(1)} GB/s${best ? ` (best of ${m.read_variants?.length} read variants: ${best.name})` : ''}, ` +
       `copy ${m.copy_gbps.toFixed(1)} GB/s (over ${(m.probe_bytes / 2 ** 20).toFixed(0)} MiB = ${(m.probe_bytes / m.llc_bytes).toFixed(0)}x LLC), ` +
       `FMA ${m.fma_gflops.toFixed(0)} GFLOP/s (${m.fma_gflops_1t.toFixed(0)} on 1 thread)`,
