@@ -293,7 +293,8 @@ export function ceilingWarnings(rows: readonly BenchRow[]): string[] {
     .map(
       (r) =>
         `WARNING: ${r.name} moved ${fmt(r.gbps)} GB/s = ${fmt(r.pct_bw)}% of its bandwidth ceiling (> ${CEILING_WARN_PCT}%): ` +
-        'the ceiling is not a ceiling here (caches serving a too-small working set, or a wrong byte count)',
+        'the ceiling is not a ceiling here (caches serving a too-small working set, a wrong byte count, ' +
+        'or, on a shared machine, less load now than when the ceilings were measured)',
     );
 }
 
