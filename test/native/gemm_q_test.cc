@@ -221,7 +221,7 @@ TEST(qgemm_split_k_column_blocks_and_typed_outputs) {
         if (ref.empty()) ref = y;
         EXPECT_TRUE(std::memcmp(ref.data(), y.data(), y.size() * 4) == 0);
         for (DType yt : {DType::kF16, DType::kBF16}) {
-          X
+          std::vector<uint16_t> h(M * N, 0x7fc1);  // poisoned: a NaN in both f16 and bf16
           EXPECT_TRUE(qgemmTyped(q, x.data(), DType::kF32, M, bias.data(), h.data(), yt, scratch.data(), isa, act) == Status::kOk);
           for (size_t i = 0; i < M * N; ++i) {
             const uint16_t want = yt == DType::kF16 ? f32ToF16(ref[i]) : f32ToBf16(ref[i]);
