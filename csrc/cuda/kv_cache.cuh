@@ -303,8 +303,22 @@ __device__ __forceinline__ float kvSegDot(int type, const uint8_t* s, const floa
   return dot;
 }
 
+// acc[t] += Σ_j p_j · v_j[lane + 32t] over the 32 staged rows (p_j broadcast from lane j).
+template <int TYPE, int NV>
+__device__ __forceinline__ void kvPvStep(float* acc, float pj, const uint8_t* vt, int SB, int lane) {
+  for (int j = 0; j < kPdBc; ++j) {
+    const float pb = __shfl_sync(kFullMask, pj, j);
+    const uint8_t* vr = vt + j * SB;
+#pragma unroll
+    for (int t = 0; t < NV; ++t) acc[t] = fmaf(pb, kvElem(TYPE, vr, lane + 32 * t), acc[t]);
+  }
+}
+
+// __launch_bounds__(128, 1): without the minimum of one block per SM, ptxas aimed the small
+// instantiations at 48-56 registers (an occupancy heuristic) and spilled to local memory; with it
+// they take 70-77 registers and spill nothing (ptxas -v, sm_80..sm_90).
 template <int DK, int DV>
-__global__ void __launch_bounds__(kPdWarps * 32) pagedDecodeKernel(PagedDecodeParams p) {
+__global__ void __launch_bounds__(kPdWarps * 32, 1) pagedDecodeKernel(PagedDecodeParams p) {
   static_assert(DV % 32 == 0, "each lane owns DV/32 output dims");
   constexpr int NV = DV / 32;
   const int group = p.Hq / p.Hkv;
@@ -388,12 +402,13 @@ __global__ void __launch_bounds__(kPdWarps * 32) pagedDecodeKernel(PagedDecodePa
       m[rr] = mNew;
 #pragma unroll
       for (int t = 0; t < NV; ++t) acc[rr][t] *= corr;
-      const int vType = p.vFromKey ? p.k0.type : p.v.type;
-      for (int j = 0; j < kPdBc; ++j) {
-        const float pb = __shfl_sync(kFullMask, pj, j);
-        const uint8_t* vr = tile + j * SB + (p.vFromKey ? 0 : kb01);
-#pragma unroll
-        for (int t = 0; t < NV; ++t) acc[rr][t] = fmaf(pb, kvElem(vType, vr, lane + 32 * t), acc[rr][t]);
+      const uint8_t* vt = tile + (p.vFromKey ? 0 : kb01);
+      switch (p.vFromKey ? p.k0.type : p.v.type) {  // one loop per type: no type test per element
+        case kKvF16: kvPvStep<kKvF16, NV>(acc[rr], pj, vt, SB, lane); break;
+        case kKvBf16: kvPvStep<kKvBf16, NV>(acc[rr], pj, vt, SB, lane); break;
+        case kKvQ8: kvPvStep<kKvQ8, NV>(acc[rr], pj, vt, SB, lane); break;
+        case kKvQ6: kvPvStep<kKvQ6, NV>(acc[rr], pj, vt, SB, lane); break;
+        default: kvPvStep<kKvQ4, NV>(acc[rr], pj, vt, SB, lane); break;
       }
     }
   }
