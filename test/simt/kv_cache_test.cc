@@ -278,6 +278,13 @@ void runDecode(const DecodeCase& c, Rng& r, const kc::Device& dev) {
   a.scratch = scratch.data(), a.splitsPerBatch = spb.data(), a.bad = &bad;
   EXPECT_OK(kc::pagedDecode(dev, a));
   EXPECT_EQ(bad, 0);
+  if (B > 1) {  // batch invariance: sequence 0 alone (another grid, another maxSeqLen) gives the same bits
+    kc::PagedDecodeDeviceArgs one = a;
+    std::vector<float> o1 = poisoned(size_t(c.Hq) * Dv), l1 = poisoned(size_t(c.Hq));
+    one.B = 1, one.out = o1.data(), one.lse = l1.data(), one.maxSeqLen = c.lens[0];
+    EXPECT_OK(kc::pagedDecode(dev, one));
+    EXPECT_TRUE(std::memcmp(o1.data(), out.data(), o1.size() * 4) == 0 && std::memcmp(l1.data(), lse.data(), l1.size() * 4) == 0);
+  }
 
   // f64 reference over the stored values y (decoded exactly: code·d has <= 18 significant bits),
   // in the stored domain: scores with q' = H·q/32 on rotated key groups, output Σ p·y rotated back.
