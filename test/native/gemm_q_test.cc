@@ -79,7 +79,7 @@ TEST(qgemm_every_level_matches_f64_and_the_scalar_reference_bit_for_bit) {
           fillRandom(x.data(), DType::kF32, x.size(), seed * 31 + M, RandomDist::kNormal, 0, 1);
           std::vector<float> scratch(qgemmScratchFloats(m.f, M));
           std::vector<float> ref;
-          for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+          for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
             if (!qgemmKernelsFor(isa)) continue;
             std::vector<float> y(M * sh.N, NAN);
             EXPECT_TRUE(qgemm(q, x.data(), DType::kF32, M, nullptr, y.data(), scratch.data(), isa) == Status::kOk);
@@ -158,7 +158,7 @@ TEST(qgemm_int8_activations_match_f64_and_agree_across_levels_and_regimes) {
       fillRandom(x.data(), DType::kF32, x.size(), seed, RandomDist::kNormal, 0, 1);
       std::vector<float> scratch(qgemmScratchFloats(m.f, M, QAct::kInt8)), one(qgemmScratchFloats(m.f, 1, QAct::kInt8));
       std::vector<float> ref;
-      for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+      for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
         if (!qgemmKernelsFor(isa)) continue;
         std::vector<float> y(M * N, NAN), y1(N, NAN);
         EXPECT_TRUE(qgemm(q, x.data(), DType::kF32, M, nullptr, y.data(), scratch.data(), isa, QAct::kInt8) == Status::kOk);
