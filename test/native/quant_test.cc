@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
+#include <utility>
 
 #include "check.h"
 #include "gptq.h"
@@ -187,4 +188,68 @@ TEST(gptq_runs_clean_and_beats_rtn_on_its_objective) {
   xn[5] = NAN;
   EXPECT_TRUE(hessianAdd(H.data(), K, xn.data(), T, 1, 1, xt.data(), &bad) == Status::kRange);
   EXPECT_EQ(bad, 5);
+}
+
+// Every ISA level's dequantize on random codes, zeros and scales, for every width and group,
+// sequential and act-order (random g_idx over a made-sequential matrix with its permutation),
+// into f32/f16/bf16 outputs poisoned with NaN. Sizes leave edges on both axes (K % 8 and
+// N % 8 != 0 where packing allows). The reference is f64: s·(c − z) is exact in f64 (a float
+// times an integer below 2^9), so its rounding to f32 is what every level must produce, bit
+// for bit (one rounding, no tolerance), and then f16/bf16 round that f32 like half.h does.
+TEST(quant_dequant_act_order_and_half_outputs_match_f64_on_every_level) {
+  uint64_t s = 99;
+  struct Shape { int bits; int64_t K, N; };
+  const Shape shapes[] = {{2, 176, 48}, {3, 160, 96}, {4, 168, 40}, {8, 164, 36}};
+  for (const Shape& sh : shapes)
+    for (int G : {32, 64, 128, -1})
+      for (int mode = 0; mode < 3; ++mode) {  // 0: sequential, 1: g_idx act-order, 2: perm (made sequential)
+        QuantFormat f = fmt(sh.bits, G, false, sh.K, sh.N);
+        f.zeroFormat = mode == 1 ? int32_t(ZeroFormat::kGptqV2) : int32_t(ZeroFormat::kGptqV1);
+        const int64_t K = f.K, N = f.N, ng = qGroupCount(f), Ge = qEffectiveGroup(f);
+        std::vector<uint32_t> qw(size_t(qWeightRows(f) * N)), qz(size_t(ng * qZeroCols(f)));
+        for (auto& v : qw) v = rng(s) | (rng(s) << 31);
+        for (auto& v : qz) v = rng(s) | (rng(s) << 31);
+        std::vector<uint16_t> sc(size_t(ng * N));
+        for (auto& v : sc) v = f32ToF16(gauss(s) * 0.02f);
+        std::vector<int32_t> gIdx(static_cast<size_t>(K)), perm(static_cast<size_t>(K));
+        for (int64_t k = 0; k < K; ++k) gIdx[size_t(k)] = int32_t(k / Ge), perm[size_t(k)] = int32_t(k);
+        if (mode == 1)
+          for (auto& g : gIdx) g = int32_t(rng(s) % uint32_t(ng));
+        if (mode == 2)
+          for (int64_t k = K - 1; k > 0; --k) std::swap(perm[size_t(k)], perm[rng(s) % uint32_t(k + 1)]);
+        // f64 reference in [N, K] original-channel order.
+        std::vector<float> want(size_t(N * K));
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t j = 0; j < K; ++j) {
+            const int64_t g = gIdx[size_t(j)];
+            const double c = qStreamGet(qw.data() + n, N, j, f.bits), z = qZeroAt(f, qz.data(), g, n);
+            want[size_t(n * K + perm[size_t(j)])] = float(double(f16ToF32(sc[size_t(g * N + n)])) * (c - z));
+          }
+        for (DType t : {DType::kF32, DType::kF16, DType::kBF16})
+          for (Isa isa : levels()) {
+            std::vector<uint32_t> out(size_t(N * K), 0x7fc00001u);  // NaN (f32), NaN pairs (f16/bf16)
+            DequantArgs a{f, qw.data(), qz.data(), sc.data(), mode == 1 ? gIdx.data() : nullptr, mode == 2 ? perm.data() : nullptr, t,
+                          out.data()};
+            int64_t bad = -1;
+            EXPECT_TRUE(dequantize(a, &bad, isa) == Status::kOk);
+            int64_t wrong = 0, first = -1;
+            for (int64_t i = 0; i < N * K; ++i) {
+              bool ok;
+              if (t == DType::kF32) ok = std::memcmp(&out[size_t(i)], &want[size_t(i)], 4) == 0;
+              else {
+                const uint16_t got = reinterpret_cast<const uint16_t*>(out.data())[i];
+                ok = got == (t == DType::kF16 ? f32ToF16(want[size_t(i)]) : f32ToBf16(want[size_t(i)]));
+              }
+              if (!ok && wrong++ == 0) first = i;
+            }
+            if (wrong) {
+              EXPECT_EQ(wrong, 0);
+              std::fprintf(stderr, "    bits %d G %d mode %d type %d isa %s: %lld wrong, first at %lld\n", sh.bits, G, mode, int(t),
+                           isaName(isa), (long long)wrong, (long long)first);
+            }
+            // bytes past the f16/bf16 output (half of the buffer) stay untouched
+            if (t != DType::kF32)
+              for (size_t i = size_t(N * K + 1) / 2; i < out.size(); ++i) EXPECT_EQ(out[i], 0x7fc00001u);
+          }
+      }
 }
