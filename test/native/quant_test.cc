@@ -10,6 +10,7 @@
 #include "gptq.h"
 #include "kvant/half.h"
 #include "quant.h"
+#include "thread_pool.h"
 
 using namespace kvant;
 
@@ -252,4 +253,83 @@ TEST(quant_dequant_act_order_and_half_outputs_match_f64_on_every_level) {
               for (size_t i = size_t(N * K + 1) / 2; i < out.size(); ++i) EXPECT_EQ(out[i], 0x7fc00001u);
           }
       }
+}
+
+// The GPTQ GEMM (the block updates, the Hessian SYRK and the factorization's trailing updates
+// all run through it) on every level: f32 and f64, plain and transposed A, full and
+// lower-triangular B, against f64 / long double on awkward sizes (no dimension a multiple of a
+// tile or block), and bit-identical for 1 and 2 pool threads. Bound: each output is
+// C + alpha·Σ_p a·b over Kc terms in some fixed order, with FMAs: |err| <= (Kc + 2)·u·(|C| +
+// |alpha|·Σ_p |a·b|) (u = 2^-24 for f32, 2^-53 for f64), the classic n·u bound of a sum plus the
+// final scaling and addition.
+template <class T>
+static void checkGptqGemm(Isa isa, GemmMode mode, bool transA, uint64_t seed) {
+  const GptqKernels* kk = gptqKernelsFor(isa);
+  const int64_t M = 37, Nc = mode == GemmMode::kBLower ? 301 : 45, Kc = 301;
+  const T alpha = T(-0.7);
+  std::vector<T> A(size_t(M * Kc)), B(size_t(Kc * Nc)), C0(size_t(M * Nc));
+  uint64_t s = seed;
+  for (auto& v : A) v = T(gauss(s));
+  for (int64_t p = 0; p < Kc; ++p)
+    for (int64_t j = 0; j < Nc; ++j) B[size_t(p * Nc + j)] = mode == GemmMode::kBLower && p < j ? T(0) : T(gauss(s));
+  for (auto& v : C0) v = T(gauss(s));
+  const int64_t rsA = transA ? 1 : Kc, csA = transA ? M : 1;  // transA: A stored [Kc, M]
+  const double u = sizeof(T) == 4 ? std::ldexp(1.0, -24) : std::ldexp(1.0, -53);
+  std::vector<T> C1;
+  for (int threads : {1, 2}) {
+    threadPool().resize(threads);
+    std::vector<T> C = C0;
+    gptqGemm<T>(*kk, M, Nc, Kc, alpha, A.data(), rsA, csA, B.data(), Nc, C.data(), Nc, mode);
+    if (threads == 1) {
+      C1 = C;
+      double worst = 0;
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < Nc; ++j) {
+          long double want = 0, mag = 0;
+          for (int64_t p = 0; p < Kc; ++p) {
+            const long double t = (long double)A[size_t(i * rsA + p * csA)] * B[size_t(p * Nc + j)];
+            want += t;
+            mag += t < 0 ? -t : t;
+          }
+          const long double c0 = C0[size_t(i * Nc + j)];
+          want = c0 + (long double)alpha * want;
+          const double bound = double(Kc + 2) * u * double((c0 < 0 ? -c0 : c0) + std::fabs(double(alpha)) * mag);
+          worst = std::fmax(worst, std::fabs(double(C[size_t(i * Nc + j)] - want)) / bound);
+        }
+      if (!(worst <= 1)) {
+        EXPECT_TRUE(worst <= 1);
+        std::fprintf(stderr, "    %s f%d mode %d transA %d: worst error %.3g of the bound\n", isaName(isa), int(8 * sizeof(T)), int(mode),
+                     int(transA), worst);
+      }
+    } else {
+      EXPECT_TRUE(std::memcmp(C.data(), C1.data(), C.size() * sizeof(T)) == 0);
+    }
+  }
+}
+
+TEST(gptq_gemm_tiles_and_axpy_match_f64_on_every_level_and_any_thread_count) {
+  const int before = threadPool().threads();
+  uint64_t seed = 1;
+  for (Isa isa : levels())
+    for (GemmMode mode : {GemmMode::kFull, GemmMode::kBLower})
+      for (bool transA : {false, true}) {
+        checkGptqGemm<float>(isa, mode, transA, ++seed);
+        checkGptqGemm<double>(isa, mode, transA, ++seed);
+      }
+  threadPool().resize(before);
+  // axpyNeg: one rounding (FMA) or two (mul, sub) per element: |err| <= 2u·(|y| + |a·x|).
+  for (Isa isa : levels())
+    for (int64_t n : {1, 15, 16, 17, 333}) {
+      uint64_t s = uint64_t(n) * 7;
+      std::vector<float> x(size_t(n) + 1), y(size_t(n) + 1);
+      for (auto& v : x) v = gauss(s);
+      for (auto& v : y) v = gauss(s);
+      std::vector<float> y0 = y;
+      gptqKernelsFor(isa)->axpyNeg(0.37f, x.data(), y.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const double want = double(y0[size_t(i)]) - 0.37 * double(x[size_t(i)]);
+        EXPECT_TRUE(std::fabs(y[size_t(i)] - want) <= 2 * std::ldexp(1.0, -24) * (std::fabs(y0[size_t(i)]) + 0.37 * std::fabs(x[size_t(i)])));
+      }
+      EXPECT_EQ(y[size_t(n)], y0[size_t(n)]);  // nothing written past n
+    }
 }
