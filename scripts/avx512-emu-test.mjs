@@ -38,7 +38,10 @@ const BASE = ['-std=c++17', '-O1', '-g', '-pthread', '-Wall', '-Wextra', '-Wno-u
 // The avx512 files: AVX2 flags only. Adding -mavx512f here would make SIMDe use the real
 // instructions (simd_avx512.h refuses that combination with an #error).
 const AVX2 = ['-mavx2', '-mfma', '-mf16c'];
-const EMU512 = [...AVX2, '-Wno-psabi', '-Wno-uninitialized', '-Wno-maybe-uninitialized', '-Wno-unused-function'];
+// -O0 -g1: at -O1 SIMDe's inline lane loops, unrolled through the kernels' templates and
+// instrumented by the sanitizers, take ~8 minutes of compile for gemm_q_avx512.cc alone; at -O0
+// it is ~30 s and the (small) test shapes still run in seconds.
+const EMU512 = [...AVX2, '-O0', '-g1', '-Wno-psabi', '-Wno-uninitialized', '-Wno-maybe-uninitialized', '-Wno-unused-function'];
 const isaOf = (f) => (f.endsWith('_avx2.cc') ? 'avx2' : f.endsWith('_avx512.cc') ? 'avx512' : 'base');
 const list = (dir, pred) => fs.readdirSync(path.join(root, dir)).filter(pred).sort().map((f) => `${dir}/${f}`);
 const sources = [

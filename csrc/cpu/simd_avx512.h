@@ -166,6 +166,9 @@ inline VO convertLanes(VI v) {
 #define _mm256_mask_storeu_epi16(p, k, v) (kvant_emu::maskStore<__m256i, int16_t, 16>((p), (k), (v)))
 #undef _mm_maskz_loadu_epi32
 #define _mm_maskz_loadu_epi32(k, p) (kvant_emu::maskzLoad<__m128i, int32_t, 4>((k), (p)))
+// SIMDe 0.7.4's alias of _mm512_madd_epi16 takes the four arguments of the masked form.
+#undef _mm512_madd_epi16
+#define _mm512_madd_epi16(a, b) simde_mm512_madd_epi16(a, b)
 #undef _mm512_cvtepi32_epi16
 #define _mm512_cvtepi32_epi16(v) (kvant_emu::convertLanes<__m256i, uint16_t, uint32_t, 16>(v))
 #undef _mm512_cvtepu16_epi32
