@@ -1,5 +1,5 @@
 // AVX-512 level of the conversion family (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq).
-#include <immintrin.h>
+#include "simd_avx512.h"
 
 #include "convert.h"
 #include "kvant/half.h"

@@ -1,5 +1,5 @@
 // AVX-512 level of the dense GEMM tile: 16 lanes, masked K tail, up to 16 accumulators.
-#include <immintrin.h>
+#include "simd_avx512.h"
 
 #include "gemm.h"
 

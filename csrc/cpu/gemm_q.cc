@@ -106,9 +106,8 @@ const QGemmKernels kQGemmKernels = {columns, fmaRow, groupTerms, groupCombine};
 const QGemmKernels* qgemmKernelsFor(Isa isa) {
   if (int(isa) < 0) isa = isaChoice().isa;
 #if defined(__x86_64__) || defined(_M_X64)
-  // No AVX-512 table: it could not be tested here, so AVX-512 machines use the AVX2 one.
-  if (isa == Isa::kAvx512) return isaSupported(isa) ? &avx2::kQGemmKernels : nullptr;
-  return tableForIsa<QGemmKernels>(isa, scalar::kQGemmKernels, &avx2::kQGemmKernels, nullptr);
+  return tableForIsa<QGemmKernels>(isa, scalar::kQGemmKernels, &avx2::kQGemmKernels,
+                                   avx512VnniUsable() ? &avx512::kQGemmKernelsVnni : &avx512::kQGemmKernels);
 #else
   return tableForIsa<QGemmKernels>(isa, scalar::kQGemmKernels, nullptr, nullptr);
 #endif

@@ -86,6 +86,9 @@ struct QGemmKernels {
 
 namespace scalar { extern const QGemmKernels kQGemmKernels; }
 namespace avx2 { extern const QGemmKernels kQGemmKernels; }
+// AVX-512: the int8-activation paths use VPMADDUBSW, or VPDPBUSD in the Vnni table, which
+// qgemmKernelsFor(kAvx512) picks only when CPUID reports AVX512-VNNI (avx512VnniUsable()).
+namespace avx512 { extern const QGemmKernels kQGemmKernels, kQGemmKernelsVnni; }
 const QGemmKernels* qgemmKernelsFor(Isa isa);  // Isa(-1): the chosen level; nullptr if unsupported
 
 // Codes per packing unit and words per unit: 2/4/8 bits pack 32/bits codes in one word;

@@ -53,8 +53,7 @@ const GptqKernels kGptqKernels = {tileF32, tileF64, axpyNeg};
 const GptqKernels* gptqKernelsFor(Isa isa) {
   if (int(isa) < 0) isa = isaChoice().isa;
 #if defined(__x86_64__) || defined(_M_X64)
-  if (isa == Isa::kAvx512 && isaSupported(isa)) return &avx2::kGptqKernels;  // no untested AVX-512 variant
-  return tableForIsa<GptqKernels>(isa, scalar::kGptqKernels, &avx2::kGptqKernels, nullptr);
+  return tableForIsa<GptqKernels>(isa, scalar::kGptqKernels, &avx2::kGptqKernels, &avx512::kGptqKernels);
 #else
   return tableForIsa<GptqKernels>(isa, scalar::kGptqKernels, nullptr, nullptr);
 #endif

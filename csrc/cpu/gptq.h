@@ -42,6 +42,7 @@ struct GptqKernels {
 };
 namespace scalar { extern const GptqKernels kGptqKernels; }
 namespace avx2 { extern const GptqKernels kGptqKernels; }
+namespace avx512 { extern const GptqKernels kGptqKernels; }
 const GptqKernels* gptqKernelsFor(Isa isa);  // Isa(-1): chosen level; nullptr if unsupported
 
 enum class GemmMode { kFull, kLowerTiles, kBLower };

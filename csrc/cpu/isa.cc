@@ -37,16 +37,30 @@ CpuFeatures detect() {
   }
   if (__get_cpuid_max(0, nullptr) >= 7) {
     __cpuid_count(7, 0, a, b, c, d);
+    const unsigned maxSub7 = a;  // subleaf 1 is only defined when leaf 7 reports it
     f.avx2 = b & (1u << 5);
     f.avx512f = b & (1u << 16);
     f.avx512dq = b & (1u << 17);
     f.avx512bw = b & (1u << 30);
     f.avx512vl = b & (1u << 31);
     f.avx512Vnni = c & (1u << 11);
-    unsigned a1, b1, c1, d1;
-    __cpuid_count(7, 1, a1, b1, c1, d1);
-    f.avxVnni = a1 & (1u << 4);
-    f.avx512Bf16 = a1 & (1u << 5);
+    if (maxSub7 >= 1) {
+      unsigned a1, b1, c1, d1;
+      __cpuid_count(7, 1, a1, b1, c1, d1);
+      f.avxVnni = a1 & (1u << 4);
+      f.avx512Bf16 = a1 & (1u << 5);
+    }
+  }
+#endif
+#ifdef KVANT_SIMDE_AVX512
+  // Emulated test build: the avx512 objects were compiled against SIMDe on top of AVX2, so they
+  // run wherever the AVX2 level does. KVANT_EMU_VNNI=0 hides VNNI to test the maddubs form.
+  if (f.osYmm && f.avx2 && f.fma && f.f16c) {
+    f.avx512f = f.avx512bw = f.avx512vl = f.avx512dq = f.osZmm = true;
+    const char* v = std::getenv("KVANT_EMU_VNNI");
+    f.avx512Vnni = !(v && !std::strcmp(v, "0"));
+    f.avx512Bf16 = false;
+    f.emulatedAvx512 = true;
   }
 #endif
   return f;
@@ -57,14 +71,35 @@ bool hasAvx512Level(const CpuFeatures& f) {
   return hasAvx2Level(f) && f.osZmm && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
 }
 
+// What keeps the AVX-512 level from being used, e.g. "avx512bw, avx512vl missing".
+std::string avx512Missing(const CpuFeatures& f) {
+  std::string m;
+  auto add = [&](bool have, const char* name) {
+    if (have) return;
+    if (!m.empty()) m += ", ";
+    m += name;
+  };
+  add(f.avx512f, "avx512f");
+  add(f.avx512bw, "avx512bw");
+  add(f.avx512vl, "avx512vl");
+  add(f.avx512dq, "avx512dq");
+  if (f.avx512f) add(f.osZmm, "OS support for ZMM/opmask state (XCR0 bits 5-7)");
+  return m;
+}
+
 IsaChoice decide() {
   const CpuFeatures& f = cpuFeatures();
   IsaChoice c;
 #ifdef KVANT_X64
   c.best = hasAvx512Level(f) ? Isa::kAvx512 : hasAvx2Level(f) ? Isa::kAvx2 : Isa::kScalar;
-  if (c.best == Isa::kAvx512) c.reason = "CPU and OS support AVX-512 F/BW/VL/DQ";
-  else if (c.best == Isa::kAvx2) c.reason = f.avx512f && !f.osZmm ? "AVX-512 present but the OS does not save ZMM state; using AVX2+FMA+F16C" : "CPU supports AVX2+FMA+F16C but not AVX-512 F/BW/VL/DQ";
-  else c.reason = !f.avx2 ? "CPU lacks AVX2" : !f.osYmm ? "OS does not save YMM state" : "CPU lacks FMA or F16C";
+  if (c.best == Isa::kAvx512) {
+    c.reason = std::string(f.emulatedAvx512 ? "AVX-512 EMULATED by SIMDe (test build, not for speed)" : "CPU and OS support AVX-512 F/BW/VL/DQ") +
+               (f.avx512Vnni ? " + VNNI" : ", no VNNI");
+  } else if (c.best == Isa::kAvx2) {
+    c.reason = "CPU supports AVX2+FMA+F16C; AVX-512 not usable (missing: " + avx512Missing(f) + ")";
+  } else {
+    c.reason = !f.avx2 ? "CPU lacks AVX2" : !f.osYmm ? "OS does not save YMM state" : "CPU lacks FMA or F16C";
+  }
 #else
   c.best = Isa::kScalar;
   c.reason = "not an x86-64 build: portable scalar kernels";
@@ -81,7 +116,7 @@ IsaChoice decide() {
       c.reason += std::string("; ignored unknown KVANT_ISA=") + env;
     } else if (int(want) <= int(c.best)) {
       c.isa = want;
-      c.reason = std::string("forced by KVANT_ISA=") + env + " (best available: " + isaName(c.best) + ")";
+      c.reason = std::string("forced by KVANT_ISA=") + env + " (best available: " + isaName(c.best) + "; " + c.reason + ")";
     } else {
       c.reason += std::string("; KVANT_ISA=") + env + " is not supported here, using " + isaName(c.best);
     }
@@ -102,6 +137,11 @@ const IsaChoice& isaChoice() {
 }
 
 bool isaSupported(Isa isa) { return int(isa) <= int(isaChoice().best); }
+
+bool avx512VnniUsable() {
+  static const bool v = isaChoice().best == Isa::kAvx512 && cpuFeatures().avx512Vnni;
+  return v;
+}
 
 const char* isaName(Isa isa) {
   switch (isa) {

@@ -1,5 +1,5 @@
 // AVX-512 level of the ceiling probes.
-#include <immintrin.h>
+#include "simd_avx512.h"
 
 #include "probe.h"
 

@@ -123,10 +123,7 @@ const QuantKernels kQuantKernels = {tile};
 const QuantKernels* quantKernelsFor(Isa isa) {
   if (int(isa) < 0) isa = isaChoice().isa;
 #if defined(__x86_64__) || defined(_M_X64)
-  // No AVX-512 variant: it could not be tested on the machines this was written on, so that
-  // level falls back to AVX2 (pickForIsa semantics).
-  if (isa == Isa::kAvx512 && isaSupported(isa)) return &avx2::kQuantKernels;
-  return tableForIsa<QuantKernels>(isa, scalar::kQuantKernels, &avx2::kQuantKernels, nullptr);
+  return tableForIsa<QuantKernels>(isa, scalar::kQuantKernels, &avx2::kQuantKernels, &avx512::kQuantKernels);
 #else
   return tableForIsa<QuantKernels>(isa, scalar::kQuantKernels, nullptr, nullptr);
 #endif

@@ -96,6 +96,7 @@ struct QuantKernels {
 };
 namespace scalar { extern const QuantKernels kQuantKernels; }
 namespace avx2 { extern const QuantKernels kQuantKernels; }
+namespace avx512 { extern const QuantKernels kQuantKernels; }
 const QuantKernels* quantKernelsFor(Isa isa);  // Isa(-1): chosen level; nullptr if unsupported
 
 void dequantElementScalar(const DequantArgs& a, int64_t n, int64_t j);

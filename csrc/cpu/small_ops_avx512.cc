@@ -1,5 +1,5 @@
 // AVX-512 level of the small ops (same math as the AVX2 level, 16 lanes, masked tails).
-#include <immintrin.h>
+#include "simd_avx512.h"
 
 #include "small_ops.h"
 
