@@ -13,6 +13,10 @@
 // rescale by exp(m_old - m_new)) is warp-local and needs no cross-warp reduction. All of it in
 // f32; exp via expf (the CPU reference uses the same formula).
 //
+// Varlen (FlashAttention-2's cu_seqlens packed batches): the same kernel, each block first looks up
+// its sequence's query / key range; the grid is planned for the longest sequence and the blocks
+// past a shorter one's rows return at once. The causal mask is lower-right per sequence.
+//
 // Split-KV (flash-decoding, SPEC §4.6): grid.z cuts the keys into ranges of keysPerSplit; each
 // split writes its normalized partial O_p and LSE_p (−inf if empty) to scratch and a combine
 // kernel merges the splits in split order (fixed bits for any block order).
@@ -58,6 +62,14 @@ struct FlashParams {
   int causal;
   int keysPerSplit;  // keys of one split (a multiple of kAttnBc); Sk when not split
   int splits;
+  // Varlen (cuQ non-null): sequence b is queries [cuQ[b], cuQ[b+1]) of q [totalQ, Hq, Dqk] and keys
+  // [cuK[b], cuK[b+1]) of k/v [totalK, Hkv, D]; Sq / Sk are then the maximum lengths (the grid is
+  // planned for Sq). out [totalQ, Hq, Dv], lse [Hq, totalQ]. A sequence whose offsets are not
+  // ordered, leave the totals or exceed the maxima writes nothing and sets *badSeqlens.
+  const int32_t* cuQ;
+  const int32_t* cuK;
+  int totalQ, totalK;
+  int* badSeqlens;
 };
 
 template <int DQK, int DV, class T>
@@ -65,9 +77,21 @@ __global__ void __launch_bounds__(kAttnWarps * 32) flashForwardKernel(FlashParam
   static_assert(DV % 32 == 0, "each lane owns DV/32 output dims");
   constexpr int KS = tileStride<T>(DQK), VS = tileStride<T>(DV), NV = DV / 32;
   const int group = p.Hq / p.Hkv;
-  const int rowsTotal = p.Sq * group;
   const int b = int(blockIdx.y) / p.Hkv, hk = int(blockIdx.y) % p.Hkv, split = int(blockIdx.z);
+  // This sequence's lengths and first query / key token (fixed-length: b·Sq and b·Sk).
+  int Sq = p.Sq, Sk = p.Sk;
+  size_t qBase = size_t(b) * p.Sq, kBase = size_t(b) * p.Sk;
+  if (p.cuQ) {
+    const int q0 = p.cuQ[b], q1 = p.cuQ[b + 1], k0 = p.cuK[b], k1 = p.cuK[b + 1];
+    if (q0 < 0 || q1 < q0 || q1 > p.totalQ || q1 - q0 > p.Sq || k0 < 0 || k1 < k0 || k1 > p.totalK || k1 - k0 > p.Sk) {
+      if (threadIdx.x == 0 && blockIdx.x == 0 && hk == 0) atomicExch(p.badSeqlens, 1);
+      return;  // block-uniform, before any barrier
+    }
+    Sq = q1 - q0, Sk = k1 - k0, qBase = size_t(q0), kBase = size_t(k0);
+  }
+  const int rowsTotal = Sq * group;
   const int r0 = int(blockIdx.x) * kAttnBr;
+  if (r0 >= rowsTotal) return;  // varlen: a shorter sequence than the grid's maximum (block-uniform)
   float* qs = dynamicSmem<float>();                                 // [Br][DQK] f32
   T* ks = reinterpret_cast<T*>(qs + kAttnBr * DQK);                 // [Bc][KS]
   T* vs = ks + kAttnBc * KS;                                        // [Bc][VS]
@@ -80,17 +104,17 @@ __global__ void __launch_bounds__(kAttnWarps * 32) flashForwardKernel(FlashParam
     float val = 0.f;
     if (r < rowsTotal) {
       const int i = r / group, h = hk * group + r % group;
-      val = toF32(Q[((size_t(b) * p.Sq + i) * p.Hq + h) * DQK + d]);
+      val = toF32(Q[((qBase + i) * p.Hq + h) * DQK + d]);
     }
     qs[e] = val;
   }
   // Keys this block may need: the split's range, cut by what its last row can see.
-  const int shift = p.Sk - p.Sq;
+  const int shift = Sk - Sq;
   const int lastRow = (r0 + kAttnBr < rowsTotal ? r0 + kAttnBr : rowsTotal) - 1;
-  int kEnd = p.Sk;
+  int kEnd = Sk;
   if (p.causal) {
     const int vis = lastRow / group + 1 + shift;
-    kEnd = vis < 0 ? 0 : vis < p.Sk ? vis : p.Sk;
+    kEnd = vis < 0 ? 0 : vis < Sk ? vis : Sk;
   }
   const int kBegin = split * p.keysPerSplit;
   const int kStop = kBegin + p.keysPerSplit < kEnd ? kBegin + p.keysPerSplit : kEnd;
@@ -107,11 +131,11 @@ __global__ void __launch_bounds__(kAttnWarps * 32) flashForwardKernel(FlashParam
     __syncthreads();  // the previous tile (and, first time, nothing) is no longer read
     for (int e = threadIdx.x; e < kAttnBc * DQK; e += blockDim.x) {
       const int j = e / DQK, d = e % DQK;
-      ks[j * KS + d] = j0 + j < kStop ? K[((size_t(b) * p.Sk + j0 + j) * p.Hkv + hk) * DQK + d] : T{};
+      ks[j * KS + d] = j0 + j < kStop ? K[((kBase + j0 + j) * p.Hkv + hk) * DQK + d] : T{};
     }
     for (int e = threadIdx.x; e < kAttnBc * DV; e += blockDim.x) {
       const int j = e / DV, d = e % DV;
-      vs[j * VS + d] = j0 + j < kStop ? V[((size_t(b) * p.Sk + j0 + j) * p.Hkv + hk) * DV + d] : T{};
+      vs[j * VS + d] = j0 + j < kStop ? V[((kBase + j0 + j) * p.Hkv + hk) * DV + d] : T{};
     }
     __syncthreads();
     const int key = j0 + lane;
@@ -120,7 +144,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) flashForwardKernel(FlashParam
       const int r = r0 + warp * kAttnRowsPerWarp + rr;  // warp-uniform
       if (r >= rowsTotal) continue;                    // the whole warp skips: no collective lost
       const int i = r / group;
-      const int visible = p.causal ? i + 1 + shift : p.Sk;  // keys [0, visible) for this row
+      const int visible = p.causal ? i + 1 + shift : Sk;  // keys [0, visible) for this row
       float s = -INFINITY;
       if (key < kStop && key < visible) {
         const float* qr = qs + (warp * kAttnRowsPerWarp + rr) * DQK;
@@ -153,12 +177,12 @@ __global__ void __launch_bounds__(kAttnWarps * 32) flashForwardKernel(FlashParam
     const int i = r / group, h = hk * group + r % group;
     const bool empty = l[rr] == 0.f;
     const float inv = empty ? 0.f : 1.0f / l[rr];
-    float* o = p.out + (((size_t(split) * p.B + b) * p.Sq + i) * p.Hq + h) * DV;
+    float* o = p.out + (size_t(split) * p.B * p.Sq + qBase + i) * p.Hq * DV + size_t(h) * DV;
 #pragma unroll
     for (int t = 0; t < NV; ++t) o[lane + 32 * t] = acc[rr][t] * inv;
     if (lane == 0 && p.lse) {
       const float lse = empty ? (p.splits > 1 ? -INFINITY : INFINITY) : m[rr] + logf(l[rr]);
-      p.lse[((size_t(split) * p.B + b) * p.Hq + h) * p.Sq + i] = lse;
+      p.lse[p.cuQ ? size_t(h) * p.totalQ + qBase + i : ((size_t(split) * p.B + b) * p.Hq + h) * p.Sq + i] = lse;
     }
   }
 }
@@ -301,6 +325,15 @@ struct FlashDeviceArgs {
   bool causal;
   int keysPerSplit;  // 0: no split; else a positive multiple of 32 (flash-decoding)
   float* scratch;    // splits > 1: flashScratchFloats floats
+  // Varlen (FlashAttention-2's packed batch): cuQ / cuK [B+1] int32 (device) cumulative sequence
+  // lengths; q [totalQ, Hq, Dqk], k / v [totalK, Hkv, D], out [totalQ, Hq, Dv], lse [Hq, totalQ]
+  // (the CPU flashAttention's varlen layout). Sq / Sk are then the maximum per-sequence lengths
+  // (max_seqlen_q / max_seqlen_k), the causal mask is lower-right per sequence, no split-KV.
+  // *badSeqlens (device, 0 before) becomes 1 if any sequence's offsets are inconsistent.
+  const int32_t* cuQ;
+  const int32_t* cuK;
+  int totalQ, totalK;
+  int* badSeqlens;
 };
 
 inline int flashSplits(const FlashDeviceArgs& a) {
@@ -319,7 +352,8 @@ constexpr size_t flashSmemBytes() {
 template <int DQK, int DV, class T>
 Status flashLaunch(const Device& d, const FlashDeviceArgs& a) {
   const int splits = flashSplits(a);
-  FlashParams p{a.q, a.k, a.v, a.out, a.lse, a.B, a.Sq, a.Sk, a.Hq, a.Hkv, a.scale, int(a.causal), splits == 1 ? (a.Sk > 0 ? a.Sk : 1) : a.keysPerSplit, splits};
+  FlashParams p{a.q, a.k, a.v, a.out, a.lse, a.B, a.Sq, a.Sk, a.Hq, a.Hkv, a.scale, int(a.causal), splits == 1 ? (a.Sk > 0 ? a.Sk : 1) : a.keysPerSplit, splits,
+                a.cuQ, a.cuK, a.totalQ, a.totalK, a.badSeqlens};
   const size_t rows = size_t(a.B) * a.Sq * a.Hq;
   float* lsePart = nullptr;
   if (splits > 1) {
@@ -358,6 +392,10 @@ KV_ENTRY Status flashAttention(const Device& d, const FlashDeviceArgs& a) {
   if (a.B < 0 || a.Sq < 0 || a.Sk < 0 || a.Hq <= 0 || a.Hkv <= 0 || a.Hq % a.Hkv != 0) return Status::kShape;
   if (a.keysPerSplit < 0 || a.keysPerSplit % kAttnBc != 0) return Status::kShape;
   if (flashSplits(a) > 1 && !a.scratch) return Status::kShape;
+  if (a.cuQ || a.cuK) {
+    if (!a.cuQ || !a.cuK || !a.badSeqlens || a.keysPerSplit != 0 || a.totalQ < 0 || a.totalK < 0) return Status::kShape;
+    if (size_t(a.totalQ) * a.Hq > 0x7fffffffu) return Status::kRange;
+  }
   if (size_t(a.B) * a.Hkv > 65535 || size_t(a.B) * a.Sq * a.Hq > 0x7fffffffu) return Status::kRange;
   if (a.B == 0 || a.Sq == 0) return Status::kOk;
   if (a.Dqk == 64 && a.Dv == 64) return flashForType<64, 64>(d, a);
