@@ -14,3 +14,5 @@ export {
 export type { DeviceOutOptions, DeviceRopeOptions, DeviceQTensor, DeviceQLinearOptions, DeviceFlashOptions, DevicePagedLatent } from './ops';
 export { opsFor } from './host';
 export type { HostOps } from './host';
+export { DeviceMlaCache, accumulateRows, copyRows, denseLinear, denseLinearHeads } from './rows';
+export type { CopyRowsOptions, DenseHeadsGeometry, DeviceMlaCacheOptions } from './rows';

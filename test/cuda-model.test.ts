@@ -1,0 +1,251 @@
+// The DeepSeek-V2 decode loop on the CUDA backend (lib/models/deepseek-v2/device-*.ts) against
+// the CPU backend. Without a GPU (here, CI) it runs on the test-only emulated addon
+// kvant_cuda_emu.node (scripts/build-cuda-emu.mjs: the real N-API layer over a host-emulated
+// device, every kernel under the SIMT emulation); with KVANT_TEST_CUDA=1 on a machine with a GPU
+// the same tests run on build-cmake/Release/kvant_cuda.node.
+//
+// Model: the tiny preset with kv_lora_rank 64 (latent + rope = 64 + 32, Dk 96 / Dv 64: one of the
+// device paged-decode instantiations; the stock tiny latent 128 + 32 is not instantiated) and
+// 2 layers (a dense layer then an MoE layer with a shared expert), so the emulation stays fast.
+//
+// Bound, per position: ‖Δlogits‖₂ / ‖CPU logits‖₂ <= 2e-4. Both backends compute the same f32
+// network; test/model-forward.test.ts and test/model-gptq.test.ts hold the CPU forward to 1e-4
+// of an f64 forward (f32 dot products of length <= 512: ~sqrt(K)·2^-24 relative each, compounded
+// over the layers), and the device forward has errors of the same kind — the same f32 operations
+// in other summation orders (one warp per output with a butterfly, the GEMV's slabs, the paged
+// decode's splits; prefill in the absorbed form instead of the explicit one, which is a
+// reassociation of the same products). By the triangle inequality the two are within 2 × 1e-4.
+// GPTQ weights dequantize to f16 scale × small integer, exact in f32 on both sides, so the same
+// bound holds. Caches: both backends store the same bytes for the same rows (the device append
+// equals the CPU's byte for byte, test/simt/kv_cache_test.cc) and decode them to the same
+// values, so the cache type adds nothing as long as the rows round to the same codes; a row
+// within ~1e-6 of a rounding boundary of a q4/q8 code would flip it (a deterministic failure for
+// that seed, not a flaky one). A semantic slip (rotary, scale, routing, a missing norm) moves
+// the logits by 1e-2 or more.
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cuda, loadModel, resolveBackend } from '../lib';
+import { DeepSeekV2Model } from '../lib/models/deepseek-v2/model';
+import { DeviceDeepSeekV2Model } from '../lib/models/deepseek-v2/device-model';
+import type { KvCacheType } from '../lib/kv/format';
+import { deviceWeightBytes, freeWeights, uploadWeights } from '../lib/models/deepseek-v2/device-forward';
+import { forwardConsts } from '../lib/models/deepseek-v2/forward';
+import { loadWeights } from '../lib/models/deepseek-v2/weights';
+import { gptqCopy, randomTokens, relErr, tinyModel } from './helpers/model-fixtures';
+
+const root = path.join(__dirname, '..');
+const REAL = process.env.KVANT_TEST_CUDA === '1';
+const realAddon = path.join(root, 'build-cmake', 'Release', 'kvant_cuda.node');
+const BOUND = 2e-4;
+const OVERRIDE = { kv_lora_rank: 64 };
+const LAYERS = 2;
+
+let addonPath = '';
+const savedEnv = process.env.KVANT_CUDA_ADDON;
+
+beforeAll(() => {
+  if (REAL) {
+    addonPath = realAddon;
+  } else {
+    const r = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-cuda-emu.mjs')], { cwd: root, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`building the emulated CUDA addon failed:\n${r.stderr}`);
+    addonPath = r.stdout.trim().split('\n').pop()!;
+  }
+  process.env.KVANT_CUDA_ADDON = addonPath;
+}, 600_000);
+
+afterAll(() => {
+  if (savedEnv === undefined) delete process.env.KVANT_CUDA_ADDON;
+  else process.env.KVANT_CUDA_ADDON = savedEnv;
+});
+
+async function codeOf(p: Promise<unknown> | (() => unknown)): Promise<string> {
+  try {
+    await (typeof p === 'function' ? p() : p);
+  } catch (e) {
+    return (e as { code?: string }).code ?? `uncoded: ${(e as Error).message}`;
+  }
+  return 'no error';
+}
+
+const floatModel = (dtype: 'f32' | 'bf16') => tinyModel(dtype, OVERRIDE, 3, LAYERS);
+let gptqDir: string | undefined;
+const gptqModel = () => (gptqDir ??= gptqCopy(floatModel('f32'), { bits: 4, groupSize: 32 }));
+
+/**
+ * Logits of both backends for `prompt` prefilled in one call (all positions), then `extra`
+ * tokens decoded one by one: per-position relative errors.
+ */
+function compare(dir: string, kvCache: KvCacheType, prompt: number[], extra: number[]): { prefill: number[]; decode: number[] } {
+  const cpu = DeepSeekV2Model.load(dir, { kvCache });
+  const dev = DeviceDeepSeekV2Model.load(dir, { kvCache });
+  try {
+    const a = cpu.cache.open(prompt.length + extra.length);
+    const b = dev.cache.open(prompt.length + extra.length);
+    const V = cpu.vocabSize;
+    const lc = cpu.prefill(a, prompt, { allLogits: true });
+    const ld = dev.prefill(b, prompt, { allLogits: true });
+    const prefill = prompt.map((_, i) => relErr(ld.subarray(i * V, (i + 1) * V), lc.subarray(i * V, (i + 1) * V)));
+    const decode = extra.map((t) => relErr(dev.decode([b], [t])[0], cpu.decode([a], [t])[0]));
+    return { prefill, decode };
+  } finally {
+    cpu.dispose();
+    dev.dispose();
+  }
+}
+
+describe('DeepSeek-V2 on the CUDA backend vs the CPU backend', () => {
+  const cases: [string, () => string, KvCacheType][] = [
+    ['f32 weights, bf16 cache', () => floatModel('f32'), 'bf16'],
+    ['bf16 weights, q8 cache', () => floatModel('bf16'), 'q8'],
+    ['GPTQ 4-bit g32 weights, q4 cache', gptqModel, 'q4'],
+    ['f32 weights, f16 cache', () => floatModel('f32'), 'f16'],
+  ];
+  for (const [name, dir, kv] of cases)
+    it(`${name}: prefill and decode logits at every position within ${BOUND}`, () => {
+      const r = compare(dir(), kv, randomTokens(6, 512, 11), randomTokens(3, 512, 12));
+      console.log(`${name}: prefill rel err ${r.prefill.map((e) => e.toExponential(1)).join(' ')}; decode ${r.decode.map((e) => e.toExponential(1)).join(' ')}`);
+      for (const e of [...r.prefill, ...r.decode]) expect(e).toBeLessThanOrEqual(BOUND);
+    }, 120_000);
+
+  it('a prompt prefilled in chunks gives the logits of one call (the cache is read back either way)', () => {
+    const dev = DeviceDeepSeekV2Model.load(floatModel('f32'), {});
+    try {
+      const p = randomTokens(7, 512, 21);
+      const a = dev.cache.open(7);
+      const b = dev.cache.open(7);
+      const whole = dev.prefill(a, p);
+      const chunked = dev.prefill(b, p, { chunkSize: 3 });
+      expect(relErr(chunked, whole)).toBeLessThanOrEqual(BOUND);
+    } finally {
+      dev.dispose();
+    }
+  }, 120_000);
+
+  it('a decode batch of several sequences equals each sequence run alone, bit for bit', () => {
+    const dev = DeviceDeepSeekV2Model.load(floatModel('bf16'), { kvCache: 'q8' });
+    try {
+      const prompts = [randomTokens(3, 512, 31), randomTokens(5, 512, 32), randomTokens(2, 512, 33)];
+      const next = [7, 300, 41];
+      const batched = prompts.map((p) => {
+        const s = dev.cache.open(8);
+        dev.prefill(s, p);
+        return s;
+      });
+      const together = dev.decode(batched, next);
+      prompts.forEach((p, i) => {
+        const s = dev.cache.open(8);
+        dev.prefill(s, p);
+        const alone = dev.decode([s], [next[i]])[0];
+        expect(Array.from(together[i])).toEqual(Array.from(alone));
+        dev.cache.close(s);
+      });
+      batched.forEach((s) => dev.cache.close(s));
+    } finally {
+      dev.dispose();
+    }
+  }, 120_000);
+
+  it('loadModel({ backend: "cuda" }): greedy tokens of two concurrent (batched) generations and a stream equal the CPU backend', async () => {
+    const dir = floatModel('f32');
+    const cpu = await loadModel(dir, { backend: 'cpu' });
+    const dev = await loadModel(dir, { backend: 'cuda' });
+    try {
+      expect(dev.backend).toBe('cuda');
+      expect(cpu.backend).toBe('cpu');
+      const greedy = { maxTokens: 5, ignoreEos: true };
+      const prompts = [randomTokens(4, 512, 41), randomTokens(6, 512, 42)];
+      const want = await Promise.all(prompts.map((p) => cpu.generate(p, greedy)));
+      // Both at once on the device: the scheduler batches their decode steps.
+      const got = await Promise.all(prompts.map((p) => dev.generate(p, greedy)));
+      for (let i = 0; i < prompts.length; i++) expect(got[i].tokens).toEqual(want[i].tokens);
+      const streamed: number[] = [];
+      for await (const c of dev.stream(prompts[0], greedy)) streamed.push(c.token);
+      expect(streamed).toEqual(want[0].tokens);
+      const mem = await dev.memory();
+      expect(mem.weightsBytes).toBeGreaterThan(0);
+    } finally {
+      await cpu.close();
+      await dev.close();
+    }
+  }, 180_000);
+});
+
+describe('backend selection and device memory', () => {
+  it('a device memory budget too small for the model: KVANT_OOM naming the bytes (checked before any upload), nothing left allocated', async () => {
+    const before = cuda.memoryStats();
+    cuda.setMemoryBudget(before.allocated + 100_000);
+    try {
+      let err: unknown;
+      try {
+        DeviceDeepSeekV2Model.load(floatModel('f32'), {});
+      } catch (e) {
+        err = e;
+      }
+      expect((err as { code?: string }).code).toBe('KVANT_OOM');
+      expect((err as Error).message).toMatch(/needs \d+ bytes \(weights \d+ \+ KV cache \d+\) but \d+ bytes are available/);
+      expect(cuda.memoryStats().allocated).toBe(before.allocated);
+    } finally {
+      cuda.setMemoryBudget(before.budget);
+    }
+  });
+
+  it('an upload failing part-way (the allocator refusing mid-upload) frees everything it uploaded', () => {
+    const host = loadWeights(floatModel('f32'));
+    try {
+      const need = deviceWeightBytes(host);
+      const before = cuda.memoryStats();
+      // Half the weights fit: the first tensors upload, then an allocation fails with KVANT_OOM.
+      cuda.setMemoryBudget(before.allocated + Math.floor(need / 2));
+      try {
+        let err: unknown;
+        try {
+          uploadWeights(host, forwardConsts(host.config));
+        } catch (e) {
+          err = e;
+        }
+        expect((err as { code?: string }).code).toBe('KVANT_OOM');
+        expect(cuda.memoryStats().peak).toBeGreaterThan(before.allocated); // something was uploaded first
+        expect(cuda.memoryStats().allocated).toBe(before.allocated);
+      } finally {
+        cuda.setMemoryBudget(before.budget);
+      }
+      // With room, the same upload takes exactly the bytes deviceWeightBytes promised.
+      const w = uploadWeights(host, forwardConsts(host.config));
+      expect(cuda.memoryStats().allocated - before.allocated).toBe(need);
+      expect(w.bytes).toBe(need);
+      freeWeights(w);
+      expect(cuda.memoryStats().allocated).toBe(before.allocated);
+    } finally {
+      host.checkpoint.close();
+    }
+  });
+
+  it("backend 'cuda' without a usable device: KVANT_BACKEND with the reason", async () => {
+    const saved = process.env.KVANT_CUDA_ADDON;
+    process.env.KVANT_CUDA_ADDON = path.join(root, 'no-such-dir', 'kvant_cuda.node');
+    try {
+      let err: unknown;
+      await loadModel(floatModel('f32'), { backend: 'cuda' }).catch((e) => (err = e));
+      expect((err as { code?: string }).code).toBe('KVANT_BACKEND');
+      expect((err as Error).message).toMatch(/not available: .*does not exist/);
+      expect(await codeOf(() => DeviceDeepSeekV2Model.load(floatModel('f32'), {}))).toBe('KVANT_BACKEND');
+    } finally {
+      process.env.KVANT_CUDA_ADDON = saved;
+    }
+  });
+
+  it.skipIf(REAL)("backend 'auto' picks the CPU here (no GPU; the emulated addon is never chosen on its own)", async () => {
+    const saved = process.env.KVANT_CUDA_ADDON;
+    delete process.env.KVANT_CUDA_ADDON;
+    try {
+      expect(resolveBackend('auto')).toBe('cpu');
+      const m = await loadModel(floatModel('f32'), { backend: 'auto' });
+      expect(m.backend).toBe('cpu');
+      await m.close();
+    } finally {
+      process.env.KVANT_CUDA_ADDON = saved;
+    }
+  }, 60_000);
+});
