@@ -8,13 +8,18 @@
 // device paged-decode instantiations; the stock tiny latent 128 + 32 is not instantiated) and
 // 2 layers (a dense layer then an MoE layer with a shared expert), so the emulation stays fast.
 //
-// Bound, per position: ‖Δlogits‖₂ / ‖CPU logits‖₂ <= 2e-4. Both backends compute the same f32
-// network; test/model-forward.test.ts and test/model-gptq.test.ts hold the CPU forward to 1e-4
-// of an f64 forward (f32 dot products of length <= 512: ~sqrt(K)·2^-24 relative each, compounded
-// over the layers), and the device forward has errors of the same kind — the same f32 operations
-// in other summation orders (one warp per output with a butterfly, the GEMV's slabs, the paged
-// decode's splits; prefill in the absorbed form instead of the explicit one, which is a
-// reassociation of the same products). By the triangle inequality the two are within 2 × 1e-4.
+// Bound, per position: ‖Δlogits‖₂ / ‖CPU logits‖₂ <= 5e-5. Both backends compute the same f32
+// network, in other summation orders (the device: one warp per output with a butterfly, the
+// GEMV's slabs, the paged decode's splits, and prefill in the absorbed form instead of the
+// explicit one, a reassociation of the same products). An f32 dot product of length K <= 512
+// carries ~sqrt(K)·2^-24 <= 1.4e-6 relative rounding error (random-walk estimate; the worst
+// case K·2^-24 is never approached by independent roundings), and a logit of this 2-layer model
+// sits behind ~15 dependent stages (norms, q_a/q_b/kv_a, absorption, attention, o_proj, router +
+// experts, lm_head), whose errors add (each stage amplifies by ~1 with these normalized random
+// weights): <= 2.1e-5 per backend, 4.2e-5 for their difference, rounded up to 5e-5.
+// (test/model-forward.test.ts holds the CPU forward to the looser 1e-4 of an f64 forward for 3
+// layers.) Mutations tried: dropping kv_a_layernorm moves the logits by ~1e-1; scaling every
+// routed-expert weight by 1.001 in the device combine kernel by ~1.1e-4 — both fail.
 // GPTQ weights dequantize to f16 scale × small integer, exact in f32 on both sides, so the same
 // bound holds. Caches: both backends store the same bytes for the same rows (the device append
 // equals the CPU's byte for byte, test/simt/kv_cache_test.cc) and decode them to the same
@@ -37,7 +42,7 @@ import { gptqCopy, randomTokens, relErr, tinyModel } from './helpers/model-fixtu
 const root = path.join(__dirname, '..');
 const REAL = process.env.KVANT_TEST_CUDA === '1';
 const realAddon = path.join(root, 'build-cmake', 'Release', 'kvant_cuda.node');
-const BOUND = 2e-4;
+const BOUND = 5e-5;
 const OVERRIDE = { kv_lora_rank: 64 };
 const LAYERS = 2;
 
