@@ -37,6 +37,7 @@ import type { KvCacheType } from '../lib/kv/format';
 import { deviceWeightBytes, freeWeights, uploadWeights } from '../lib/models/deepseek-v2/device-forward';
 import { forwardConsts } from '../lib/models/deepseek-v2/forward';
 import { loadWeights } from '../lib/models/deepseek-v2/weights';
+import { Sampler, SamplingOptions } from '../lib/generate/sampler';
 import { gptqCopy, randomTokens, relErr, tinyModel } from './helpers/model-fixtures';
 
 const root = path.join(__dirname, '..');
@@ -253,4 +254,88 @@ describe('backend selection and device memory', () => {
       process.env.KVANT_CUDA_ADDON = saved;
     }
   }, 60_000);
+});
+
+describe('sampling on the device', () => {
+  // Seeded logits with ties and a spread like a model's (a few large values).
+  function logitsRows(B: number, V: number, seed: number): Float32Array {
+    let s = seed >>> 0 || 1;
+    const out = new Float32Array(B * V);
+    for (let i = 0; i < out.length; i++) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      out[i] = Math.round(((s / 2 ** 32) * 2 - 1) * 6 * 16) / 16; // multiples of 1/16: ties happen
+    }
+    return out;
+  }
+  const settings: SamplingOptions[] = [
+    { temperature: 0 },
+    { temperature: 0.8, seed: 3 },
+    { temperature: 1, topK: 5, seed: 4 },
+    { temperature: 0.7, topP: 0.9, seed: 5 },
+    { temperature: 1.2, topK: 40, topP: 0.8, repetitionPenalty: 1.3, seed: 6 },
+  ];
+
+  it('cuda.sampleTokens picks the CPU Sampler\'s tokens step by step (counter, penalty history)', () => {
+    const V = 300;
+    const B = settings.length;
+    const prompt = [1, 2, 3, 250];
+    const host = settings.map((o) => new Sampler(o, prompt));
+    const hist = settings.map(() => [...prompt]);
+    const draws = settings.map(() => 0);
+    for (let step = 0; step < 4; step++) {
+      const l = logitsRows(B, V, 100 + step);
+      const want = settings.map((_, b) => host[b].sample(l.subarray(b * V, (b + 1) * V)));
+      const d = cuda.DeviceTensor.fromHost(l, { shape: [B, V] });
+      try {
+        const got = cuda.sampleTokens(d, settings.map((o, b) => ({ ...o, counter: draws[b] + 1, history: hist[b] })));
+        expect(Array.from(got)).toEqual(want);
+      } finally {
+        d.free();
+      }
+      settings.forEach((o, b) => {
+        if ((o.temperature ?? 0) > 0) draws[b]++;
+        hist[b].push(want[b]);
+      });
+    }
+  });
+
+  it('bad input: an all-NaN row is KVANT_RANGE, a wrong row count KVANT_SHAPE, host logits KVANT_DTYPE', async () => {
+    const l = logitsRows(2, 64, 9);
+    l.fill(NaN, 64);
+    const d = cuda.DeviceTensor.fromHost(l, { shape: [2, 64] });
+    try {
+      expect(await codeOf(() => cuda.sampleTokens(d, [{}, {}]))).toBe('KVANT_RANGE');
+      expect(await codeOf(() => cuda.sampleTokens(d, [{}]))).toBe('KVANT_SHAPE');
+      expect(await codeOf(() => cuda.sampleTokens(d, [{ temperature: -1 }, {}]))).toBe('KVANT_RANGE');
+    } finally {
+      d.free();
+    }
+    expect(await codeOf(() => cuda.sampleTokens(l as never, [{}, {}]))).toBe('KVANT_DTYPE');
+  });
+
+  it('DeviceDeepSeekV2Model.decodeSample returns the tokens the CPU Sampler picks from decode()\'s logits', () => {
+    const dev = DeviceDeepSeekV2Model.load(floatModel('f32'), {});
+    try {
+      const prompt = randomTokens(4, 512, 51);
+      const opts: SamplingOptions = { temperature: 0.9, topK: 20, seed: 7 };
+      const a = dev.cache.open(8);
+      const b = dev.cache.open(8);
+      dev.prefill(a, prompt);
+      dev.prefill(b, prompt);
+      const sampler = new Sampler(opts, prompt);
+      let ta = 11;
+      let tb = 11;
+      const hist = [...prompt];
+      for (let step = 0; step < 3; step++) {
+        const want = sampler.sample(dev.decode([a], [ta])[0]);
+        const got = dev.decodeSample([b], [tb], [{ ...opts, counter: step + 1, history: hist }])[0];
+        expect(got).toBe(want);
+        hist.push(want);
+        ta = want;
+        tb = got;
+      }
+    } finally {
+      dev.dispose();
+    }
+  }, 120_000);
 });

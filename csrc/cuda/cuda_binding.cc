@@ -1009,6 +1009,58 @@ Napi::Value mlaPagedDecodeB(const Napi::CallbackInfo& info) {
 }
 
 
+// sampleTokens(logits.., B, V, rows (host bytes, 48 per row), histOffsets (host i32 [B+1]) | null, histIds (host i32) | null, tokens.., stream)
+Napi::Value sampleTokensB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DevSpan logits = getDev(info, 0, "logits", 4);
+  const int B = getInt(info, 3, "B"), V = getInt(info, 4, "V");
+  if (B < 1 || V < 1) throwKvant(env, "KVANT_SHAPE", "Expected B >= 1 and V >= 1");
+  need(env, logits, uint64_t(B) * uint64_t(V) * 4, "logits (f32 [B, V])");
+  const HostSpan rows = getHost(info, 5, "rows");
+  if (rows.bytes != size_t(B) * ops::kSampleRowBytes)
+    throwKvant(env, "KVANT_SHAPE", "Expected rows to hold " + std::to_string(size_t(B) * ops::kSampleRowBytes) + " bytes (48 per row) but it holds " + std::to_string(rows.bytes));
+  const bool hist = !isNil(info[6]);
+  HostSpan offs, ids;
+  std::vector<int32_t> off;
+  if (hist) {
+    offs = getHost(info, 6, "histOffsets");
+    ids = getHost(info, 7, "histIds");
+    if (offs.bytes != size_t(B + 1) * 4) throwKvant(env, "KVANT_SHAPE", "Expected histOffsets to hold B + 1 int32 values");
+    off.resize(size_t(B) + 1);
+    std::memcpy(off.data(), offs.data, offs.bytes);
+    for (int b = 0; b < B; ++b)
+      if (off[0] != 0 || off[size_t(b) + 1] < off[size_t(b)]) throwKvant(env, "KVANT_RANGE", "Expected histOffsets to start at 0 and never decrease");
+    if (size_t(off[size_t(B)]) * 4 != ids.bytes) throwKvant(env, "KVANT_SHAPE", "Expected histIds to hold histOffsets[B] int32 values");
+  }
+  const DevSpan tokens = outDev(info, 8, "tokens", 4);
+  need(env, tokens, uint64_t(B) * 4, "tokens (i32 [B])");
+  if (overlaps(tokens, logits)) throwKvant(env, "KVANT_RANGE", "Expected tokens not to overlap logits");
+  void* stream = getStream(info, 11);
+  // One scratch: work [B, V] f32 | rows | histOffsets | histIds | badRow, each 16-byte aligned.
+  const auto up16 = [](size_t n) { return (n + 15) / 16 * 16; };
+  const size_t workB = up16(size_t(B) * size_t(V) * 4), rowsB = up16(rows.bytes), offB = up16(offs.bytes), idsB = up16(ids.bytes);
+  Scratch scratch(env, workB + rowsB + offB + idsB + 16, stream, "sampleTokens");
+  ops::SampleArgs a;
+  a.logits = reinterpret_cast<const float*>(logits.data), a.work = scratch.as<float>(), a.B = B, a.V = V;
+  a.rows = scratch.as<void>(workB);
+  checkRt(env, rt::copy(scratch.as<void>(workB), rows.data, rows.bytes, rt::CopyKind::kHostToDevice, stream, false), "sampleTokens rows");
+  if (hist) {
+    a.histOffsets = scratch.as<int32_t>(workB + rowsB);
+    a.histIds = scratch.as<int32_t>(workB + rowsB + offB);
+    checkRt(env, rt::copy(scratch.as<void>(workB + rowsB), offs.data, offs.bytes, rt::CopyKind::kHostToDevice, stream, false), "sampleTokens history");
+    if (ids.bytes) checkRt(env, rt::copy(scratch.as<void>(workB + rowsB + offB), ids.data, ids.bytes, rt::CopyKind::kHostToDevice, stream, false), "sampleTokens history");
+  }
+  a.tokens = reinterpret_cast<int32_t*>(tokens.data);
+  a.badRow = scratch.as<int32_t>(workB + rowsB + offB + idsB);
+  const int32_t b0 = B;
+  checkRt(env, rt::copy(a.badRow, &b0, 4, rt::CopyKind::kHostToDevice, stream, false), "sampleTokens");
+  checkLaunch(env, ops::sample(target(env, stream), a), "sampleTokens", "bad shape");
+  const int32_t bad = readBack<int32_t>(env, a.badRow, stream, "sampleTokens");
+  if (bad < B)
+    throwKvant(env, "KVANT_RANGE", "Cannot sample row " + std::to_string(bad) + ": every logit is NaN, a logit is +inf, or its parameters are out of range (temperature >= 0, topP in (0, 1], repetitionPenalty > 0, topK in 0..1024)");
+  return env.Undefined();
+}
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   ClassRefs* refs = new ClassRefs();
   Napi::Function buffer = DeviceBuffer::define(env), stream = Stream::define(env);
@@ -1025,7 +1077,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
       {"argmax", argmaxB}, {"embedding", embeddingB}, {"routeTopK", routeB}, {"dequantize", dequantB}, {"quantizeRtn", rtnB},
       {"qgemv", qmatmulB<false>}, {"qgemm", qmatmulB<true>}, {"flashAttention", flashB}, {"mlaDecode", mlaB},
       {"denseLinear", denseLinearB}, {"copyRows", copyRowsB}, {"accumulateRows", accumulateRowsB}, {"mlaAppend", mlaAppendB},
-      {"mlaPagedDecode", mlaPagedDecodeB},
+      {"mlaPagedDecode", mlaPagedDecodeB}, {"sampleTokens", sampleTokensB},
   };
   for (const auto& f : fns) exports.Set(f.first, Napi::Function::New(env, f.second, f.first));
   return exports;

@@ -139,4 +139,18 @@ struct MlaPagedArgs {
 size_t mlaPagedScratchBytes(const MlaPages& p, const MlaPagedArgs& a);
 Status mlaPagedDecode(const Target& t, const MlaPages& p, const MlaPagedArgs& a);
 
+// ---- sampling.cu (contracts and semantics: csrc/cuda/sampling.cuh) ----
+constexpr size_t kSampleRowBytes = 48;  // SampleRow: f64 temperature, topP, penalty; u64 seed, counter; i32 topK, reserved
+struct SampleArgs {
+  const float* logits = nullptr;  // [B, V]
+  float* work = nullptr;          // [B, V] scratch
+  int B = 0, V = 0;
+  const void* rows = nullptr;            // [B] SampleRow (device)
+  const int32_t* histOffsets = nullptr;  // [B+1] or null
+  const int32_t* histIds = nullptr;
+  int32_t* tokens = nullptr;  // [B]
+  int32_t* badRow = nullptr;  // B before; the first unsampleable row after
+};
+Status sample(const Target& t, const SampleArgs& a);
+
 }  // namespace kvant::cuda::ops

@@ -16,3 +16,5 @@ export { opsFor } from './host';
 export type { HostOps } from './host';
 export { DeviceMlaCache, accumulateRows, copyRows, denseLinear, denseLinearHeads } from './rows';
 export type { CopyRowsOptions, DenseHeadsGeometry, DeviceMlaCacheOptions } from './rows';
+export { sampleTokens } from './sampling';
+export type { DeviceSampleRow } from './sampling';

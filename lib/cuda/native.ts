@@ -100,6 +100,8 @@ export interface CudaNative {
   mlaAppend(...args: [...MlaPagesArgs, Dev, number, number, number, Dev, number, number, S]): void;
   mlaPagedDecode(...args: [Dev, number, number, Dev, number, number, Dev | null, number, number, number, number, number, ...MlaPagesArgs, Dev, number, number,
     number, Dev, number, number, number, S]): void;
+  sampleTokens(logits: Dev, lo: number, lb: number, B: number, V: number, rows: Uint8Array, histOffsets: Int32Array | null, histIds: Int32Array | null,
+    tokens: Dev, to: number, tb: number, stream: S): void;
 }
 
 /** (pool.., pageSize, pageBytes, layerOffset, rowBytes, type code, L, R, hadamard) of one layer's MLA pages. */

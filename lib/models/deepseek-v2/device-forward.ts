@@ -294,6 +294,16 @@ export interface DeviceCacheIO {
  * logits of every row [T·V] or of the last one [V] (lastOnly), on the host.
  */
 export function deviceForward(w: DeviceWeights, k: ForwardConsts, ids: Int32Array, positions: Int32Array, io: DeviceCacheIO, lastOnly: boolean): Float32Array {
+  return deviceForwardWith(w, k, ids, positions, io, lastOnly, (logits) => {
+    const out = logits.toArray();
+    if (!(out instanceof Float32Array)) throw new KvantError('KVANT_DTYPE', 'Expected f32 logits from the device');
+    return out;
+  });
+}
+
+/** The forward with the device logits f32 [T or 1, V] handed to `use` (e.g. device sampling) before they are freed. */
+export function deviceForwardWith<R>(w: DeviceWeights, k: ForwardConsts, ids: Int32Array, positions: Int32Array, io: DeviceCacheIO, lastOnly: boolean,
+  use: (logits: DeviceTensor) => R): R {
   const cfg = k.cfg;
   const T = ids.length;
   const nh = cfg.numHeads;
@@ -340,10 +350,7 @@ export function deviceForward(w: DeviceWeights, k: ForwardConsts, ids: Int32Arra
     });
     const xs = lastOnly ? x.slice(T - 1, T) : x;
     const xn = rmsNorm(xs, w.finalNorm, eps, { out: s.t(xs.shape) });
-    const logits = lin(s, xn, w.lmHead);
-    const out = logits.toArray();
-    if (!(out instanceof Float32Array)) throw new KvantError('KVANT_DTYPE', 'Expected f32 logits from the device');
-    return out;
+    return use(lin(s, xn, w.lmHead));
   } finally {
     s.free();
   }

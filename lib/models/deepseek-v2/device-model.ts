@@ -10,9 +10,10 @@ import { KV_TYPE_CODE, KvCacheType } from '../../kv/format';
 import { memoryStats } from '../../cuda/device';
 import { cudaNative } from '../../cuda/native';
 import { DeviceMlaCache } from '../../cuda/rows';
+import { DeviceSampleRow, sampleTokens } from '../../cuda/sampling';
 import { DeepSeekV2Config } from './config';
 import { ForwardConsts, forwardConsts } from './forward';
-import { DeviceWeights, deviceForward, deviceWeightBytes, freeWeights, uploadWeights } from './device-forward';
+import { DeviceWeights, deviceForward, deviceForwardWith, deviceWeightBytes, freeWeights, uploadWeights } from './device-forward';
 import type { LoadOptions, PrefillOptions } from './model';
 import { loadWeights } from './weights';
 
@@ -163,6 +164,32 @@ export class DeviceDeepSeekV2Model {
     }
     const V = this.vocabSize;
     return seqs.map((_, b) => logits.slice(b * V, (b + 1) * V));
+  }
+
+  /**
+   * A decode step that also samples on the device: the logits never leave it, only the B
+   * sampled token ids come back (rows[b]: sequence b's sampling options, generator counter and
+   * penalty history; see cuda.sampleTokens).
+   */
+  decodeSample(seqs: readonly number[], tokens: readonly number[], rows: readonly DeviceSampleRow[]): Int32Array {
+    const w = this.live();
+    const ids = this.checkTokens(tokens, 'tokens');
+    if (!Array.isArray(seqs) || seqs.length !== ids.length) throw expected('KVANT_SHAPE', `${ids.length} sequence ids (one per token)`, 'seqs', seqs);
+    if (!Array.isArray(rows) || rows.length !== ids.length) throw expected('KVANT_SHAPE', `${ids.length} sampling rows (one per token)`, 'rows', rows);
+    if (ids.length === 0) return new Int32Array(0);
+    if (new Set(seqs).size !== seqs.length) throw expected('KVANT_RANGE', 'distinct sequence ids', 'seqs', seqs);
+    const positions = Int32Array.from(seqs, (s, b) => this.checkRoom(s, 1, `tokens[${b}]`));
+    const lens = positions.map((p) => p + 1);
+    const cache = this.cache;
+    try {
+      return deviceForwardWith(w, this.k, ids, positions, {
+        append: (layer, r) => seqs.forEach((s, b) => cache.append(s, layer, r.slice(b, b + 1))),
+        attend: (layer, q) => cache.attend(layer, seqs, lens, q, this.k.scale),
+      }, false, (logits) => sampleTokens(logits, rows));
+    } catch (e) {
+      seqs.forEach((s, b) => cache.truncate(s, positions[b]));
+      throw e;
+    }
   }
 
   /** Device bytes of the weights and of the cache pages in use. */
