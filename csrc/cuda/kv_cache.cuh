@@ -599,10 +599,11 @@ KVC_ENTRY Status pagedDecode(const Device& d, const PagedDecodeDeviceArgs& a) {
   p.kb0 = int(kvBytes(a.k0.type, a.k0.n)), p.kb1 = int(kvBytes(a.k1.type, a.k1.n));
   const int vb = a.vFromKey ? 0 : int(kvBytes(a.v.type, a.v.n));
   p.vb = vb;
-  // Staged row stride: the bytes rounded up to 4, plus 4 when that is a multiple of 128, so the
-  // lanes of a warp (one row each) start in different banks.
+  // Staged row stride: the bytes rounded up to whole 32-bit words, and to an odd number of words,
+  // so the 32 lanes of a warp (one row each, same column) hit 32 different banks (a q4 V2 latent
+  // row of 416 bytes = 104 words would put lanes 0, 4, 8, ... in one bank).
   int sb = (p.kb0 + p.kb1 + vb + 3) / 4 * 4;
-  if (sb % 128 == 0) sb += 4;
+  if ((sb / 4) % 2 == 0) sb += 4;
   p.stageBytes = sb;
   LaunchConfig sc;
   sc.grid.x = ceilDiv(size_t(a.B), 128);
