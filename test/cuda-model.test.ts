@@ -107,6 +107,7 @@ describe('DeepSeek-V2 on the CUDA backend vs the CPU backend', () => {
     ['bf16 weights, q8 cache', () => floatModel('bf16'), 'q8'],
     ['GPTQ 4-bit g32 weights, q4 cache', gptqModel, 'q4'],
     ['f32 weights, f16 cache', () => floatModel('f32'), 'f16'],
+    ['bf16 weights, q6 cache', () => floatModel('bf16'), 'q6'],
   ];
   for (const [name, dir, kv] of cases)
     it(`${name}: prefill and decode logits at every position within ${BOUND}`, () => {
@@ -227,6 +228,32 @@ describe('backend selection and device memory', () => {
       host.checkpoint.close();
     }
   });
+
+  it('the device KV cache budget: admission says never, opening beyond it is KVANT_OOM, closing frees the pages', async () => {
+    const probe = DeviceDeepSeekV2Model.load(floatModel('f32'), { kvBudgetBytes: 1 << 20, pageSize: 16 });
+    const pageBytes = probe.cache.pageBytes;
+    probe.dispose();
+    const dev = DeviceDeepSeekV2Model.load(floatModel('f32'), { kvBudgetBytes: 2 * pageBytes, pageSize: 16 });
+    try {
+      const ps = dev.cache.pageSize;
+      expect(dev.cache.numPages).toBe(2);
+      expect(dev.cache.admission(3 * ps).verdict).toBe('never');
+      expect(await codeOf(() => dev.cache.open(3 * ps))).toBe('KVANT_OOM');
+      const a = dev.cache.open(2 * ps);
+      expect(dev.cache.admission(1).verdict).toBe('wait');
+      expect(dev.cache.usedBytes()).toBe(2 * pageBytes);
+      dev.cache.close(a);
+      expect(dev.cache.admission(2 * ps).verdict).toBe('ok');
+      // A sequence that grows past the pool fails its append with KVANT_OOM and is rolled back.
+      const b = dev.cache.open(1);
+      dev.prefill(b, randomTokens(ps, 512, 61));
+      const c = dev.cache.open(1);
+      expect(await codeOf(() => dev.prefill(c, randomTokens(ps + 1, 512, 62)))).toBe('KVANT_OOM');
+      expect(dev.cache.length(c)).toBe(0);
+    } finally {
+      dev.dispose();
+    }
+  }, 120_000);
 
   it("backend 'cuda' without a usable device: KVANT_BACKEND with the reason", async () => {
     const saved = process.env.KVANT_CUDA_ADDON;

@@ -129,6 +129,68 @@ export function accumulateRows(y: DeviceTensor, src: DeviceTensor, o: StreamOpti
   return y;
 }
 
+/**
+ * Page accounting of a fixed pool that lives elsewhere (device memory): what SequenceTable uses
+ * of PagePool (require / alloc / refcount / incref / decref / admission) without PagePool's host
+ * storage, which would shadow every device page in host memory. Lowest free page first, as
+ * PagePool. Copy-on-write (only reached through fork, which the device cache does not offer) is
+ * refused.
+ */
+class PageBook {
+  readonly pageBytes: number;
+  readonly maxPages: number;
+  private readonly refs: Int32Array;
+  private readonly free: number[] = [];
+  private used = 0;
+
+  constructor(pageBytes: number, pages: number) {
+    this.pageBytes = pageBytes;
+    this.maxPages = pages;
+    this.refs = new Int32Array(pages);
+    for (let p = pages - 1; p >= 0; p--) this.free.push(p);
+  }
+  get usedPages(): number {
+    return this.used;
+  }
+  get numPages(): number {
+    return this.maxPages;
+  }
+  admission(pages: number): Admission {
+    const needed = pages * this.pageBytes;
+    const available = (this.maxPages - this.used) * this.pageBytes;
+    return { verdict: needed <= available ? 'ok' : needed <= this.maxPages * this.pageBytes ? 'wait' : 'never', needed, available };
+  }
+  require(pages: number, what: string): void {
+    if (pages <= 0) return;
+    const a = this.admission(pages);
+    if (a.verdict !== 'ok')
+      throw new KvantError('KVANT_OOM', `${what} needs ${a.needed} bytes (${pages} pages of ${this.pageBytes}) but ${a.available} bytes are available within the device KV cache budget`);
+  }
+  alloc(what: string): number {
+    this.require(1, what);
+    const p = this.free.pop()!;
+    this.refs[p] = 1;
+    this.used++;
+    return p;
+  }
+  incref(p: number): void {
+    this.refs[p]++;
+  }
+  decref(p: number): void {
+    if (--this.refs[p] === 0) {
+      this.used--;
+      this.free.push(p);
+      this.free.sort((a, b) => b - a);
+    }
+  }
+  refcount(p: number): number {
+    return this.refs[p] ?? 0;
+  }
+  copyOnWrite(): number {
+    throw new KvantError('KVANT_RANGE', 'The device KV cache does not share pages between sequences');
+  }
+}
+
 /** Options of a device MLA latent cache. */
 export interface DeviceMlaCacheOptions {
   layers: number;
@@ -145,7 +207,7 @@ export interface DeviceMlaCacheOptions {
 /**
  * The paged MLA latent cache in device memory: the CPU cache's row format exactly (latent in the
  * cache type, quantized groups optionally Hadamard-rotated, rope part bf16; see MlaKVCache), the
- * CPU's page bookkeeping (PagePool / SequenceTable: page tables, lengths, reservations, budget),
+ * CPU's sequence bookkeeping (SequenceTable: page tables, lengths, reservations) over a page book of the device pool,
  * and one device pool of budgetBytes / pageBytes pages allocated up front, so running out is the
  * bookkeeping's KVANT_OOM before anything is written.
  */
@@ -162,7 +224,7 @@ export class DeviceMlaCache {
   readonly bytesPerToken: number;
   readonly pageBytes: number;
   readonly numPages: number;
-  private readonly pool: PagePool;
+  private readonly pool: PageBook;
   private readonly seqs: SequenceTable;
   private storage: DeviceTensor | null;
 
@@ -183,8 +245,9 @@ export class DeviceMlaCache {
     this.numPages = Math.floor(o.budgetBytes / this.pageBytes);
     if (this.numPages < 1)
       throw new KvantError('KVANT_OOM', `The device KV cache needs at least one page of ${this.pageBytes} bytes but its budget is ${o.budgetBytes} bytes`);
-    this.pool = new PagePool(this.pageBytes, this.numPages * this.pageBytes);
-    this.seqs = new SequenceTable(this.pool, this.pageSize, this.layers);
+    this.pool = new PageBook(this.pageBytes, this.numPages);
+    // SequenceTable only calls the accounting methods PageBook implements (it never reads storage).
+    this.seqs = new SequenceTable(this.pool as unknown as PagePool, this.pageSize, this.layers);
     this.storage = DeviceTensor.empty([this.numPages * this.pageBytes], 'u8');
   }
 
@@ -294,6 +357,5 @@ export class DeviceMlaCache {
   dispose(): void {
     this.storage?.free();
     this.storage = null;
-    this.pool.dispose();
   }
 }
