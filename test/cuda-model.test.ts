@@ -283,6 +283,65 @@ describe('backend selection and device memory', () => {
   }, 60_000);
 });
 
+describe('device forward ops: bad input ends in the documented codes', () => {
+  it('denseLinear, copyRows, accumulateRows', async () => {
+    const x = cuda.DeviceTensor.fromHost(new Float32Array(12), { shape: [3, 4] });
+    const w = cuda.DeviceTensor.fromHost(new Float32Array(20), { shape: [5, 4] });
+    const wBad = cuda.DeviceTensor.fromHost(new Int32Array(20), { shape: [5, 4] });
+    const y = cuda.DeviceTensor.empty([3, 5]);
+    const idx = cuda.DeviceTensor.fromHost(Int32Array.from([0, 7, 1]));
+    try {
+      expect(await codeOf(() => cuda.denseLinear(y, w))).toBe('KVANT_SHAPE'); // K 5 vs 4
+      expect(await codeOf(() => cuda.denseLinear(x, wBad))).toBe('KVANT_DTYPE');
+      expect(await codeOf(() => cuda.denseLinear(x, w, { out: cuda.DeviceTensor.empty([2, 5]) }))).toBe('KVANT_SHAPE');
+      expect(await codeOf(() => cuda.denseLinearHeads(x, w, y, { M: 3, H: 2, N: 5, K: 4, xRow: 4, xHead: 4, wHead: 20, wRow: 4, yRow: 5, yHead: 5 }))).toBe('KVANT_SHAPE');
+      expect(await codeOf(() => cuda.copyRows(x, y, { rows: 3, n: 4, srcRow: 4, dstRow: 5, idx }))).toBe('KVANT_RANGE'); // row 7 of 3
+      expect(await codeOf(() => cuda.copyRows(x, y, { rows: 3, n: 6, srcRow: 4, dstRow: 5 }))).toBe('KVANT_SHAPE');
+      expect(await codeOf(() => cuda.copyRows(x, x, { rows: 1, n: 2, srcRow: 4, dstRow: 4 }))).toBe('KVANT_RANGE'); // overlap
+      expect(await codeOf(() => cuda.accumulateRows(y, x))).toBe('KVANT_SHAPE');
+      expect(await codeOf(() => cuda.accumulateRows(y, y))).toBe('KVANT_RANGE'); // y overlaps src
+      expect(await codeOf(() => cuda.accumulateRows(y, y, { J: 2 }))).toBe('KVANT_SHAPE'); // J > 1 needs idx
+      expect(await codeOf(() => cuda.accumulateRows(x, w, { idx, J: 1 }))).toBe('KVANT_RANGE'); // idx 7 >= 5 rows
+    } finally {
+      for (const t of [x, w, wBad, y, idx]) t.free();
+    }
+  });
+
+  it('DeviceMlaCache and the device model: wrong shapes, non-finite rows, lengths beyond the stored rows, bad tokens', async () => {
+    const c = new cuda.DeviceMlaCache({ layers: 2, latentDim: 64, ropeDim: 32, type: 'q4', pageSize: 16, budgetBytes: 1 << 16 });
+    try {
+      const s = c.open(4);
+      expect(await codeOf(() => c.append(s, 0, cuda.DeviceTensor.zeros([2, 95])))).toBe('KVANT_SHAPE');
+      const bad = new Float32Array(2 * 96).fill(0.5);
+      bad[100] = NaN;
+      expect(await codeOf(() => c.append(s, 0, cuda.DeviceTensor.fromHost(bad, { shape: [2, 96] })))).toBe('KVANT_RANGE');
+      expect(await codeOf(() => c.append(s, 2, cuda.DeviceTensor.zeros([1, 96])))).toBe('KVANT_RANGE'); // layer 2 of 2
+      c.append(s, 0, cuda.DeviceTensor.zeros([1, 96]));
+      const q = cuda.DeviceTensor.zeros([1, 4, 96]);
+      expect(await codeOf(() => c.attend(0, [s], Int32Array.of(2), q, 1))).toBe('KVANT_RANGE'); // 2 > 1 stored
+      expect(await codeOf(() => c.attend(0, [s], Int32Array.of(1), cuda.DeviceTensor.zeros([1, 4, 95]), 1))).toBe('KVANT_SHAPE');
+      expect(c.attend(0, [s], Int32Array.of(1), q, 1).shape).toEqual([1, 4, 64]);
+      expect(await codeOf(() => new cuda.DeviceMlaCache({ layers: 1, latentDim: 60, ropeDim: 32, type: 'q8', budgetBytes: 1 << 16 }))).toBe('KVANT_SHAPE');
+      expect(await codeOf(() => new cuda.DeviceMlaCache({ layers: 1, latentDim: 64, ropeDim: 32, budgetBytes: 10 }))).toBe('KVANT_OOM');
+    } finally {
+      c.dispose();
+    }
+    const dev = DeviceDeepSeekV2Model.load(floatModel('f32'), { pageSize: 16, kvBudgetBytes: 1 << 18 });
+    try {
+      const s = dev.cache.open(2);
+      expect(await codeOf(() => dev.prefill(s, [512]))).toBe('KVANT_RANGE');
+      expect(await codeOf(() => dev.prefill(s, []))).toBe('KVANT_SHAPE');
+      expect(await codeOf(() => dev.decode([s, s], [1, 2]))).toBe('KVANT_RANGE');
+      expect(await codeOf(() => dev.decode([s], [1, 2]))).toBe('KVANT_SHAPE');
+      expect(await codeOf(() => dev.decode([999], [1]))).toBe('KVANT_RANGE');
+      expect(dev.cache.length(s)).toBe(0);
+    } finally {
+      dev.dispose();
+    }
+    expect(await codeOf(() => DeviceDeepSeekV2Model.load(floatModel('f32'), { kvCache: 'q5' as never }))).toBe('KVANT_RANGE');
+  }, 60_000);
+});
+
 describe('sampling on the device', () => {
   // Seeded logits with ties and a spread like a model's (a few large values).
   function logitsRows(B: number, V: number, seed: number): Float32Array {
