@@ -131,8 +131,12 @@ describe('DeepSeek-V2 on the CUDA backend vs the CPU backend', () => {
   }, 120_000);
 
   it('a decode batch of several sequences equals each sequence run alone, bit for bit', () => {
-    const dev = DeviceDeepSeekV2Model.load(floatModel('bf16'), { kvCache: 'q8' });
+    const events: { done: number; total: number; what: string }[] = [];
+    const dev = DeviceDeepSeekV2Model.load(floatModel('bf16'), { kvCache: 'q8', onProgress: (p) => events.push(p) });
     try {
+      // Progress as on the CPU (files mapped, layers checked), then one event per uploaded layer; the last one completes.
+      expect(events.filter((e) => e.what.startsWith('uploaded')).length).toBe(LAYERS + 2);
+      expect(events[events.length - 1].done).toBe(events[events.length - 1].total);
       const prompts = [randomTokens(3, 512, 31), randomTokens(5, 512, 32), randomTokens(2, 512, 33)];
       const next = [7, 300, 41];
       const batched = prompts.map((p) => {
