@@ -52,6 +52,7 @@ export type { FlashOptions } from './ops/attention';
 export { rmsNorm, ropeInPlace, siluGate, softmaxInPlace, routeTopK, embedding, argmax, axpyInPlace } from './ops/small';
 export type { IsaLevel, RopeOptions, RouteOptions } from './ops/small';
 export type { QLinearOptions, QActivations, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';
+export type { QLinearOutDtype } from './ops/qlinear';
 export { Checkpoint } from './io/checkpoint';
 export * as cuda from './cuda';
 export { opsFor } from './cuda/host';

@@ -148,12 +148,14 @@ export interface NativeBinding {
   qgemm(x: RawStorage, xo: number, xb: number, xDtype: number, M: number,
     format: Uint8Array, qw: RawStorage, qwo: number, qwb: number, qz: RawStorage, qzo: number, qzb: number,
     sc: RawStorage, sco: number, scb: number, perm: RawStorage | null, po: number, pb: number,
-    bias: RawStorage | null, bo: number, bb: number, y: RawStorage, yo: number, yb: number, isa?: number, activations?: number): void;
+    bias: RawStorage | null, bo: number, bb: number, y: RawStorage, yo: number, yb: number, isa?: number, activations?: number, yDtype?: number): void;
   /** Grouped MoE MLP; `projections` is E*3 groups of 17 values (see gemm_q_binding.cc). */
   moeMlp(x: RawStorage, xo: number, xb: number, M: number, H: number, E: number,
     mlp: RawStorage, mo: number, mb: number, row: RawStorage, ro: number, rb: number, weight: RawStorage, wo: number, wb: number,
     out: RawStorage, oo: number, ob: number, isa: number | undefined, activations: number, ...projections: (RawStorage | Uint8Array | number | null)[]): void;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
+  /** Every streaming-read variant over one buffer (best rep of each), csrc/cpu/probe.h. */
+  probeReadVariants(bytes: number, reps: number): Promise<(ProbeResult & { name: string })[]>;
   probeCopyBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   probeFmaPeak(allThreads: boolean, seconds: number): Promise<ProbeResult>;
 }

@@ -204,5 +204,8 @@ describe('MLA decode over a paged bf16 latent cache', () => {
     const badTable = Int32Array.from(pageTable);
     badTable[3] = numPages;
     expect(() => mlaDecode(q, { pool, pageSize, pageTable: badTable, maxPages, seqLens: lens }, { L, R, scale })).toThrow(expect.objectContaining({ code: 'KVANT_RANGE' }));
+    // a zero latent width (nothing to attend with) or a fractional rope width is a shape error
+    expect(() => mlaDecode(Tensor.zeros([B, H, R]), { pool, pageSize, pageTable, maxPages, seqLens: lens }, { L: 0, R, scale })).toThrow(expect.objectContaining({ code: 'KVANT_SHAPE' }));
+    expect(() => mlaDecode(q, { pool, pageSize, pageTable, maxPages, seqLens: lens }, { L: L + 0.5, R: R - 0.5, scale })).toThrow(expect.objectContaining({ code: 'KVANT_SHAPE' }));
   });
 });

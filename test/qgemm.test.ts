@@ -230,6 +230,86 @@ describe('qlinear', () => {
     }
   });
 
+  it('split-K decode over several 2048-column blocks (the last one partial) with bias: f64, scalar, threads 1/2/3 and M = 1 vs 11 agree', () => {
+    // N > 2048 gives several column blocks, each combined by whichever task finishes its last
+    // group (one parallel phase): the result must not depend on who that is. 3 bits: N % 32.
+    const before = getThreads();
+    const Ns: Record<QuantBits, number> = { 2: 2064, 3: 2080, 4: 2392, 8: 2380 }; // 8 bits: the N % 8 == 4 tail
+    for (const bits of [2, 3, 4, 8] as const) {
+      const K = bits === 3 ? 544 : bits === 2 ? 528 : 520, N = Ns[bits];
+      const q = makeQuant({ K, N, bits, groupSize: 128, sym: false, v2: bits === 8, seed: 500 + bits }); // ng = 5 (partial last group)
+      const bias = Tensor.random([N], 'f32', { seed: 3 });
+      const x = randX(11, K, 40 + bits);
+      for (const activations of bits === 3 ? (['f32'] as const) : (['f32', 'int8'] as const)) {
+        const ref = qlinear(x.slice(0, 2), q.w, { bias, isa: 'scalar', activations }).data() as Float32Array;
+        check(ref, x.slice(0, 2).toFloat32Array(), q, 2, bias.toFloat32Array(), activations);
+        const batch = qlinear(x, q.w, { bias, activations }).data() as Float32Array; // M = 11: the panel GEMM
+        for (const t of [1, 2, 3]) {
+          setThreads(t);
+          for (const lvl of levels) {
+            const out = poisoned(2, N);
+            qlinear(x.slice(0, 2), q.w, { out, bias, isa: lvl, activations });
+            expect(bytes(out.data() as Float32Array).equals(bytes(ref))).toBe(true);
+          }
+        }
+        setThreads(before);
+        expect(bytes(batch.subarray(0, 2 * N)).equals(bytes(ref))).toBe(true);
+      }
+    }
+  });
+
+  it('y in f16/bf16: the f32 result (bias included) rounded once to nearest even, every path and ISA level', () => {
+    // Rounding once from f32 must give exactly Tensor.to(dtype) of the f32 output (RNE), and
+    // so lie within half an ulp of it: f16 2^-11 relative (normals) + 2^-25 absolute
+    // (subnormals), bf16 2^-8 relative. The f32 output itself is checked against f64.
+    const u16 = (t: Tensor) => Buffer.from((t.data() as Uint16Array).buffer, (t.data() as Uint16Array).byteOffset, t.byteLength);
+    for (const bits of [3, 4] as const) {
+      const [K, N] = SIZES[bits];
+      const q = makeQuant({ K, N, bits, groupSize: 32, sym: false, v2: false, seed: 90 + bits }); // ng >= 5: M <= 8 is split-K
+      const qFew = makeQuant({ K, N, bits, groupSize: -1, sym: false, v2: false, seed: 95 + bits }); // 1 group: the column-block GEMV
+      const bias = Tensor.random([N], 'f32', { seed: 4 });
+      for (const w of [q, qFew])
+        for (const activations of ['f32', 'int8'] as const)
+          for (const M of [1, 3, 37]) {
+            const x = randX(M, K, M + bits);
+            const y32 = qlinear(x, w.w, { bias, activations }).data() as Float32Array;
+            check(y32, x.toFloat32Array(), w, M, bias.toFloat32Array(), bits === 3 ? 'f32' : activations);
+            for (const dt of ['f16', 'bf16'] as const) {
+              const want = Tensor.from(y32, { shape: [M, N] }).to(dt);
+              for (const lvl of levels) {
+                const out = Tensor.from(new Float32Array(M * N).fill(NaN), { shape: [M, N] }).to(dt); // NaN-poisoned
+                const r = qlinear(x, w.w, { out, bias, isa: lvl, activations });
+                expect(r).toBe(out);
+                expect(u16(out).equals(u16(want))).toBe(true);
+              }
+              const y = qlinear(x, w.w, { bias, activations, outDtype: dt });
+              expect(y.dtype).toBe(dt);
+              expect(u16(y).equals(u16(want))).toBe(true);
+              const yf = y.toFloat32Array();
+              const rel = dt === 'f16' ? 2 ** -11 : 2 ** -8;
+              for (let i = 0; i < M * N; i++) expect(Math.abs(yf[i] - y32[i])).toBeLessThanOrEqual(rel * Math.abs(y32[i]) + 2 ** -25);
+            }
+          }
+    }
+  });
+
+  it('rejects bad output dtypes with typed errors', () => {
+    const q = makeQuant({ K: 64, N: 16, bits: 4, groupSize: 32, sym: true, v2: false, seed: 2 });
+    const x = randX(2, 64, 1);
+    expect(code(() => qlinear(x, q.w, { outDtype: 'i8' as unknown as 'f16' }))).toBe('KVANT_DTYPE');
+    expect(code(() => qlinear(x, q.w, { out: Tensor.zeros([2, 16], 'f16'), outDtype: 'bf16' }))).toBe('KVANT_DTYPE');
+    expect(code(() => qlinear(x, q.w, { out: Tensor.zeros([2, 16], 'i32') }))).toBe('KVANT_DTYPE');
+    expect(code(() => qlinear(x, q.w, { out: Tensor.zeros([2, 15], 'f16') }))).toBe('KVANT_SHAPE');
+    // The binding checks too: a y of the wrong byte length for its dtype, and an unknown dtype code.
+    const fmt = encodeQuantFormat(q.w.format);
+    const call = (y: Uint8Array, yDtype: number) =>
+      code(() => native().qgemm(...raw(x), 0, 2, fmt, ...raw(q.w.qweight), ...raw(q.w.qzeros), ...raw(q.w.scales), null, 0, 0, null, 0, 0, y, 0, y.byteLength, undefined, 0, yDtype));
+    expect(call(new Uint8Array(2 * 16 * 4), 1)).toBe('KVANT_SHAPE'); // f32-sized buffer declared f16
+    expect(call(new Uint8Array(2 * 16 * 2), 3)).toBe('KVANT_DTYPE'); // i8
+    expect(call(new Uint8Array(2 * 16 * 2), 99)).toBe('KVANT_DTYPE');
+    expect(call(new Uint8Array(2 * 16 * 2), 2)).toBe('none'); // bf16 of the right size works
+  });
+
   it('rejects bad input with typed errors', () => {
     const q = makeQuant({ K: 64, N: 16, bits: 4, groupSize: 32, sym: true, v2: false, seed: 2 });
     const x = randX(2, 64, 1);

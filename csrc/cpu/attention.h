@@ -83,7 +83,8 @@ Status naiveAttention(const FlashArgs& a, Isa isa = Isa(-1));
 size_t flashScratchBytes();
 void resetFlashScratchBytes();
 
-// Absorbed MLA decode over a paged cache of rows [c (L) | k_pe (R)] stored as bf16:
+// Absorbed MLA decode over a paged cache of rows [c (L) | k_pe (R)] stored as bf16 (the public
+// op over a plain bf16 pool; MlaKVCache decodes through pagedDecode directly):
 //   score(h, t) = scale * (q[h, :L]·c_t + q[h, L:]·k_pe_t),  out[h] = Σ_t softmax(score)_t c_t.
 // q [B, H, L+R] f32, out [B, H, L] f32, lse [B, H]. Row t of sequence b lives in page
 // pageTable[b * maxPages + t / pageSize] at slot t % pageSize; a page holds pageSize rows.
@@ -99,10 +100,10 @@ struct MlaDecodeArgs {
   const int32_t* seqLens;
 };
 
-// Keys per split: chosen from the sequence length alone (never the thread count), so the
-// LSE merge in split order gives the same bits for any thread count.
-constexpr size_t kMlaSplit = 512;
-
+// Runs as pagedDecode over a one-layer bf16 pool (key [c | k_pe], value = c): the same splits
+// of kDecodeSplit keys, chosen from the sequence length alone and merged by LSE in split order,
+// so the same bits for any thread count. kShape for a zero page size or head dim, kRange for a
+// page table entry or length out of range.
 Status mlaDecode(const MlaDecodeArgs& a, Isa isa = Isa(-1));
 
 // Batched decode attention over a paged, possibly quantized cache (both the standard K/V cache

@@ -2,10 +2,13 @@
 // threading, and the grouped MoE MLP. The math is spelled out in gemm_q.h.
 #include "gemm_q.h"
 
+#include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <new>
 
 #include "gemm.h"
 #include "kvant/half.h"
@@ -137,7 +140,8 @@ size_t qgemmActsFloats(const QuantFormat& f, size_t M, QAct act) {
 }  // namespace
 
 size_t qgemmScratchFloats(const QuantFormat& f, size_t M, QAct act) {
-  return qgemmActsFloats(f, M, act) + (useSplitK(f, M) ? M * size_t(qGroupCount(f)) * size_t(f.N) : 0);
+  // Split-K: the group terms T, then one completion counter per column block (qgemm).
+  return qgemmActsFloats(f, M, act) + (useSplitK(f, M) ? M * size_t(qGroupCount(f)) * size_t(f.N) + (size_t(f.N) + kQSplitCols - 1) / kQSplitCols : 0);
 }
 
 QActs qgemmActsView(const QuantFormat& f, size_t M, QAct act, float* scratch) {
@@ -183,6 +187,7 @@ QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, siz
       float* dx = const_cast<float*>(a.dx) + m * a.nbt;
       float* qs = const_cast<float*>(a.qsum) + m * a.nbt;
       const size_t perByte = size_t(8 / bits);  // codes per byte of a packed word
+      const unsigned perByteLog2 = bits == 2 ? 2 : bits == 4 ? 1 : 0;
       for (size_t g = 0; g < ng; ++g) {
         const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
         for (size_t b = 0, kb = g * G; kb < k1; ++b, kb += kQ8Block) {
@@ -190,8 +195,9 @@ QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, siz
           float mx = 0;
           bool finite = true;
           for (size_t k = kb; k < kb1; ++k) {
-            finite = finite && std::isfinite(xr[k]);
-            mx = std::fmax(mx, std::fabs(xr[k]));
+            const float ax = std::fabs(xr[k]);
+            finite = finite & (ax <= FLT_MAX);  // false for NaN and ±Inf
+            mx = ax > mx ? ax : mx;             // = fmax(mx, ax): NaN is skipped the same way
           }
           // Non-finite input: d = NaN poisons exactly the outputs this block feeds, like kF32.
           const float d = finite ? mx / 127.0f : NAN, inv = finite && mx > 0 ? 127.0f / mx : 0.0f;
@@ -201,8 +207,8 @@ QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, siz
             q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
             xr[k] = q;
             sum += int32_t(q);
-            const size_t u = k / U, jj = k % U;
-            qx[u * U + (jj % perByte) * 4 + jj / perByte] = int8_t(q);
+            const size_t jj = k & (U - 1);  // U and perByte are powers of two: masks and shifts, no divisions
+            qx[(k - jj) + ((jj & (perByte - 1)) << 2) + (jj >> perByteLog2)] = int8_t(q);
           }
           dx[g * a.bpg + b] = d;
           qs[g * a.bpg + b] = float(sum);
@@ -220,49 +226,70 @@ QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, siz
       // 2^−e for each position inside a packing unit (exact powers of two).
       float inv[32];
       for (size_t j = 0; j < U; ++j) inv[j] = std::ldexp(1.0f, -qInPlaceShift(bits, int(j)));
-      for (size_t k = 0; k < K; ++k) xr[k] *= inv[k % U];
+      for (size_t k = 0; k < K; ++k) xr[k] *= inv[k & (U - 1)];  // U is a power of two (4, 8, 16, 32)
     }
   }
   return a;
 }
 
-Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, float* y, float* scratch, Isa isa,
-             QAct act) {
+Status qgemmTyped(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, void* yOut, DType yType, float* scratch,
+                  Isa isa, QAct act) {
   const Status v = qgemmValidate(w);
   if (v != Status::kOk) return v;
   if (xType != DType::kF32 && xType != DType::kF16 && xType != DType::kBF16) return Status::kDtype;
   const QGemmKernels* kt = qgemmKernelsFor(isa);
   if (!kt) return Status::kBackend;
+  if (yType != DType::kF32 && yType != DType::kF16 && yType != DType::kBF16) return Status::kDtype;
   if (M == 0) return Status::kOk;
   const size_t K = size_t(w.fmt.K), N = size_t(w.fmt.N);
+  // f16/bf16 y: the kernels form the f32 result after qgemmScratchFloats (M·N floats), and the
+  // task that finishes a column range adds the bias and converts it once (round to nearest
+  // even). The f32 math, and so every bit before the final rounding, is that of an f32 y.
+  float* y = yType == DType::kF32 ? static_cast<float*>(yOut) : scratch + qgemmScratchFloats(w.fmt, M, act);
+  auto finish = [&](size_t n0, size_t n1) {
+    if (bias)
+      for (size_t m = 0; m < M; ++m)
+        for (size_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
+    if (yType == DType::kF32) return;
+    auto* o = static_cast<uint16_t*>(yOut);
+    for (size_t m = 0; m < M; ++m)
+      for (size_t n = n0; n < n1; ++n) o[m * N + n] = yType == DType::kF16 ? f32ToF16(y[m * N + n]) : f32ToBf16(y[m * N + n]);
+  };
   const QActs a = qgemmPrepare(w, x, xType, K, M, scratch, act);
   const size_t cpt = kQGemmColsPerTask;
   const size_t tasks = (N + cpt - 1) / cpt;
   if (useSplitK(w.fmt, M)) {
-    // Phase 1: group × column-range tasks write the group terms; phase 2 combines them.
+    // One parallel phase: group × column-block tasks write the group terms, and the task that
+    // completes a column block's last group (an atomic count per block) combines that block,
+    // groups ascending. Who combines varies, what is computed does not (the same chain per
+    // output). One pool wake-up per call instead of two: on a small matrix (kv_a, 2048x576)
+    // the second wake-up cost about as much as the work.
     float* T = scratch + qgemmActsFloats(w.fmt, M, act);
     const size_t colBlocks = (N + kQSplitCols - 1) / kQSplitCols;
+    auto* left = reinterpret_cast<std::atomic<uint32_t>*>(T + M * a.ng * N);
+    static_assert(sizeof(std::atomic<uint32_t>) == sizeof(float) && alignof(std::atomic<uint32_t>) <= alignof(float), "counter slots");
+    for (size_t cb = 0; cb < colBlocks; ++cb) new (&left[cb]) std::atomic<uint32_t>(uint32_t(a.ng));
     threadPool().parallelFor(a.ng * colBlocks, [&](size_t t) {
-      const size_t g = t / colBlocks, n0 = (t % colBlocks) * kQSplitCols;
-      kt->groupTerms(w, a, g, n0, n0 + kQSplitCols < N ? n0 + kQSplitCols : N, T);
-    });
-    threadPool().parallelFor(tasks, [&](size_t t) {
-      const size_t n0 = t * cpt, n1 = n0 + cpt < N ? n0 + cpt : N;
+      const size_t g = t / colBlocks, cb = t % colBlocks, n0 = cb * kQSplitCols, n1 = n0 + kQSplitCols < N ? n0 + kQSplitCols : N;
+      kt->groupTerms(w, a, g, n0, n1, T);
+      // acq_rel: each task releases its T writes; the last one acquires all of them.
+      if (left[cb].fetch_sub(1, std::memory_order_acq_rel) != 1) return;
       kt->groupCombine(w, T, M, n0, n1, y, N);
-      if (bias)
-        for (size_t m = 0; m < M; ++m)
-          for (size_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
+      finish(n0, n1);
     });
     return Status::kOk;
   }
   threadPool().parallelFor(tasks, [&](size_t t) {
     const size_t n0 = t * cpt, n1 = n0 + cpt < N ? n0 + cpt : N;
     kt->columns(w, a, n0, n1, y, N);
-    if (bias)
-      for (size_t m = 0; m < M; ++m)
-        for (size_t n = n0; n < n1; ++n) y[m * N + n] += bias[n];
+    finish(n0, n1);
   });
   return Status::kOk;
+}
+
+Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, float* y, float* scratch, Isa isa,
+             QAct act) {
+  return qgemmTyped(w, x, xType, M, bias, y, DType::kF32, scratch, isa, act);
 }
 
 

@@ -127,6 +127,11 @@ constexpr size_t kQGemmColsPerTask = 64;
 Status qgemm(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, float* y, float* scratch,
              Isa isa = Isa(-1), QAct act = QAct::kF32);
 
+// The same with y [M, N] of type yType (f32, f16 or bf16). f16/bf16: the f32 result (bias
+// included) is rounded once to nearest even; scratch must hold qgemmScratchFloats + M·N.
+Status qgemmTyped(const QMatrix& w, const void* x, DType xType, size_t M, const float* bias, void* y, DType yType, float* scratch,
+                  Isa isa = Isa(-1), QAct act = QAct::kF32);
+
 // ---- Grouped MoE MLP ----------------------------------------------------------------------
 
 // One projection of an MLP: quantized (q != nullptr) or dense [N, K] f32/f16/bf16 (dense).

@@ -158,8 +158,29 @@ void axpy(KvType t, const uint8_t* src, float p, float* acc, size_t n) {
 }
 
 }  // namespace
+// f16 / bf16: nrows axpy calls. Quantized: the scale folded into the row weight,
+// acc += (p·d)·code per row in row order (one product per row and group, the codes exact).
 void axpyRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* p, float* acc, size_t n) {
-  for (size_t r = 0; r < nrows; ++r) axpy(t, rows[r] + off, p[r], acc, n);
+  if (!kvQuantized(t)) {
+    for (size_t r = 0; r < nrows; ++r) axpy(t, rows[r] + off, p[r], acc, n);
+    return;
+  }
+  const size_t bytes = kvSegmentBytes(t, kKvGroup);
+  float x[kKvGroup];
+  for (size_t r = 0; r < nrows; ++r)
+    for (size_t g = 0; g < n; g += kKvGroup) {
+      const uint8_t* blk = rows[r] + off + g / kKvGroup * bytes;
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      const float w = p[r] * f16ToF32(h);
+      // Codes via decode with the scale replaced by 1 (a copy of the block with d = 1.0).
+      uint8_t one[sizeof(KvBlockQ8)];
+      std::memcpy(one, blk, bytes);
+      const uint16_t h1 = 0x3c00;  // f16 1.0
+      std::memcpy(one, &h1, 2);
+      decode(t, one, kKvGroup, x);
+      for (size_t i = 0; i < kKvGroup; ++i) acc[g + i] += w * x[i];
+    }
 }
 
 float dotI8(KvType t, const uint8_t* src, const int8_t* q8, const float* qd, size_t n) {
@@ -179,7 +200,12 @@ float dotI8(KvType t, const uint8_t* src, const int8_t* q8, const float* qd, siz
   return s;
 }
 
-const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy, axpyRows, dotI8};
+void dotRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* q, const int8_t* q8, const float* qd, size_t n,
+             float* out) {
+  for (size_t r = 0; r < nrows; ++r) out[r] = q8 ? dotI8(t, rows[r] + off, q8, qd, n) : dot(t, rows[r] + off, q, n);
+}
+
+const KvKernels kKvKernels = {encode, decode, hadamard32, dot, axpy, axpyRows, dotI8, dotRows};
 }  // namespace scalar
 
 void kvQuantizeQuery(const float* q, size_t n, int8_t* q8, float* qd) {

@@ -71,7 +71,15 @@ struct KvKernels {
   // with the inner sums exact in integers (|Σ| <= 32·127·127 < 2^19) and one float multiply
   // per group (AVX2: maddubs/madd on 32 codes at a time). kvQuantizeQuery makes q8 / qd.
   float (*dotI8)(KvType t, const uint8_t* src, const int8_t* q8, const float* qd, size_t n);
+  // Scores of nrows rows (row r at rows[r] + off) into out[r]: dot(q) when q8 is null, else
+  // dotI8(q8, qd) (then t is q8 or q4). Same per-term arithmetic as the one-row forms; only
+  // the order of the final lane sums may differ (AVX2: one transposing reduction per 8 rows
+  // instead of a horizontal sum per row), so the dot / dotI8 error bounds hold unchanged.
+  // Needs n % 16 == 0 for f16 / bf16 and n <= 32·kDotRowsMaxGroups.
+  void (*dotRows)(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* q, const int8_t* q8, const float* qd, size_t n,
+                  float* out);
 };
+constexpr size_t kDotRowsMaxGroups = 16;  // head dims up to 512 on the row-batched score path
 
 // The query side of dotI8: per group of 32, qd = max|q| / 127 and q8 = round(q / qd)
 // (0 for an all-zero group), so |q - qd·q8| <= qd / 2 per element.

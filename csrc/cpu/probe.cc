@@ -33,8 +33,11 @@ float fmaLoop(uint64_t iters, double* flops) {
   return s;
 }
 
+const ReadVariant kReadVariants[] = {{"1 stream/thread", sumF32, false}, {"64 KiB tasks", sumF32, true}};
+
 }  // namespace
 const ProbeKernels kProbeKernels = {sumF32, fmaLoop};
+const ReadProbeKernels kReadProbeKernels = {kReadVariants, int(sizeof(kReadVariants) / sizeof(kReadVariants[0]))};
 }  // namespace scalar
 
 const ProbeKernels& probeKernels() {
@@ -42,6 +45,15 @@ const ProbeKernels& probeKernels() {
   static const ProbeKernels& k = pickForIsa(scalar::kProbeKernels, &avx2::kProbeKernels, &avx512::kProbeKernels);
 #else
   static const ProbeKernels& k = scalar::kProbeKernels;
+#endif
+  return k;
+}
+
+const ReadProbeKernels& readProbeKernels() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const ReadProbeKernels& k = pickForIsa(scalar::kReadProbeKernels, &avx2::kReadProbeKernels, &avx2::kReadProbeKernels);
+#else
+  static const ReadProbeKernels& k = scalar::kReadProbeKernels;
 #endif
   return k;
 }
@@ -87,6 +99,40 @@ ProbeResult probeReadBandwidth(size_t bytes, int reps) {
   }
   std::free(p);
   return r;
+}
+
+bool probeReadVariants(size_t bytes, int reps, ProbeResult* out) {
+  const ReadProbeKernels& rk = readProbeKernels();
+  float* p = allocTouched(bytes);
+  if (!p) return false;
+  const size_t n = bytes / sizeof(float);
+  ThreadPool& pool = threadPool();
+  const size_t parts = size_t(pool.threads());
+  // 64 KiB tasks: the grain of a kernel's parallelFor (a GEMV task reads tens of KB).
+  const size_t chunk = (size_t(64) << 10) / sizeof(float), chunks = (n + chunk - 1) / chunk;
+  std::vector<double> partial(parts > chunks ? parts : chunks);
+  for (int v = 0; v < rk.count; ++v) out[v] = {1e30, double(bytes), 0, 0};
+  for (int rep = 0; rep < reps; ++rep)
+    for (int v = 0; v < rk.count; ++v) {
+      const ReadVariant& rv = rk.variants[v];
+      const auto t0 = Clock::now();
+      if (rv.chunked) {
+        pool.parallelFor(chunks, [&](size_t c) {
+          const size_t b = c * chunk, e = b + chunk < n ? b + chunk : n;
+          partial[c] = rv.sum(p + b, e - b);
+        });
+      } else {
+        pool.parallelFor(parts, [&](size_t t) {
+          const size_t b = n * t / parts, e = n * (t + 1) / parts;
+          partial[t] = rv.sum(p + b, e - b);
+        });
+      }
+      const double s = since(t0);
+      if (s < out[v].seconds) out[v].seconds = s;
+      for (size_t i = 0, m = rv.chunked ? chunks : parts; i < m; ++i) out[v].check += partial[i];
+    }
+  std::free(p);
+  return true;
 }
 
 ProbeResult probeCopyBandwidth(size_t bytes, int reps) {

@@ -121,7 +121,7 @@ QAct actArg(const Napi::CallbackInfo& info, size_t i) {
   return QAct(int(v));
 }
 
-// qgemm(x, xo, xb, xDtype, M, <13 QMatrix args>, bias|null, bo, bb, y, yo, yb, isa, act)
+// qgemm(x, xo, xb, xDtype, M, <13 QMatrix args>, bias|null, bo, bb, y, yo, yb, isa, act, yDtype)
 Napi::Value qgemmB(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType xt = getDType(info, 3, "x.dtype");
@@ -130,18 +130,23 @@ Napi::Value qgemmB(const Napi::CallbackInfo& info) {
   QArgs w = getQMatrix(info, 5, "w");
   const uint64_t K = uint64_t(w.q.fmt.K), N = uint64_t(w.q.fmt.N);
   if (M > (uint64_t(1) << 40) / K) throwKvant(env, "KVANT_RANGE", "M * K overflows");
-  const Span x = getSpan(info, 0, "x", dtypeSize(xt)), b = optSpan(info, 18, "bias", 4), y = getSpan(info, 21, "y", 4);
+  // y's dtype (argument 26, optional): f32 (default), f16 or bf16.
+  const DType yt = info.Length() > 26 && !info[26].IsUndefined() ? getDType(info, 26, "y.dtype") : DType::kF32;
+  if (yt != DType::kF32 && yt != DType::kF16 && yt != DType::kBF16)
+    throwKvant(env, "KVANT_DTYPE", std::string("Expected f32, f16 or bf16 for y.dtype but received ") + dtypeName(yt));
+  const Span x = getSpan(info, 0, "x", dtypeSize(xt)), b = optSpan(info, 18, "bias", 4), y = getSpan(info, 21, "y", dtypeSize(yt));
   need(env, x, M * K * dtypeSize(xt), "x ([M, K] = [" + std::to_string(M) + ", " + std::to_string(K) + "])");
-  need(env, y, M * N * 4, "y (f32 [M, N] = [" + std::to_string(M) + ", " + std::to_string(N) + "])");
+  need(env, y, M * N * dtypeSize(yt), std::string("y (") + dtypeName(yt) + " [M, N] = [" + std::to_string(M) + ", " + std::to_string(N) + "])");
   if (b.data) need(env, b, N * 4, "bias (f32 [N])");
   bool alias = overlaps(y, x) || overlaps(y, b);
   for (const Span& s : w.spans) alias = alias || overlaps(y, s);
   if (alias) throwKvant(env, "KVANT_RANGE", "Expected the output not to overlap x, the weight tensors or bias");
   const Isa isa = isaArg(info, 24);
   const QAct act = actArg(info, 25);
-  Scratch scratch = allocScratch(env, qgemmScratchFloats(w.q.fmt, size_t(M), act), tQgemmScratch);
-  const Status s = qgemm(w.q, x.data, xt, size_t(M), b.data ? reinterpret_cast<const float*>(b.data) : nullptr,
-                         reinterpret_cast<float*>(y.data), scratch.data, isa, act);
+  const size_t yFloats = yt == DType::kF32 ? 0 : size_t(M) * size_t(N);  // the f32 result before rounding to f16/bf16
+  Scratch scratch = allocScratch(env, qgemmScratchFloats(w.q.fmt, size_t(M), act) + yFloats, tQgemmScratch);
+  const Status s = qgemmTyped(w.q, x.data, xt, size_t(M), b.data ? reinterpret_cast<const float*>(b.data) : nullptr, y.data, yt,
+                              scratch.data, isa, act);
   if (s != Status::kOk) throwStatus(env, s, "qgemm failed");
   return env.Undefined();
 }

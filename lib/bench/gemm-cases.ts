@@ -1,7 +1,8 @@
 /**
  * Benchmarks of the fused dequant GEMV/GEMM (qlinear, moeMlp) and of the dense GEMV/GEMM
  * (linear) on DeepSeek-V2-Lite shapes (K × N). GEMV rows cycle through distinct weight copies
- * totalling at least 4x the last-level cache, as a model's layers do, so they measure DRAM.
+ * totalling at least 8x the last-level cache ({@link judgedCopies}: the size the read ceiling
+ * is measured over), as a model's layers do, so they measure DRAM.
  * Bytes counted for a quantized GEMV: packed qweight + scales + qzeros (what must be read).
  */
 import { linear } from '../ops/linear';
@@ -9,8 +10,7 @@ import { moeMlp, qlinear, type MlpWeights, type QActivations } from '../ops/qlin
 import type { QTensor, QuantBits } from '../quant/format';
 import { groupCount, qweightRows, qzerosCols } from '../quant/format';
 import { Tensor } from '../tensor';
-import { BenchCase, Machine } from './harness';
-import { copiesFor } from './suites';
+import { BenchCase, Machine, judgedCopies } from './harness';
 
 /** V2-Lite projection shapes [K, N] (issue #4 item 5). */
 export const V2_LITE_SHAPES: readonly [string, number, number][] = [
@@ -53,7 +53,7 @@ function disposeQ(w: QTensor): void {
 function qCase(name: string, K: number, N: number, M: number, bits: QuantBits, group: number, machine: Machine, quick: boolean, act: QActivations = 'f32'): BenchCase {
   const probe = { bits, groupSize: group, K, N };
   const perCopy = qweightRows(probe) * N * 4 + groupCount(probe) * (qzerosCols(probe) * 4 + N * 2);
-  const copies = M <= 8 ? copiesFor(perCopy, machine, quick) : 1;
+  const copies = M <= 8 ? judgedCopies(perCopy, machine, quick) : 1;
   let ws: QTensor[] = [];
   let x: Tensor | undefined;
   let y: Tensor | undefined;
@@ -85,7 +85,7 @@ function qCase(name: string, K: number, N: number, M: number, bits: QuantBits, g
 
 function denseCase(name: string, K: number, N: number, M: number, dtype: 'f32' | 'bf16', machine: Machine, quick: boolean): BenchCase {
   const perCopy = N * K * (dtype === 'f32' ? 4 : 2);
-  const copies = M <= 8 ? copiesFor(perCopy, machine, quick) : 1;
+  const copies = M <= 8 ? judgedCopies(perCopy, machine, quick) : 1;
   let ws: Tensor[] = [];
   let x: Tensor | undefined;
   let y: Tensor | undefined;
@@ -119,7 +119,7 @@ function denseCase(name: string, K: number, N: number, M: number, dtype: 'f32' |
 function moeCase(machine: Machine, quick: boolean, act: QActivations): BenchCase {
   const H = 2048;
   const perLayer = (6 * 3 * 1408 + 3 * 2816) * H * (4.156 / 8); // bytes at 4 bits + g128 scales/zeros
-  const copies = copiesFor(perLayer, machine, quick);
+  const copies = judgedCopies(perLayer, machine, quick);
   let layers: MlpWeights[][] = [];
   let x: Tensor | undefined;
   let y: Tensor | undefined;

@@ -8,12 +8,15 @@ import { attentionCases } from './attention-cases';
 import { convertCases } from './convert-cases';
 import { quantCases } from './quant-cases';
 import { gemmCases } from './gemm-cases';
-import { BenchCase, Machine } from './harness';
+import { BenchCase, Machine, judgedCopies } from './harness';
 
-/** Number of distinct copies of `bytesPerCopy` needed to exceed 4x LLC. */
+/**
+ * Number of distinct copies of `bytesPerCopy` a bandwidth-bound case cycles through: the same
+ * working set the read ceiling is measured over (harness `judgedCopies`: 8x LLC, >= 256 MiB),
+ * so no family's rows are judged against a ceiling measured on a different footprint.
+ */
 export function copiesFor(bytesPerCopy: number, machine: Pick<Machine, 'llc_bytes'>, quick: boolean): number {
-  if (quick) return 2;
-  return Math.max(2, Math.ceil((4 * machine.llc_bytes) / bytesPerCopy));
+  return judgedCopies(bytesPerCopy, machine, quick);
 }
 
 export function allCases(machine: Machine, quick: boolean): BenchCase[] {

@@ -118,6 +118,8 @@ export interface PagedLatentView {
  */
 export function mlaDecode(q: Tensor, cache: PagedLatentView, o: { L: number; R: number; scale: number; isa?: IsaLevel }): { out: Tensor; lse: Tensor } {
   checkTensor(q, 'q');
+  if (!Number.isInteger(o.L) || o.L < 1) throw expected('KVANT_SHAPE', 'an integer latent width >= 1', 'L', o.L);
+  if (!Number.isInteger(o.R) || o.R < 0) throw expected('KVANT_SHAPE', 'an integer rope width >= 0', 'R', o.R);
   if (q.dtype !== 'f32' || q.ndim !== 3 || q.shape[2] !== o.L + o.R) throw expected('KVANT_SHAPE', `an f32 [B, H, ${o.L + o.R}] tensor`, 'q', q.shape);
   const [B, H] = q.shape;
   checkTensor(cache.pool, 'cache.pool');

@@ -22,9 +22,18 @@ function isaCode(isa?: IsaLevel): number | undefined {
   return ISA[isa];
 }
 
+/** Output dtypes of {@link qlinear}. */
+export type QLinearOutDtype = 'f32' | 'f16' | 'bf16';
+
 export interface QLinearOptions {
-  /** f32 output [..., N] (overwritten); must not overlap x, the weights or bias. */
+  /** Output [..., N] of dtype f32, f16 or bf16 (overwritten); must not overlap x, the weights or bias. */
   out?: Tensor;
+  /**
+   * Output dtype when `out` is not given (default 'f32'; with `out`, it must match out's dtype).
+   * f16/bf16: the f32 result, bias included, is rounded once to nearest even, so it equals
+   * the f32 output converted with `Tensor.to()`.
+   */
+  outDtype?: QLinearOutDtype;
   /** f32 [N], added after the product. */
   bias?: Tensor;
   /** Force an ISA level (tests and benchmarks); default: the level chosen at load. */
@@ -50,6 +59,7 @@ function actCode(a: QActivations | undefined): number {
 }
 
 const FLOAT_X = ['f32', 'f16', 'bf16'];
+const OUT_DTYPES: readonly string[] = ['f32', 'f16', 'bf16'];
 
 function shapeIs(t: Tensor, dims: number[]): boolean {
   return t.ndim === dims.length && t.shape.every((d, i) => d === dims[i]);
@@ -119,7 +129,8 @@ function validateQArgs(w: QTensor, name: string): QArgs {
 }
 
 /**
- * y = x · dequant(w)ᵀ (+ bias). x: f32, f16 or bf16 [..., K]; returns f32 [..., N].
+ * y = x · dequant(w)ᵀ (+ bias). x: f32, f16 or bf16 [..., K]; returns [..., N] in f32 (or
+ * f16/bf16 through `outDtype` / `out`, rounded once from the f32 result).
  * Every format of the GPTQ checkpoints: 2/3/4/8 bits, any group size that is a multiple of
  * the codes per packed word (32/64/128) or -1, a partial last group, sym/asym, v1 ("gptq",
  * zero − 1 stored) and v2 zeros, and act-order through `w.perm`.
@@ -132,9 +143,12 @@ export function qlinear(x: Tensor, w: QTensor, opts: QLinearOptions = {}): Tenso
   if (x.ndim === 0 || x.shape[x.ndim - 1] !== K)
     throw new KvantError('KVANT_SHAPE', `Expected x's last dimension to be K = ${K} (w is [${N}, ${K}]) but x is [${x.shape.join(', ')}]`);
   const M = x.numel / K;
-  const y = opts.out ?? Tensor.zeros([...x.shape.slice(0, -1), N], 'f32');
+  if (opts.outDtype !== undefined && !OUT_DTYPES.includes(opts.outDtype)) throw expected('KVANT_DTYPE', "'f32', 'f16' or 'bf16'", 'outDtype', opts.outDtype);
+  const y = opts.out ?? Tensor.zeros([...x.shape.slice(0, -1), N], opts.outDtype ?? 'f32');
   checkTensor(y, 'out');
-  if (y.dtype !== 'f32' || y.numel !== M * N) throw new KvantError('KVANT_SHAPE', `Expected out to be f32 with ${M * N} elements but it is ${y.dtype} with ${y.numel}`);
+  if (!OUT_DTYPES.includes(y.dtype)) throw expected('KVANT_DTYPE', 'f32, f16 or bf16', 'out.dtype', y.dtype);
+  if (opts.outDtype !== undefined && y.dtype !== opts.outDtype) throw expected('KVANT_DTYPE', `out.dtype to match outDtype '${opts.outDtype}'`, 'out.dtype', y.dtype);
+  if (y.numel !== M * N) throw new KvantError('KVANT_SHAPE', `Expected out to have ${M * N} elements ([..., N = ${N}]) but it has ${y.numel}`);
   let b: [RawStorage | null, number, number] = [null, 0, 0];
   if (opts.bias !== undefined) {
     checkTensor(opts.bias, 'bias');
@@ -143,7 +157,7 @@ export function qlinear(x: Tensor, w: QTensor, opts: QLinearOptions = {}): Tenso
   }
   const isa = isaCode(opts.isa);
   const act = actCode(opts.activations);
-  callNative(() => native().qgemm(...raw(x), dtypeCode(x.dtype), M, ...args, ...b, ...raw(y), isa, act));
+  callNative(() => native().qgemm(...raw(x), dtypeCode(x.dtype), M, ...args, ...b, ...raw(y), isa, act, dtypeCode(y.dtype)));
   return y;
 }
 

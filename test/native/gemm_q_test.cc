@@ -8,6 +8,7 @@
 
 #include "check.h"
 #include "gemm_q.h"
+#include "thread_pool.h"
 #include "kvant/half.h"
 #include "random.h"
 
@@ -195,4 +196,47 @@ TEST(qgemm_int8_activations_match_f64_and_agree_across_levels_and_regimes) {
         else EXPECT_TRUE(std::memcmp(ref.data(), y.data(), y.size() * 4) == 0);
       }
     }
+}
+
+// Split-K decode over several 2048-column blocks (the last partial) with bias, in one parallel
+// phase whose last task per block combines it: the same bits at every level and thread count,
+// and y in f16/bf16 equals the f32 result rounded once (f32ToF16 / f32ToBf16: RNE).
+TEST(qgemm_split_k_column_blocks_and_typed_outputs) {
+  const size_t K = 520, N = 2392, M = 2;  // ng = 5 at g128 (partial last group), 2 column blocks
+  const Made m = make(4, 128, false, K, N, 77);
+  const QMatrix q = m.q();
+  std::vector<float> x(M * K), bias(N);
+  fillRandom(x.data(), DType::kF32, x.size(), 5, RandomDist::kNormal, 0, 1);
+  fillRandom(bias.data(), DType::kF32, N, 6, RandomDist::kNormal, 0, 1);
+  const int before = threadPool().threads();
+  for (QAct act : {QAct::kF32, QAct::kInt8}) {
+    std::vector<float> ref;
+    for (int t : {1, 2, 3}) {
+      threadPool().resize(t);
+      for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+        if (!qgemmKernelsFor(isa)) continue;
+        std::vector<float> scratch(qgemmScratchFloats(m.f, M, act) + M * N);
+        std::vector<float> y(M * N, NAN);
+        EXPECT_TRUE(qgemmTyped(q, x.data(), DType::kF32, M, bias.data(), y.data(), DType::kF32, scratch.data(), isa, act) == Status::kOk);
+        if (ref.empty()) ref = y;
+        EXPECT_TRUE(std::memcmp(ref.data(), y.data(), y.size() * 4) == 0);
+        for (DType yt : {DType::kF16, DType::kBF16}) {
+          std::vector<uint16_t> h(M * N, 0x7fc1);  // poisoned: a NaN in both f16 and bf16
+          EXPECT_TRUE(qgemmTyped(q, x.data(), DType::kF32, M, bias.data(), h.data(), yt, scratch.data(), isa, act) == Status::kOk);
+          for (size_t i = 0; i < M * N; ++i) {
+            const uint16_t want = yt == DType::kF16 ? f32ToF16(ref[i]) : f32ToBf16(ref[i]);
+            if (h[i] != want) {
+              EXPECT_TRUE(h[i] == want);
+              std::fprintf(stderr, "    act %d threads %d isa %d dtype %d: y[%zu] = 0x%04x, want 0x%04x\n", int(act), t, int(isa), int(yt), i, h[i], want);
+              threadPool().resize(before);
+              return;
+            }
+          }
+        }
+      }
+    }
+  }
+  threadPool().resize(before);
+  std::vector<float> scratch(qgemmScratchFloats(m.f, 1) + N), y(N);
+  EXPECT_TRUE(qgemmTyped(q, x.data(), DType::kF32, 1, nullptr, y.data(), DType::kI32, scratch.data()) == Status::kDtype);
 }

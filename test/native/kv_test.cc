@@ -124,11 +124,11 @@ TEST(kv_rows_and_paged_decode_match_f64_and_reject_bad_tables) {
   EXPECT_TRUE(kvWriteRows(tiny, segs, 2, x.data(), D, 1, slots.data()) == Status::kShape);
 }
 
-TEST(kv_integer_scores_and_row_axpy_match_f64_and_per_row_axpy) {
+TEST(kv_integer_scores_and_row_axpy_match_f64) {
   for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
     const KvKernels* k = kvKernelsFor(isa);
     if (!k) continue;
-    for (KvType t : {KvType::kQ8, KvType::kQ4}) {
+    for (KvType t : {KvType::kQ8, KvType::kQ6, KvType::kQ4}) {
       const size_t n = 32 * 5, rows = 11;
       std::vector<uint8_t> enc(rows * kvSegmentBytes(t, n));
       for (size_t r = 0; r < rows; ++r) {
@@ -142,7 +142,7 @@ TEST(kv_integer_scores_and_row_axpy_match_f64_and_per_row_axpy) {
       // |q - qd·q8| <= qd/2, plus q·(127/amax) vs q/qd (<= 127·3 ulps of a step) and the
       // test's own rounding of qd·q8 (<= 127 ulps of qd): far below 1e-4 of a step.
       for (size_t i = 0; i < n; ++i) EXPECT_TRUE(std::fabs(q[i] - qd[i / 32] * q8[i]) <= qd[i / 32] * (0.5f + 1e-4f));
-      for (size_t r = 0; r < rows; ++r) {
+      for (size_t r = 0; r < rows && kvIntScore(t); ++r) {  // integer scores: q8 / q4 keys
         const uint8_t* src = enc.data() + r * kvSegmentBytes(t, n);
         std::vector<float> y(n);
         k->decode(t, src, n, y.data());
@@ -158,15 +158,65 @@ TEST(kv_integer_scores_and_row_axpy_match_f64_and_per_row_axpy) {
         const double got = k->dotI8(t, src, q8.data(), qd.data(), n);
         EXPECT_TRUE(std::fabs(got - want) <= (3 * n / 32 + 10) * 6e-8 * mag + 1e-30);
       }
-      // axpyRows == rows x axpy, bit for bit, on an accumulator with a non-multiple-of-64 tail.
+      // axpyRows vs f64 of acc + Σ_r p_r·y_r (y = the decoded rows). The scale is folded into
+      // the row weight: per row and element fl(p·d) (one rounding) and the accumulation (one
+      // rounding with an FMA, two without), so within γ_(2·rows+1) of |acc| + Σ_r |p_r·y_r|.
       const size_t nn = 32 * 5;
       std::vector<const uint8_t*> rp(rows);
-      std::vector<float> p(rows);
-      for (size_t r = 0; r < rows; ++r) rp[r] = enc.data() + r * kvSegmentBytes(t, n), p[r] = 0.1f * float(r) - 0.3f;
-      auto a = randn(nn, 9), b = a;
+      std::vector<float> p(rows), y(rows * nn);
+      for (size_t r = 0; r < rows; ++r) {
+        rp[r] = enc.data() + r * kvSegmentBytes(t, n), p[r] = 0.1f * float(r) - 0.3f;
+        k->decode(t, rp[r], nn, y.data() + r * nn);
+      }
+      auto a = randn(nn, 9), a0 = a;
       k->axpyRows(t, rp.data(), 0, rows, p.data(), a.data(), nn);
-      for (size_t r = 0; r < rows; ++r) k->axpy(t, rp[r], p[r], b.data(), nn);
-      EXPECT_TRUE(a == b);
+      for (size_t i = 0; i < nn; ++i) {
+        double want = a0[i], mag = std::fabs(a0[i]);
+        for (size_t r = 0; r < rows; ++r) want += double(p[r]) * y[r * nn + i], mag += std::fabs(double(p[r]) * y[r * nn + i]);
+        EXPECT_TRUE(std::fabs(a[i] - want) <= (2 * rows + 1) * 6e-8 * mag);
+      }
+    }
+  }
+}
+
+// Row-batched scores (dotRows) vs f64 over the decoded rows, for every type, 11 rows (one
+// full batch of 8 and a padded tail of 3): float path within γ_(n+2) of Σ|q·y| (any order of
+// the n products' sums, as dot's bound), integer path within dotI8's bound; nothing written
+// past out[nrows - 1].
+TEST(kv_row_batched_scores_match_f64) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+    const KvKernels* k = kvKernelsFor(isa);
+    if (!k) continue;
+    for (KvType t : {KvType::kF16, KvType::kBf16, KvType::kQ8, KvType::kQ6, KvType::kQ4}) {
+      const size_t n = 160, rows = 11, rb = kvSegmentBytes(t, n);
+      std::vector<uint8_t> enc(rows * rb + 7);  // + 7: row offset 7 (unaligned)
+      std::vector<const uint8_t*> rp(rows);
+      std::vector<float> y(rows * n);
+      for (size_t r = 0; r < rows; ++r) {
+        auto x = randn(n, 60 + r);
+        EXPECT_TRUE(k->encode(t, kvQuantized(t), x.data(), n, enc.data() + 7 + (rows - 1 - r) * rb));
+        rp[r] = enc.data() + (rows - 1 - r) * rb;  // rows out of order in memory
+        k->decode(t, rp[r] + 7, n, y.data() + r * n);
+      }
+      auto q = randn(n, 8);
+      std::vector<int8_t> q8(n);
+      std::vector<float> qd(n / 32);
+      kvQuantizeQuery(q.data(), n, q8.data(), qd.data());
+      for (bool integer : {false, true}) {
+        if (integer && !kvIntScore(t)) continue;
+        std::vector<float> out(rows + 1, NAN);
+        k->dotRows(t, rp.data(), 7, rows, q.data(), integer ? q8.data() : nullptr, qd.data(), n, out.data());
+        EXPECT_TRUE(std::isnan(out[rows]));
+        for (size_t r = 0; r < rows; ++r) {
+          double want = 0, mag = 0;
+          for (size_t i = 0; i < n; ++i) {
+            const double qi = integer ? double(qd[i / 32]) * q8[i] : double(q[i]);
+            want += qi * y[r * n + i], mag += std::fabs(qi * y[r * n + i]);
+          }
+          const double bound = (integer ? 3 * n / 32 + 10 : n + 2) * 6e-8 * mag + 1e-30;
+          EXPECT_TRUE(std::fabs(out[r] - want) <= bound);
+        }
+      }
     }
   }
 }
