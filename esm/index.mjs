@@ -56,6 +56,7 @@ export const {
   kvDequantize,
   PagedKVCache,
   DeepSeekV2Model,
+  DeviceDeepSeekV2Model,
   parseConfig,
   linear,
   linearHeads,

@@ -41,6 +41,7 @@ export type { Admission } from './kv/pages';
 export { PagedKVCache } from './kv/paged-cache';
 export type { PagedCacheOptions } from './kv/paged-cache';
 export { DeepSeekV2Model } from './models/deepseek-v2/model';
+export { DeviceDeepSeekV2Model } from './models/deepseek-v2/device-model';
 export type { LoadOptions, PrefillOptions } from './models/deepseek-v2/model';
 export { parseConfig } from './models/deepseek-v2/config';
 export type { ForwardProfile, ForwardComponent } from './models/deepseek-v2/forward';

@@ -6,9 +6,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { BackendName, resolveBackend } from './backend';
 import { KvantError, expected } from './errors';
 import { GenerateOptions, GenerationChunk, GenerationResult, GenerationStream, Scheduler } from './generate/scheduler';
-import { WorkerEngine } from './models/deepseek-v2/engine';
+import { WORKER_SCRIPT, WorkerEngine } from './models/deepseek-v2/engine';
 import { KV_BYTES_PER_VALUE, KvCacheType } from './models/deepseek-v2/plan';
 import type { DeepSeekV2Config } from './models/deepseek-v2/config';
 import { ChatMessage, TextTokenizer } from './text/tokenizer';
@@ -37,6 +38,12 @@ export interface LoadModelOptions {
   /** Prompt tokens per prefill call (default 256); running sequences take a decode step between chunks. */
   prefillChunkSize?: number;
   onProgress?: (p: LoadProgress) => void;
+  /**
+   * Where the model runs (default 'cpu'). 'cuda': weights, KV cache and the forward on the GPU
+   * (KVANT_BACKEND with the reason when no device is usable); 'auto': CUDA when the addon
+   * test-loads and a device answers, else the CPU (see backendInfo()).
+   */
+  backend?: BackendName;
   /** Aborts loading (rejects with KVANT_ABORTED). */
   signal?: AbortSignal;
   /**
@@ -90,6 +97,8 @@ export class Model {
   readonly loadMs: number;
   /** End-of-sequence token ids (tokenizer_config.json's eos_token and config.json's eos_token_id). */
   readonly eosTokenIds: readonly number[];
+  /** The backend the model runs on. */
+  readonly backend: 'cpu' | 'cuda';
   private readonly engine: WorkerEngine;
   private readonly scheduler: Scheduler<number>;
   private closing?: Promise<void>;
@@ -97,6 +106,7 @@ export class Model {
   /** @internal use {@link loadModel} */
   constructor(engine: WorkerEngine, tokenizer: TextTokenizer | null, o: LoadModelOptions) {
     this.engine = engine;
+    this.backend = o.backend === 'cuda' ? 'cuda' : 'cpu';
     this.tokenizer = tokenizer;
     this.config = engine.info.config as DeepSeekV2Config;
     this.vocabSize = engine.vocabSize;
@@ -236,14 +246,18 @@ export async function loadModel(dir: string, o: LoadModelOptions = {}): Promise<
   if (o.maxWaitMs !== undefined && !(typeof o.maxWaitMs === 'number' && o.maxWaitMs >= 0 && Number.isFinite(o.maxWaitMs))) throw expected('KVANT_RANGE', 'a finite number >= 0', 'maxWaitMs', o.maxWaitMs);
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw expected('KVANT_DTYPE', 'a function', 'onProgress', o.onProgress);
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw expected('KVANT_DTYPE', 'an AbortSignal', 'signal', o.signal);
+  const backend = resolveBackend(o.backend ?? 'cpu');
+  // The device model runs in the same worker, over the same scheduler; only the class differs.
+  const implementation =
+    o.implementation ?? (backend === 'cuda' ? { module: path.join(path.dirname(WORKER_SCRIPT), 'device-model.js'), export: 'DeviceDeepSeekV2Model' } : undefined);
   const tokenizer = TextTokenizer.fromFolder(dir);
   const engine = await WorkerEngine.start(
     {
       dir: path.resolve(dir),
       load: { kvCache: o.kvCache, pageSize: o.pageSize, kvBudgetBytes: o.kvBudgetBytes, chunkSize: o.prefillChunkSize },
-      implementation: o.implementation,
+      implementation,
     },
     { onProgress: o.onProgress, signal: o.signal },
   );
-  return new Model(engine, tokenizer, o);
+  return new Model(engine, tokenizer, { ...o, backend });
 }

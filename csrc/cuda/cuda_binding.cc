@@ -825,6 +825,242 @@ Napi::Value mlaB(const Napi::CallbackInfo& info) {
 
 // ---------------------------------------------------------------- init
 
+// ---------------------------------------------------------------- device forward plumbing (dense.cu, kv_cache.cu MLA)
+
+// The last byte + 1 a strided [rows, heads, n] access reaches, in elements (0 for an empty one).
+uint64_t reach(uint64_t rows, uint64_t rowStride, uint64_t heads, uint64_t headStride, uint64_t n) {
+  if (rows == 0 || heads == 0 || n == 0) return 0;
+  return (rows - 1) * rowStride + (heads - 1) * headStride + n;
+}
+void fits(Napi::Env env, const DevSpan& s, uint64_t bytes, const std::string& name) {
+  if (bytes > s.bytes)
+    throwKvant(env, "KVANT_SHAPE", "Expected " + name + " to hold at least " + std::to_string(bytes) + " bytes for the given shape and strides but it holds " +
+                                       std::to_string(s.bytes));
+}
+// Device int32 indices read back and checked against 0..limit-1 (they address rows the binding bounded).
+void checkIndices(Napi::Env env, const DevSpan& idx, uint64_t count, uint64_t limit, void* stream, const std::string& name) {
+  need(env, idx, count * 4, name);
+  std::vector<int32_t> v(count);
+  if (count) checkRt(env, rt::copy(v.data(), idx.data, count * 4, rt::CopyKind::kDeviceToHost, stream, false), name);
+  for (uint64_t i = 0; i < count; ++i)
+    if (v[i] < 0 || uint64_t(v[i]) >= limit)
+      throwKvant(env, "KVANT_RANGE", "Expected " + name + " in 0.." + std::to_string(int64_t(limit) - 1) + " but " + name + "[" + std::to_string(i) + "] = " + std::to_string(v[i]));
+}
+
+// denseLinear(x.., w.., wDtype, y.., M, H, N, K, xRow, xHead, wHead, wRow, yRow, yHead, stream)
+Napi::Value denseLinearB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ops::DenseArgs a;
+  a.wType = getDType(info, 6, "w.dtype");
+  if (a.wType != DType::kF32 && a.wType != DType::kF16 && a.wType != DType::kBF16)
+    throwKvant(env, "KVANT_DTYPE", std::string("Expected an f32, f16 or bf16 weight for w.dtype but received ") + dtypeName(a.wType));
+  const size_t es = dtypeSize(a.wType);
+  const DevSpan x = getDev(info, 0, "x", 4), w = getDev(info, 3, "w", es), y = outDev(info, 7, "y", 4);
+  const uint64_t M = getSize(info, 10, "M"), H = getSize(info, 11, "H"), N = getSize(info, 12, "N"), K = getSize(info, 13, "K");
+  const uint64_t xRow = getSize(info, 14, "xRow"), xHead = getSize(info, 15, "xHead"), wHead = getSize(info, 16, "wHead");
+  const uint64_t wRow = getSize(info, 17, "wRow"), yRow = getSize(info, 18, "yRow"), yHead = getSize(info, 19, "yHead");
+  if (H < 1 || N < 1 || K < 1) throwKvant(env, "KVANT_SHAPE", "Expected H, N and K >= 1 but received " + std::to_string(H) + ", " + std::to_string(N) + ", " + std::to_string(K));
+  if (M > 0x7fffffffu || H > 0x7fffffffu || N > 0x7fffffffu || K > 0x7fffffffu) throwKvant(env, "KVANT_RANGE", "Expected M, H, N, K below 2^31");
+  fits(env, x, reach(M, xRow, H, xHead, K) * 4, "x");
+  fits(env, w, reach(N, wRow, H, wHead, K) * es, "w");
+  fits(env, y, reach(M, yRow, H, yHead, N) * 4, "y");
+  if (overlaps(y, x) || overlaps(y, w)) throwKvant(env, "KVANT_RANGE", "Expected y not to overlap x or w");
+  a.x = reinterpret_cast<const float*>(x.data), a.w = w.data, a.y = reinterpret_cast<float*>(y.data);
+  a.M = int64_t(M), a.H = int64_t(H), a.N = int64_t(N), a.K = int64_t(K);
+  a.xRow = int64_t(xRow), a.xHead = int64_t(xHead), a.wHead = int64_t(wHead), a.wRow = int64_t(wRow), a.yRow = int64_t(yRow), a.yHead = int64_t(yHead);
+  checkLaunch(env, ops::denseLinear(target(env, getStream(info, 20)), a), "denseLinear", "Expected M x H <= 65535 but received " + std::to_string(M * H));
+  return env.Undefined();
+}
+
+// copyRows(src.., sRow, idx.. | null, dst.., dRow, rows, n, stream)
+Napi::Value copyRowsB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DevSpan src = getDev(info, 0, "src", 4), dst = outDev(info, 7, "dst", 4);
+  const uint64_t sRow = getSize(info, 3, "sRow"), dRow = getSize(info, 10, "dRow"), rows = getSize(info, 11, "rows"), n = getSize(info, 12, "n");
+  void* stream = getStream(info, 13);
+  if (rows > 0x7fffffffu || n > 0x7fffffffu) throwKvant(env, "KVANT_RANGE", "Expected rows and n below 2^31");
+  const DevSpan idx = optDev(info, 4, "idx", 4);
+  if (idx.buf) {
+    if (n > 0 && src.bytes / 4 < n) throwKvant(env, "KVANT_SHAPE", "Expected src to hold at least one row of " + std::to_string(n) + " values");
+    const uint64_t srcRows = n == 0 ? 0 : sRow == 0 ? 1 : (src.bytes / 4 - n) / sRow + 1;
+    checkIndices(env, idx, rows, srcRows, stream, "idx");
+  } else {
+    fits(env, src, reach(rows, sRow, 1, 0, n) * 4, "src");
+  }
+  fits(env, dst, reach(rows, dRow, 1, 0, n) * 4, "dst");
+  if (overlaps(dst, src) || overlaps(dst, idx)) throwKvant(env, "KVANT_RANGE", "Expected dst not to overlap src or idx");
+  checkLaunch(env, ops::copyRows(target(env, stream), reinterpret_cast<const float*>(src.data), int64_t(sRow), idx.buf ? reinterpret_cast<const int32_t*>(idx.data) : nullptr,
+                                 reinterpret_cast<float*>(dst.data), int64_t(dRow), int64_t(rows), int64_t(n)),
+              "copyRows", "bad shape");
+  return env.Undefined();
+}
+
+// accumulateRows(y.., rows, n, src.., idx.. | null, w.. | null, J, stream)
+Napi::Value accumulateRowsB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DevSpan y = outDev(info, 0, "y", 4), src = getDev(info, 5, "src", 4);
+  const uint64_t rows = getSize(info, 3, "rows"), n = getSize(info, 4, "n"), J = getSize(info, 14, "J");
+  void* stream = getStream(info, 15);
+  if (J < 1 || J > 1024) throwKvant(env, "KVANT_RANGE", "Expected J in 1..1024 but received " + std::to_string(J));
+  if (rows > 0x7fffffffu || n > 0x7fffffffu) throwKvant(env, "KVANT_RANGE", "Expected rows and n below 2^31");
+  need(env, y, rows * n * 4, "y (f32 [rows, n])");
+  const DevSpan idx = optDev(info, 8, "idx", 4), w = optDev(info, 11, "w", 4);
+  if (idx.buf) {
+    checkIndices(env, idx, rows * J, n == 0 ? 0 : src.bytes / (n * 4), stream, "idx");
+  } else {
+    if (J != 1) throwKvant(env, "KVANT_SHAPE", "Expected J = 1 without idx but received " + std::to_string(J));
+    need(env, src, rows * n * 4, "src (f32 [rows, n])");
+  }
+  if (w.buf) need(env, w, rows * J * 4, "w (f32 [rows, J])");
+  if (overlaps(y, src) || overlaps(y, idx) || overlaps(y, w)) throwKvant(env, "KVANT_RANGE", "Expected y not to overlap src, idx or w");
+  checkLaunch(env, ops::accumulateRows(target(env, stream), reinterpret_cast<float*>(y.data), int64_t(rows), int64_t(n), reinterpret_cast<const float*>(src.data),
+                                       idx.buf ? reinterpret_cast<const int32_t*>(idx.data) : nullptr, w.buf ? reinterpret_cast<const float*>(w.data) : nullptr, int(J)),
+              "accumulateRows", "bad shape");
+  return env.Undefined();
+}
+
+// (pool.., pageSize, pageBytes, layerOffset, rowBytes, type, L, R, hadamard) at info[i..i+10]
+ops::MlaPages getMlaPages(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Env env = info.Env();
+  const DevSpan pool = outDev(info, i, "pool", 4);
+  ops::MlaPages p;
+  p.pool = pool.data;
+  p.pageSize = getInt(info, i + 3, "pageSize"), p.pageBytes = getInt(info, i + 4, "pageBytes");
+  p.layerOffset = getInt(info, i + 5, "layerOffset"), p.rowBytes = getInt(info, i + 6, "rowBytes");
+  p.type = getInt(info, i + 7, "type"), p.L = getInt(info, i + 8, "L"), p.R = getInt(info, i + 9, "R");
+  if (!info[i + 10].IsBoolean()) throwKvant(env, "KVANT_DTYPE", "Expected a boolean for hadamard");
+  p.hadamard = info[i + 10].As<Napi::Boolean>().Value();
+  if (p.type < 0 || p.type > 4) throwKvant(env, "KVANT_DTYPE", "Expected a cache type code in 0..4 (f16, bf16, q8, q6, q4) but received " + std::to_string(p.type));
+  if (p.L < 1 || (p.type >= 2 && p.L % 32 != 0)) throwKvant(env, "KVANT_SHAPE", "Expected L >= 1 (a multiple of 32 for a quantized cache) but received " + std::to_string(p.L));
+  if (p.pageSize < 1 || p.pageBytes < 1) throwKvant(env, "KVANT_SHAPE", "Expected pageSize and pageBytes >= 1");
+  if (pool.bytes % uint64_t(p.pageBytes) != 0)
+    throwKvant(env, "KVANT_SHAPE", "Expected pool to hold whole pages of " + std::to_string(p.pageBytes) + " bytes but it holds " + std::to_string(pool.bytes));
+  p.numPages = int64_t(pool.bytes / uint64_t(p.pageBytes));
+  return p;
+}
+
+// mlaAppend(pool.., pageSize, pageBytes, layerOffset, rowBytes, type, L, R, hadamard, x.., T, slots.., stream)
+Napi::Value mlaAppendB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const ops::MlaPages p = getMlaPages(info, 0);
+  const DevSpan x = getDev(info, 11, "x", 4), slots = getDev(info, 15, "slots", 4);
+  const uint64_t T = getSize(info, 14, "T");
+  if (T > 0x7fffffffu) throwKvant(env, "KVANT_RANGE", "Expected T below 2^31");
+  need(env, x, T * uint64_t(p.L + p.R) * 4, "x (f32 [T, L+R])");
+  need(env, slots, T * 4, "slots (i32 [T])");
+  void* stream = getStream(info, 18);
+  Scratch bad(env, 4, stream, "mlaAppend");
+  const int32_t t0 = int32_t(T);
+  checkRt(env, rt::copy(bad.as<void>(), &t0, 4, rt::CopyKind::kHostToDevice, stream, false), "mlaAppend");
+  checkLaunch(env, ops::mlaAppend(target(env, stream), p, reinterpret_cast<const float*>(x.data), T, reinterpret_cast<const int32_t*>(slots.data), bad.as<int32_t>()),
+              "mlaAppend", "Expected every row (latent, then rope part) to fit its page of " + std::to_string(p.pageBytes) + " bytes");
+  const int32_t first = readBack<int32_t>(env, bad.as<void>(), stream, "mlaAppend");
+  if (first < t0)
+    throwKvant(env, "KVANT_RANGE", "Expected finite rows representable in the cache type and slots in 0.." + std::to_string(p.numPages * p.pageSize - 1) +
+                                       " but row " + std::to_string(first) + " was not written");
+  return env.Undefined();
+}
+
+// mlaPagedDecode(q.., out.., lse.. | null, B, H, scale, pool.., pageSize, pageBytes, layerOffset, rowBytes, type, L, R, hadamard,
+//                pageTable.., maxPages, seqLens.., keysPerSplit, stream)
+Napi::Value mlaPagedDecodeB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ops::MlaPagedArgs a;
+  a.B = getInt(info, 9, "B"), a.H = getInt(info, 10, "H");
+  a.scale = getFloat(info, 11, "scale");
+  const ops::MlaPages p = getMlaPages(info, 12);
+  a.maxPages = getInt(info, 26, "maxPages"), a.keysPerSplit = getInt(info, 30, "keysPerSplit");
+  if (a.B < 1 || a.H < 1 || a.maxPages < 1) throwKvant(env, "KVANT_SHAPE", "Expected B, H and maxPages >= 1");
+  if (a.keysPerSplit < 32 || a.keysPerSplit % 32 != 0)
+    throwKvant(env, "KVANT_SHAPE", "Expected keysPerSplit to be a positive multiple of 32 but received " + std::to_string(a.keysPerSplit));
+  const uint64_t B = uint64_t(a.B), H = uint64_t(a.H), D = uint64_t(p.L + p.R);
+  const DevSpan q = getDev(info, 0, "q", 4), out = outDev(info, 3, "out", 4), lse = optDev(info, 6, "lse", 4);
+  const DevSpan pt = getDev(info, 23, "pageTable", 4), sl = getDev(info, 27, "seqLens", 4);
+  need(env, q, B * H * D * 4, "q (f32 [B, H, L+R])");
+  need(env, out, B * H * uint64_t(p.L) * 4, "out (f32 [B, H, L])");
+  if (lse.buf) need(env, lse, B * H * 4, "lse (f32 [B, H])");
+  need(env, pt, B * uint64_t(a.maxPages) * 4, "pageTable (i32 [B, maxPages])");
+  need(env, sl, B * 4, "seqLens (i32 [B])");
+  for (const DevSpan* in : {&q, &pt, &sl})
+    if (overlaps(out, *in) || overlaps(lse, *in)) throwKvant(env, "KVANT_RANGE", "Expected out and lse not to overlap the inputs");
+  if (overlaps(out, lse)) throwKvant(env, "KVANT_RANGE", "Expected out and lse not to overlap");
+  void* stream = getStream(info, 31);
+  std::vector<int32_t> lens(B);
+  checkRt(env, rt::copy(lens.data(), sl.data, B * 4, rt::CopyKind::kDeviceToHost, stream, false), "mlaPagedDecode seqLens");
+  const int64_t reachRows = p.pageSize * int64_t(a.maxPages);
+  for (uint64_t b = 0; b < B; ++b) {
+    if (lens[b] < 0 || lens[b] > reachRows)
+      throwKvant(env, "KVANT_RANGE", "Expected seqLens in 0.." + std::to_string(reachRows) + " (pageSize x maxPages) but seqLens[" + std::to_string(b) + "] = " + std::to_string(lens[b]));
+    a.maxSeqLen = lens[b] > a.maxSeqLen ? lens[b] : a.maxSeqLen;
+  }
+  a.q = reinterpret_cast<const float*>(q.data), a.out = reinterpret_cast<float*>(out.data), a.lse = lse.buf ? reinterpret_cast<float*>(lse.data) : nullptr;
+  a.pageTable = reinterpret_cast<const int32_t*>(pt.data), a.seqLens = reinterpret_cast<const int32_t*>(sl.data);
+  const size_t partBytes = (ops::mlaPagedScratchBytes(p, a) + 15) / 16 * 16, countBytes = (B * 4 + 15) / 16 * 16;
+  Scratch scratch(env, partBytes + countBytes + 16, stream, "mlaPagedDecode");
+  a.scratch = scratch.as<float>();
+  a.splitsPerBatch = scratch.as<int>(partBytes);
+  a.bad = scratch.as<int>(partBytes + countBytes);
+  checkRt(env, rt::memset(a.bad, 0, 4, stream, false), "mlaPagedDecode");
+  checkLaunch(env, ops::mlaPagedDecode(target(env, stream), p, a), "mlaPagedDecode",
+              "Expected (L + R, L) in {(576, 512), (96, 64), (64, 64), (128, 128)} and rows that fit the pages");
+  if (readBack<int>(env, a.bad, stream, "mlaPagedDecode") != 0)
+    throwKvant(env, "KVANT_RANGE", "Expected pageTable entries in 0.." + std::to_string(p.numPages - 1) + " (the pool's pages) for every page a sequence uses");
+  return env.Undefined();
+}
+
+
+// sampleTokens(logits.., B, V, rows (host bytes, 48 per row), histOffsets (host i32 [B+1]) | null, histIds (host i32) | null, tokens.., stream)
+Napi::Value sampleTokensB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DevSpan logits = getDev(info, 0, "logits", 4);
+  const int B = getInt(info, 3, "B"), V = getInt(info, 4, "V");
+  if (B < 1 || V < 1) throwKvant(env, "KVANT_SHAPE", "Expected B >= 1 and V >= 1");
+  need(env, logits, uint64_t(B) * uint64_t(V) * 4, "logits (f32 [B, V])");
+  const HostSpan rows = getHost(info, 5, "rows");
+  if (rows.bytes != size_t(B) * ops::kSampleRowBytes)
+    throwKvant(env, "KVANT_SHAPE", "Expected rows to hold " + std::to_string(size_t(B) * ops::kSampleRowBytes) + " bytes (48 per row) but it holds " + std::to_string(rows.bytes));
+  const bool hist = !isNil(info[6]);
+  HostSpan offs, ids;
+  std::vector<int32_t> off;
+  if (hist) {
+    offs = getHost(info, 6, "histOffsets");
+    ids = getHost(info, 7, "histIds");
+    if (offs.bytes != size_t(B + 1) * 4) throwKvant(env, "KVANT_SHAPE", "Expected histOffsets to hold B + 1 int32 values");
+    off.resize(size_t(B) + 1);
+    std::memcpy(off.data(), offs.data, offs.bytes);
+    for (int b = 0; b < B; ++b)
+      if (off[0] != 0 || off[size_t(b) + 1] < off[size_t(b)]) throwKvant(env, "KVANT_RANGE", "Expected histOffsets to start at 0 and never decrease");
+    if (size_t(off[size_t(B)]) * 4 != ids.bytes) throwKvant(env, "KVANT_SHAPE", "Expected histIds to hold histOffsets[B] int32 values");
+  }
+  const DevSpan tokens = outDev(info, 8, "tokens", 4);
+  need(env, tokens, uint64_t(B) * 4, "tokens (i32 [B])");
+  if (overlaps(tokens, logits)) throwKvant(env, "KVANT_RANGE", "Expected tokens not to overlap logits");
+  void* stream = getStream(info, 11);
+  // One scratch: work [B, V] f32 | rows | histOffsets | histIds | badRow, each 16-byte aligned.
+  const auto up16 = [](size_t n) { return (n + 15) / 16 * 16; };
+  const size_t workB = up16(size_t(B) * size_t(V) * 4), rowsB = up16(rows.bytes), offB = up16(offs.bytes), idsB = up16(ids.bytes);
+  Scratch scratch(env, workB + rowsB + offB + idsB + 16, stream, "sampleTokens");
+  ops::SampleArgs a;
+  a.logits = reinterpret_cast<const float*>(logits.data), a.work = scratch.as<float>(), a.B = B, a.V = V;
+  a.rows = scratch.as<void>(workB);
+  checkRt(env, rt::copy(scratch.as<void>(workB), rows.data, rows.bytes, rt::CopyKind::kHostToDevice, stream, false), "sampleTokens rows");
+  if (hist) {
+    a.histOffsets = scratch.as<int32_t>(workB + rowsB);
+    a.histIds = scratch.as<int32_t>(workB + rowsB + offB);
+    checkRt(env, rt::copy(scratch.as<void>(workB + rowsB), offs.data, offs.bytes, rt::CopyKind::kHostToDevice, stream, false), "sampleTokens history");
+    if (ids.bytes) checkRt(env, rt::copy(scratch.as<void>(workB + rowsB + offB), ids.data, ids.bytes, rt::CopyKind::kHostToDevice, stream, false), "sampleTokens history");
+  }
+  a.tokens = reinterpret_cast<int32_t*>(tokens.data);
+  a.badRow = scratch.as<int32_t>(workB + rowsB + offB + idsB);
+  const int32_t b0 = B;
+  checkRt(env, rt::copy(a.badRow, &b0, 4, rt::CopyKind::kHostToDevice, stream, false), "sampleTokens");
+  checkLaunch(env, ops::sample(target(env, stream), a), "sampleTokens", "bad shape");
+  const int32_t bad = readBack<int32_t>(env, a.badRow, stream, "sampleTokens");
+  if (bad < B)
+    throwKvant(env, "KVANT_RANGE", "Cannot sample row " + std::to_string(bad) + ": every logit is NaN, a logit is +inf, or its parameters are out of range (temperature >= 0, topP in (0, 1], repetitionPenalty > 0, topK in 0..1024)");
+  return env.Undefined();
+}
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   ClassRefs* refs = new ClassRefs();
   Napi::Function buffer = DeviceBuffer::define(env), stream = Stream::define(env);
@@ -840,6 +1076,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
       {"roundTripCopy", roundTripCopy}, {"rmsNorm", rmsNormB}, {"rope", ropeB}, {"siluGate", siluGateB}, {"softmax", softmaxB},
       {"argmax", argmaxB}, {"embedding", embeddingB}, {"routeTopK", routeB}, {"dequantize", dequantB}, {"quantizeRtn", rtnB},
       {"qgemv", qmatmulB<false>}, {"qgemm", qmatmulB<true>}, {"flashAttention", flashB}, {"mlaDecode", mlaB},
+      {"denseLinear", denseLinearB}, {"copyRows", copyRowsB}, {"accumulateRows", accumulateRowsB}, {"mlaAppend", mlaAppendB},
+      {"mlaPagedDecode", mlaPagedDecodeB}, {"sampleTokens", sampleTokensB},
   };
   for (const auto& f : fns) exports.Set(f.first, Napi::Function::New(env, f.second, f.first));
   return exports;

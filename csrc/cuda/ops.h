@@ -96,4 +96,61 @@ struct MlaArgs {
 size_t mlaScratchBytes(const MlaArgs& a);
 Status mla(const Target& t, const MlaArgs& a);
 
+// ---- dense.cu (contracts: csrc/cuda/dense.cuh) ----
+struct DenseArgs {
+  const float* x = nullptr;
+  const void* w = nullptr;
+  DType wType = DType::kF32;
+  float* y = nullptr;
+  int64_t M = 0, H = 1, N = 0, K = 0;
+  int64_t xRow = 0, xHead = 0, wHead = 0, wRow = 0, yRow = 0, yHead = 0;
+};
+Status denseLinear(const Target& t, const DenseArgs& a);
+Status copyRows(const Target& t, const float* src, int64_t sRow, const int32_t* idx, float* dst, int64_t dRow, int64_t rows, int64_t n);
+Status accumulateRows(const Target& t, float* y, int64_t rows, int64_t n, const float* src, const int32_t* idx, const float* w, int J);
+
+// ---- kv_cache.cu (contracts: csrc/cuda/kv_cache.cuh), the MLA latent layout ----
+// One layer's pages of an MLA cache (the CPU's KvPages): slot s at
+// pool + (s / pageSize)·pageBytes + layerOffset + (s % pageSize)·rowBytes; a row is the latent
+// (L values of `type`, Hadamard-rotated groups when `hadamard`) then the rope part (R bf16).
+struct MlaPages {
+  uint8_t* pool = nullptr;
+  int64_t numPages = 0, pageSize = 0, pageBytes = 0, layerOffset = 0, rowBytes = 0;
+  int32_t type = 1;  // KvCode: 0 f16, 1 bf16, 2 q8, 3 q6, 4 q4
+  int32_t L = 0, R = 0;
+  bool hadamard = false;
+};
+// x f32 [T, L+R] into slots [T]; badRow: device int32, T before; the first row not written after.
+Status mlaAppend(const Target& t, const MlaPages& p, const float* x, size_t T, const int32_t* slots, int32_t* badRow);
+struct MlaPagedArgs {
+  const float* q = nullptr;  // [B, H, L+R]
+  float* out = nullptr;      // [B, H, L]
+  float* lse = nullptr;      // [B, H] or null
+  int B = 0, H = 0;
+  const int32_t* pageTable = nullptr;
+  int maxPages = 0;
+  const int32_t* seqLens = nullptr;
+  int maxSeqLen = 0, keysPerSplit = 512;
+  float scale = 1;
+  float* scratch = nullptr;
+  int* splitsPerBatch = nullptr;
+  int* bad = nullptr;
+};
+size_t mlaPagedScratchBytes(const MlaPages& p, const MlaPagedArgs& a);
+Status mlaPagedDecode(const Target& t, const MlaPages& p, const MlaPagedArgs& a);
+
+// ---- sampling.cu (contracts and semantics: csrc/cuda/sampling.cuh) ----
+constexpr size_t kSampleRowBytes = 48;  // SampleRow: f64 temperature, topP, penalty; u64 seed, counter; i32 topK, reserved
+struct SampleArgs {
+  const float* logits = nullptr;  // [B, V]
+  float* work = nullptr;          // [B, V] scratch
+  int B = 0, V = 0;
+  const void* rows = nullptr;            // [B] SampleRow (device)
+  const int32_t* histOffsets = nullptr;  // [B+1] or null
+  const int32_t* histIds = nullptr;
+  int32_t* tokens = nullptr;  // [B]
+  int32_t* badRow = nullptr;  // B before; the first unsampleable row after
+};
+Status sample(const Target& t, const SampleArgs& a);
+
 }  // namespace kvant::cuda::ops

@@ -14,3 +14,7 @@ export {
 export type { DeviceOutOptions, DeviceRopeOptions, DeviceQTensor, DeviceQLinearOptions, DeviceFlashOptions, DevicePagedLatent } from './ops';
 export { opsFor } from './host';
 export type { HostOps } from './host';
+export { DeviceMlaCache, accumulateRows, copyRows, denseLinear, denseLinearHeads } from './rows';
+export type { CopyRowsOptions, DenseHeadsGeometry, DeviceMlaCacheOptions } from './rows';
+export { sampleTokens } from './sampling';
+export type { DeviceSampleRow } from './sampling';

@@ -91,7 +91,21 @@ export interface CudaNative {
   mlaDecode(q: Dev, qo: number, qb: number, out: Dev, oo: number, ob: number, lse: Dev | null, lo: number, lb: number, B: number, H: number, L: number, R: number,
     scale: number, pool: Dev, po: number, pb: number, pageSize: number, maxPages: number, pt: Dev, pto: number, ptb: number, sl: Dev, slo: number, slb: number,
     keysPerSplit: number, stream: S): void;
+  denseLinear(x: Dev, xo: number, xb: number, w: Dev, wo: number, wb: number, wDtype: number, y: Dev, yo: number, yb: number, M: number, H: number, N: number,
+    K: number, xRow: number, xHead: number, wHead: number, wRow: number, yRow: number, yHead: number, stream: S): void;
+  copyRows(src: Dev, so: number, sb: number, sRow: number, idx: Dev | null, io: number, ib: number, dst: Dev, d0: number, db: number, dRow: number, rows: number,
+    n: number, stream: S): void;
+  accumulateRows(y: Dev, yo: number, yb: number, rows: number, n: number, src: Dev, so: number, sb: number, idx: Dev | null, io: number, ib: number,
+    w: Dev | null, wo: number, wb: number, J: number, stream: S): void;
+  mlaAppend(...args: [...MlaPagesArgs, Dev, number, number, number, Dev, number, number, S]): void;
+  mlaPagedDecode(...args: [Dev, number, number, Dev, number, number, Dev | null, number, number, number, number, number, ...MlaPagesArgs, Dev, number, number,
+    number, Dev, number, number, number, S]): void;
+  sampleTokens(logits: Dev, lo: number, lb: number, B: number, V: number, rows: Uint8Array, histOffsets: Int32Array | null, histIds: Int32Array | null,
+    tokens: Dev, to: number, tb: number, stream: S): void;
 }
+
+/** (pool.., pageSize, pageBytes, layerOffset, rowBytes, type code, L, R, hadamard) of one layer's MLA pages. */
+export type MlaPagesArgs = [Dev, number, number, number, number, number, number, number, number, number, boolean];
 
 let loaded: { binary: string; addon: CudaNative } | undefined;
 
