@@ -28,10 +28,13 @@ export async function buildSanitized({ root, out, sources, flagsFor, headerHashF
     new Promise((resolve, reject) => {
       const obj = objectFor(f);
       if (fs.existsSync(obj)) return resolve(obj);
-      const p = spawn('g++', [...flagsFor(f), '-c', f, '-o', obj + '.tmp'], { cwd: root, stdio: 'inherit' });
+      // Per-process temporary names and atomic renames: two builds of the same tree may run at
+      // once (vitest runs the CUDA test files in parallel), and neither may see a partial file.
+      const tmp = `${obj}.${process.pid}.tmp`;
+      const p = spawn('g++', [...flagsFor(f), '-c', f, '-o', tmp], { cwd: root, stdio: 'inherit' });
       p.on('exit', (code) => {
         if (code !== 0) return reject(new Error(`compiling ${f} failed`));
-        fs.renameSync(obj + '.tmp', obj);
+        fs.renameSync(tmp, obj);
         resolve(obj);
       });
     });
@@ -42,6 +45,8 @@ export async function buildSanitized({ root, out, sources, flagsFor, headerHashF
     while (queue.length) objects.push(await compile(queue.shift()));
   }));
   if (sortObjects) objects.sort();
-  const link = spawnSync('g++', [...linkFlags, ...objects, '-o', exe], { cwd: root, stdio: 'inherit' });
+  const tmpExe = `${exe}.${process.pid}.tmp`;
+  const link = spawnSync('g++', [...linkFlags, ...objects, '-o', tmpExe], { cwd: root, stdio: 'inherit' });
   if (link.status !== 0) throw new Error('link failed');
+  fs.renameSync(tmpExe, exe);
 }

@@ -16,31 +16,14 @@ import { argmax, rmsNorm, ropeInPlace, routeTopK, siluGate, softmaxInPlace } fro
 import { mlaDecode } from '../lib/ops/attention';
 import { cudaNative } from '../lib/cuda/native';
 import type { QTensor } from '../lib/quant/format';
+import { REAL_CUDA, useCudaAddon } from './helpers/cuda-addon';
 
 const root = path.join(__dirname, '..');
 const U = 2 ** -24;
 const U16 = 2 ** -11;
-const REAL = process.env.KVANT_TEST_CUDA === '1';
-const realAddon = path.join(root, 'build-cmake', 'Release', 'kvant_cuda.node');
+const REAL = REAL_CUDA;
 
-let addonPath = '';
-const savedEnv = process.env.KVANT_CUDA_ADDON;
-
-beforeAll(() => {
-  if (REAL) {
-    addonPath = realAddon;
-  } else {
-    const r = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-cuda-emu.mjs')], { cwd: root, encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`building the emulated CUDA addon failed:\n${r.stderr}`);
-    addonPath = r.stdout.trim().split('\n').pop()!;
-  }
-  process.env.KVANT_CUDA_ADDON = addonPath;
-}, 600_000);
-
-afterAll(() => {
-  if (savedEnv === undefined) delete process.env.KVANT_CUDA_ADDON;
-  else process.env.KVANT_CUDA_ADDON = savedEnv;
-});
+const addon = useCudaAddon();
 
 function code(fn: () => unknown): string {
   try {
@@ -90,7 +73,7 @@ describe('CUDA addon: loading and backend selection', () => {
   it('cudaInfo test-loads the named addon in a child process; backendInfo says whether it is emulated', () => {
     const info = cudaInfo();
     expect(info.available, info.reason).toBe(true);
-    expect(info.binary).toBe(path.resolve(addonPath));
+    expect(info.binary).toBe(path.resolve(addon()));
     expect(info.emulated).toBe(!REAL);
     if (!REAL) expect(info.reason).toContain('emulated');
     expect(backendInfo().cuda.emulated).toBe(!REAL);

@@ -27,7 +27,6 @@
 // within ~1e-6 of a rounding boundary of a q4/q8 code would flip it (a deterministic failure for
 // that seed, not a flaky one). A semantic slip (rotary, scale, routing, a missing norm) moves
 // the logits by 1e-2 or more.
-import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cuda, loadModel, resolveBackend } from '../lib';
@@ -39,32 +38,15 @@ import { forwardConsts } from '../lib/models/deepseek-v2/forward';
 import { loadWeights } from '../lib/models/deepseek-v2/weights';
 import { Sampler, SamplingOptions } from '../lib/generate/sampler';
 import { gptqCopy, randomTokens, relErr, tinyModel } from './helpers/model-fixtures';
+import { REAL_CUDA, useCudaAddon } from './helpers/cuda-addon';
 
 const root = path.join(__dirname, '..');
-const REAL = process.env.KVANT_TEST_CUDA === '1';
-const realAddon = path.join(root, 'build-cmake', 'Release', 'kvant_cuda.node');
+const REAL = REAL_CUDA;
 const BOUND = 5e-5;
 const OVERRIDE = { kv_lora_rank: 64 };
 const LAYERS = 2;
 
-let addonPath = '';
-const savedEnv = process.env.KVANT_CUDA_ADDON;
-
-beforeAll(() => {
-  if (REAL) {
-    addonPath = realAddon;
-  } else {
-    const r = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-cuda-emu.mjs')], { cwd: root, encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`building the emulated CUDA addon failed:\n${r.stderr}`);
-    addonPath = r.stdout.trim().split('\n').pop()!;
-  }
-  process.env.KVANT_CUDA_ADDON = addonPath;
-}, 600_000);
-
-afterAll(() => {
-  if (savedEnv === undefined) delete process.env.KVANT_CUDA_ADDON;
-  else process.env.KVANT_CUDA_ADDON = savedEnv;
-});
+const addon = useCudaAddon();
 
 async function codeOf(p: Promise<unknown> | (() => unknown)): Promise<string> {
   try {

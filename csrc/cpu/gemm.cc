@@ -41,24 +41,39 @@ const GemmKernels* gemmKernelsFor(Isa isa) {
 #endif
 }
 
+namespace {
+
+// Weight rows [n0, n1) for all M activation rows: activation tiles outer, weight tiles inner, so
+// the task's weight rows stay cache-resident. Every output is the same tile sequence whatever
+// M or the block, which is what makes gemm and gemmHeads batch- and thread-count invariant.
+void rowBlock(GemmTileFn tile, const float* x, size_t ldx, size_t M, const uint8_t* w, size_t es, size_t K, size_t n0, size_t n1,
+              float* y, size_t ldy) {
+  for (size_t m0 = 0; m0 < M; m0 += 4) {
+    const size_t mr = M - m0 < 4 ? M - m0 : 4;
+    for (size_t j = n0; j < n1; j += 4) {
+      const size_t nr = n1 - j < 4 ? n1 - j : 4;
+      tile(x + m0 * ldx, ldx, mr, w + j * K * es, K, nr, K, y + m0 * ldy + j, ldy);
+    }
+  }
+}
+
+GemmTileFn tileFor(const GemmKernels& k, DType wType) {
+  return wType == DType::kF32 ? k.tileF32 : wType == DType::kF16 ? k.tileF16 : wType == DType::kBF16 ? k.tileBf16 : nullptr;
+}
+
+}  // namespace
+
 Status gemm(const float* x, size_t M, size_t K, const void* w, DType wType, size_t N, const float* bias, float* y, Isa isa) {
   const GemmKernels* k = gemmKernelsFor(isa);
   if (!k) return Status::kBackend;
-  GemmTileFn tile = wType == DType::kF32 ? k->tileF32 : wType == DType::kF16 ? k->tileF16 : wType == DType::kBF16 ? k->tileBf16 : nullptr;
+  GemmTileFn tile = tileFor(*k, wType);
   if (!tile) return Status::kDtype;
   const size_t es = dtypeSize(wType);
   const auto* wb = static_cast<const uint8_t*>(w);
   const size_t tasks = (N + kGemmRowsPerTask - 1) / kGemmRowsPerTask;
   threadPool().parallelFor(tasks, [&](size_t t) {
     const size_t n0 = t * kGemmRowsPerTask, n1 = n0 + kGemmRowsPerTask < N ? n0 + kGemmRowsPerTask : N;
-    // Activation tiles outer, weight tiles inner: the task's weight rows stay cache-resident.
-    for (size_t m0 = 0; m0 < M; m0 += 4) {
-      const size_t mr = M - m0 < 4 ? M - m0 : 4;
-      for (size_t j = n0; j < n1; j += 4) {
-        const size_t nr = n1 - j < 4 ? n1 - j : 4;
-        tile(x + m0 * K, K, mr, wb + j * K * es, K, nr, K, y + m0 * N + j, N);
-      }
-    }
+    rowBlock(tile, x, K, M, wb, es, K, n0, n1, y, N);
     if (bias)
       for (size_t m = 0; m < M; ++m)
         for (size_t j = n0; j < n1; ++j) y[m * N + j] += bias[j];
@@ -70,7 +85,7 @@ Status gemmHeads(const float* x, size_t M, size_t H, size_t ldxM, size_t ldxH, s
                  size_t ldwH, size_t N, float* y, size_t ldyM, size_t ldyH, Isa isa) {
   const GemmKernels* k = gemmKernelsFor(isa);
   if (!k) return Status::kBackend;
-  GemmTileFn tile = wType == DType::kF32 ? k->tileF32 : wType == DType::kF16 ? k->tileF16 : wType == DType::kBF16 ? k->tileBf16 : nullptr;
+  GemmTileFn tile = tileFor(*k, wType);
   if (!tile) return Status::kDtype;
   const size_t es = dtypeSize(wType);
   const auto* wb = static_cast<const uint8_t*>(w);
@@ -78,16 +93,7 @@ Status gemmHeads(const float* x, size_t M, size_t H, size_t ldxM, size_t ldxH, s
   threadPool().parallelFor(H * blocks, [&](size_t t) {
     const size_t h = t / blocks, n0 = (t % blocks) * kGemmRowsPerTask;
     const size_t n1 = n0 + kGemmRowsPerTask < N ? n0 + kGemmRowsPerTask : N;
-    const float* xh = x + h * ldxH;
-    float* yh = y + h * ldyH;
-    const uint8_t* wh = wb + h * ldwH * es;
-    for (size_t m0 = 0; m0 < M; m0 += 4) {
-      const size_t mr = M - m0 < 4 ? M - m0 : 4;
-      for (size_t j = n0; j < n1; j += 4) {
-        const size_t nr = n1 - j < 4 ? n1 - j : 4;
-        tile(xh + m0 * ldxM, ldxM, mr, wh + j * K * es, K, nr, K, yh + m0 * ldyM + j, ldyM);
-      }
-    }
+    rowBlock(tile, x + h * ldxH, ldxM, M, wb + h * ldwH * es, es, K, n0, n1, y + h * ldyH, ldyM);
   });
   return Status::kOk;
 }
