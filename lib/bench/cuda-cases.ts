@@ -13,6 +13,8 @@ import * as os from 'node:os';
 import { cudaInfo } from '../backend';
 import { KvantError } from '../errors';
 import { DeviceTensor, deviceProperties, synchronize } from '../cuda/device';
+import { DeviceMlaCache } from '../cuda/rows';
+import { KV_CACHE_TYPES, type KvCacheType } from '../kv/format';
 import { cudaNative } from '../cuda/native';
 import { flashAttention, freeQTensor, mlaDecode, qlinear, uploadQTensor, type DeviceQTensor } from '../cuda/ops';
 import type { QuantBits } from '../quant/format';
@@ -201,7 +203,7 @@ function mlaCase(B: number, H: number, L: number, R: number, T: number): BenchCa
   let pt: DeviceTensor | undefined;
   let sl: DeviceTensor | undefined;
   return {
-    name: `mla_decode bf16 sk=${T} ${H}x(${L}+${R})${B > 1 ? ` b${B}` : ''}`,
+    name: `mla_decode flat-bf16 sk=${T} ${H}x(${L}+${R})${B > 1 ? ` b${B}` : ''} (mlaDecode kernel)`,
     kernel: 'mla_decode',
     fields: { sq: 1, sk: T, heads: H, d_qk: L + R, d_v: L, kv_cache: 'bf16', m: B },
     bytes: B * T * (L + R) * 2, // every latent row read once per step
@@ -226,6 +228,98 @@ function mlaCase(B: number, H: number, L: number, R: number, T: number): BenchCa
   };
 }
 
+/**
+ * The decode loop's MLA attention (DeviceMlaCache.attend: the paged decode over the latent cache
+ * in its stored type), the CPU's `mla_decode` row: one query row of H heads over T cached rows,
+ * cycling through `layers` layers of the cache.
+ */
+function mlaCacheCase(type: KvCacheType, T: number, H: number, L: number, R: number, quick: boolean, emulated: boolean): BenchCase {
+  const probe = { rowBytes: 0 };
+  let cache: DeviceMlaCache | undefined;
+  let q: DeviceTensor | undefined;
+  let seq = 0;
+  let layers = 1;
+  const scale = 0.1147214; // DeepSeek-V2(-Lite) softmax scale with the YaRN correction (SPEC §1.7), as the CPU row
+  const c: BenchCase = {
+    name: `mla_decode ${type} sk=${T} ${H}x(${L}+${R})`,
+    kernel: 'mla_decode',
+    fields: { sq: 1, sk: T, heads: H, d_qk: L + R, d_v: L, kv_cache: type },
+    get bytes() {
+      return probe.rowBytes * T;
+    },
+    ceiling: 'read',
+    flops: 2 * H * (L + R + L) * T,
+    get warmup() {
+      return layers;
+    },
+    setup() {
+      const one = new DeviceMlaCache({ layers: 1, latentDim: L, ropeDim: R, type, budgetBytes: 1 << 20 });
+      probe.rowBytes = one.rowBytes;
+      one.dispose();
+      layers = deviceCopies(probe.rowBytes * T, quick, emulated);
+      const pages = Math.ceil(T / 64);
+      cache = new DeviceMlaCache({ layers, latentDim: L, ropeDim: R, type, pageSize: 64, budgetBytes: (pages + 1) * 64 * probe.rowBytes * layers });
+      seq = cache.open(T);
+      const chunk = Math.min(T, 256);
+      const rows = DeviceTensor.fromHost(Tensor.random([chunk, L + R], 'f32', { seed: 8, dist: 'normal' }));
+      try {
+        for (let l = 0; l < layers; l++) for (let t = 0; t < T; t += chunk) cache.append(seq, l, t + chunk <= T ? rows : rows.slice(0, T - t));
+      } finally {
+        rows.free();
+      }
+      q = DeviceTensor.fromHost(Tensor.random([1, H, L + R], 'f32', { seed: 9, dist: 'normal' }));
+      const lens = Int32Array.of(T);
+      let l = 0;
+      return synced(() => {
+        (cache as DeviceMlaCache).attend(l, [seq], lens, q as DeviceTensor, scale).free();
+        l = (l + 1) % layers;
+      });
+    },
+    teardown() {
+      cache?.dispose();
+      q?.free();
+      cache = undefined;
+    },
+  };
+  return c;
+}
+
+/**
+ * The CPU's `kv_quant` row on the device: quantizing n values (rows of L + R) into the cache's
+ * pages (DeviceMlaCache.append, the decode loop's cache write). Bytes: f32 in + the stored rows.
+ */
+function kvQuantCase(type: KvCacheType, n: number, L: number, R: number): BenchCase {
+  const T = Math.floor(n / (L + R));
+  let cache: DeviceMlaCache | undefined;
+  let rows: DeviceTensor | undefined;
+  let rowBytes = 0;
+  return {
+    name: `kv_quant ${type} n=${T * (L + R)}`,
+    kernel: 'kv_quant',
+    fields: { n: T * (L + R), kv_cache: type },
+    get bytes() {
+      return 4 * T * (L + R) + T * rowBytes;
+    },
+    ceiling: 'copy',
+    setup() {
+      cache = new DeviceMlaCache({ layers: 1, latentDim: L, ropeDim: R, type, pageSize: 64, budgetBytes: 2 * T * (2 * L + 2 * R + 64) + (1 << 20) });
+      rowBytes = cache.rowBytes;
+      rows = DeviceTensor.fromHost(Tensor.random([T, L + R], 'f32', { seed: 11, dist: 'normal' }));
+      const seq = cache.open(T);
+      return synced(() => {
+        const cc = cache as DeviceMlaCache;
+        cc.truncate(seq, 0);
+        cc.append(seq, 0, rows as DeviceTensor);
+      });
+    },
+    teardown() {
+      cache?.dispose();
+      rows?.free();
+      cache = undefined;
+    },
+  };
+}
+
 /** Distinct weight copies a bandwidth-bound device row cycles through (8x the assumed L2; quick or emulated: 1..2). */
 function deviceCopies(bytes: number, quick: boolean, emulated: boolean): number {
   if (emulated) return 1;
@@ -245,6 +339,8 @@ export function cudaCases(machine: Machine, quick: boolean): BenchCase[] {
     cases.push(qCase('tiny', 128, 64, 16, 4, 128, 1));
     cases.push(flashCase(40, 2, 64, 64, 'f32'));
     cases.push(mlaCase(1, 2, 64, 32, 70));
+    for (const t of ['bf16', 'q4'] as const) cases.push(mlaCacheCase(t, 70, 2, 64, 32, quick, true));
+    for (const t of ['bf16', 'q4'] as const) cases.push(kvQuantCase(t, 96 * 9, 64, 32));
     return cases;
   }
   const shapes = quick ? V2_LITE_SHAPES.filter(([n]) => n === 'q_proj' || n === 'expert gate/up') : V2_LITE_SHAPES;
@@ -262,5 +358,7 @@ export function cudaCases(machine: Machine, quick: boolean): BenchCase[] {
   cases.push(flashCase(S, 16, 128, 128, 'f16'));
   for (const T of quick ? [1024] : [1024, 8192]) cases.push(mlaCase(1, 16, 512, 64, T));
   if (!quick) cases.push(mlaCase(8, 16, 512, 64, 4096));
+  for (const T of quick ? [1024] : [4096, 32768]) for (const t of KV_CACHE_TYPES) cases.push(mlaCacheCase(t, T, 16, 512, 64, quick, false));
+  for (const t of KV_CACHE_TYPES) cases.push(kvQuantCase(t, quick ? 576 * 1024 : 576 * 16384, 512, 64));
   return cases;
 }
