@@ -159,7 +159,6 @@ namespace kvant::cuda::ops {
 
 // ---- probe.cu (contracts: csrc/cuda/probe.cuh), the bench's f16 tensor-core ceiling ----
 constexpr size_t kPeakMaxWarps = 8;
-constexpr double kPeakFlopsPerWarpIter = 4 * 2.0 * 16 * 16 * 16;  // kPeakAcc mma_sync of m16n16k16 per warp and iteration
 size_t tensorCorePeakOutFloats(size_t blocks, size_t warps);
 Status tensorCorePeak(const Target& t, size_t blocks, size_t warps, int iters, float a, float b, float* out);
 

@@ -6,6 +6,8 @@
 
 namespace kvant::cuda::ops {
 
+static_assert(kPeakMaxWarps == cuda::kPeakMaxWarps, "ops.h and probe.cuh disagree on the warps per block");
+
 size_t tensorCorePeakOutFloats(size_t blocks, size_t warps) { return cuda::tensorCorePeakOutFloats(blocks, warps); }
 Status tensorCorePeak(const Target& t, size_t blocks, size_t warps, int iters, float a, float b, float* out) {
   return cuda::tensorCorePeak(toDevice(t), blocks, warps, iters, a, b, out);

@@ -11,7 +11,7 @@
  */
 import * as os from 'node:os';
 import { cudaInfo } from '../backend';
-import { KvantError } from '../errors';
+import { KvantError, callNative } from '../errors';
 import { DeviceTensor, deviceProperties, synchronize } from '../cuda/device';
 import { DeviceMlaCache } from '../cuda/rows';
 import { KV_CACHE_TYPES, type KvCacheType } from '../kv/format';
@@ -78,7 +78,7 @@ export async function measureDevice(quick: boolean): Promise<Machine> {
   const out = DeviceTensor.empty([blocks * warps * 4 * 256], 'f32');
   let tcSec: number;
   try {
-    tcSec = timeSynced(() => nat.tensorCorePeak(...out.rawArgs(), blocks, warps, iters, 1, 1 / 64, undefined), quick ? 3 : 7);
+    tcSec = timeSynced(() => callNative(() => nat.tensorCorePeak(...out.rawArgs(), blocks, warps, iters, 1, 1 / 64, undefined)), quick ? 3 : 7);
     // The peak kernel's result proves the work was done: iters·16·1·(1/64) in every element.
     const got = out.toArray() as Float32Array;
     const want = iters * 0.25;
