@@ -300,7 +300,7 @@ export function formatMachine(m: Machine): string {
       `device: ${d.name}, sm_${d.sm}, ${d.multiprocessors} SMs, ${(d.total_memory / 2 ** 30).toFixed(1)} GiB${d.emulated ? ' (emulated)' : ''}; host: ${m.cpu}` +
         (m.load_avg !== undefined ? `, load average ${m.load_avg.toFixed(1)}` : ''),
       `ceilings: device copy ${d.copy_gbps.toFixed(1)} GB/s (read + write, ${(d.copy_bytes / 2 ** 20).toFixed(0)} MiB buffers), ` +
-        `f16 tensor cores ${d.tensor_gflops.toFixed(0)} GFLOP/s (% bw is against the copy rate, % fma against the tensor-core rate)`,
+        `f16 tensor cores ${d.tensor_gflops >= 100 ? d.tensor_gflops.toFixed(0) : d.tensor_gflops.toPrecision(3)} GFLOP/s (% bw is against the copy rate, % fma against the tensor-core rate)`,
     ].join('\n');
   }
   const best = m.read_variants?.reduce((a, b) => (b.gbps > a.gbps ? b : a));
