@@ -1061,6 +1061,25 @@ Napi::Value sampleTokensB(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// tensorCorePeak(out.., blocks, warps, iters, a, b, stream): the bench's f16 tensor-core ceiling
+// (csrc/cuda/probe.cuh); out (f32, 32-byte aligned) receives every warp's accumulators.
+Napi::Value tensorCorePeakB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DevSpan o = outDev(info, 0, "out", 32);
+  const uint64_t blocks = getSize(info, 3, "blocks"), warps = getSize(info, 4, "warps");
+  const int iters = getInt(info, 5, "iters");
+  if (blocks < 1 || blocks > 0x7fffffffu) throwKvant(env, "KVANT_RANGE", "Expected blocks in 1..2^31-1 but received " + std::to_string(blocks));
+  if (warps < 1 || warps > ops::kPeakMaxWarps)
+    throwKvant(env, "KVANT_RANGE", "Expected warps in 1.." + std::to_string(ops::kPeakMaxWarps) + " but received " + std::to_string(warps));
+  if (iters < 0) throwKvant(env, "KVANT_RANGE", "Expected iters >= 0 but received " + std::to_string(iters));
+  need(env, o, ops::tensorCorePeakOutFloats(blocks, warps) * 4, "out");
+  const float a = getFloat(info, 6, "a"), b = getFloat(info, 7, "b");
+  const ops::Target t = target(env, getStream(info, 8));
+  checkLaunch(env, ops::tensorCorePeak(t, blocks, warps, iters, a, b, reinterpret_cast<float*>(o.data)), "tensorCorePeak",
+              "blocks " + std::to_string(blocks) + ", warps " + std::to_string(warps) + ", iters " + std::to_string(iters));
+  return env.Undefined();
+}
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   ClassRefs* refs = new ClassRefs();
   Napi::Function buffer = DeviceBuffer::define(env), stream = Stream::define(env);
@@ -1078,6 +1097,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
       {"qgemv", qmatmulB<false>}, {"qgemm", qmatmulB<true>}, {"flashAttention", flashB}, {"mlaDecode", mlaB},
       {"denseLinear", denseLinearB}, {"copyRows", copyRowsB}, {"accumulateRows", accumulateRowsB}, {"mlaAppend", mlaAppendB},
       {"mlaPagedDecode", mlaPagedDecodeB}, {"sampleTokens", sampleTokensB},
+      {"tensorCorePeak", tensorCorePeakB},
   };
   for (const auto& f : fns) exports.Set(f.first, Napi::Function::New(env, f.second, f.first));
   return exports;

@@ -154,3 +154,12 @@ struct SampleArgs {
 Status sample(const Target& t, const SampleArgs& a);
 
 }  // namespace kvant::cuda::ops
+
+namespace kvant::cuda::ops {
+
+// ---- probe.cu (contracts: csrc/cuda/probe.cuh), the bench's f16 tensor-core ceiling ----
+constexpr size_t kPeakMaxWarps = 8;
+size_t tensorCorePeakOutFloats(size_t blocks, size_t warps);
+Status tensorCorePeak(const Target& t, size_t blocks, size_t warps, int iters, float a, float b, float* out);
+
+}  // namespace kvant::cuda::ops

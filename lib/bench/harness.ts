@@ -28,7 +28,25 @@ export interface ReadVariantResult {
   gbps: number;
 }
 
+/** The ceilings of a CUDA device (`bench --backend cuda`, lib/bench/cuda-cases.ts). */
+export interface DeviceCeilings {
+  name: string;
+  /** Compute capability, major * 10 + minor. */
+  sm: number;
+  multiprocessors: number;
+  total_memory: number;
+  /** Device-to-device copy, bytes read + bytes written per second / 1e9, over `copy_bytes` per buffer. */
+  copy_gbps: number;
+  copy_bytes: number;
+  /** f16 tensor-core rate (WMMA m16n16k16, f32 accumulate) of the peak kernel. */
+  tensor_gflops: number;
+  /** True on the test-only emulated device: every number is a host emulation timing and means nothing. */
+  emulated: boolean;
+}
+
 export interface Machine {
+  /** Set when the rows run on a CUDA device: ceilings are then the device's (read = copy = `copy_gbps`, FMA = `tensor_gflops`). */
+  device?: DeviceCeilings;
   /** The read ceiling: the best of `read_variants`, over `probe_bytes`. */
   read_gbps: number;
   /** Every read variant measured (the first is one sequential stream per thread). */
@@ -242,7 +260,7 @@ function rowFor(c: BenchCase, machine: Machine, samples: number[], name: string)
   return {
     name,
     kernel: c.kernel,
-    backend: 'cpu',
+    backend: machine.device ? 'cuda' : 'cpu',
     isa: machine.isa,
     threads: machine.threads,
     dtype: f.dtype ?? null,
@@ -270,7 +288,21 @@ function rowFor(c: BenchCase, machine: Machine, samples: number[], name: string)
 
 const fmt = (v: number | null, digits = 1) => (v === null ? '-' : v.toFixed(digits));
 
+/** Printed above and below every table measured on the emulated device. */
+export const EMULATION_WARNING =
+  '*** EMULATED CUDA DEVICE (test-only KVANT_CUDA_ADDON): every number below is a host emulation timing and means NOTHING about GPU speed ***';
+
 export function formatMachine(m: Machine): string {
+  if (m.device) {
+    const d = m.device;
+    return [
+      ...(d.emulated ? [EMULATION_WARNING] : []),
+      `device: ${d.name}, sm_${d.sm}, ${d.multiprocessors} SMs, ${(d.total_memory / 2 ** 30).toFixed(1)} GiB${d.emulated ? ' (emulated)' : ''}; host: ${m.cpu}` +
+        (m.load_avg !== undefined ? `, load average ${m.load_avg.toFixed(1)}` : ''),
+      `ceilings: device copy ${d.copy_gbps.toFixed(1)} GB/s (read + write, ${(d.copy_bytes / 2 ** 20).toFixed(0)} MiB buffers), ` +
+        `f16 tensor cores ${d.tensor_gflops >= 100 ? d.tensor_gflops.toFixed(0) : d.tensor_gflops.toPrecision(3)} GFLOP/s (% bw is against the copy rate, % fma against the tensor-core rate)`,
+    ].join('\n');
+  }
   const best = m.read_variants?.reduce((a, b) => (b.gbps > a.gbps ? b : a));
   const lines = [
     `machine: ${m.cpu}, ${m.threads} threads, ISA ${m.isa}, LLC ${(m.llc_bytes / 2 ** 20).toFixed(0)} MiB` +

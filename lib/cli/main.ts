@@ -7,7 +7,8 @@ import { parseArgs } from 'node:util';
 import { backendInfo } from '../backend';
 import { KvantError } from '../errors';
 import { allCases } from '../bench/suites';
-import { formatMachine, formatTable, measureMachine, runBenchmarks } from '../bench/harness';
+import { EMULATION_WARNING, formatMachine, formatTable, measureMachine, runBenchmarks } from '../bench/harness';
+import { cudaCases, measureDevice, requireCudaDevice } from '../bench/cuda-cases';
 import { planCommand } from './plan';
 import { makeModelCommand } from './make-model';
 import { generateCommand } from './generate';
@@ -33,8 +34,9 @@ Commands:
   info [--json]             backend, ISA level, threads and CUDA status
   plan --model DIR [--bits B] [--group-size G] [--context N] [--kv-cache TYPE] [--json]
                             memory for weights and KV cache, and whether it fits here
-  bench [--json FILE] [--filter REGEX] [--quick]
+  bench [--json FILE] [--filter REGEX] [--quick] [--backend cpu|cuda]
                             measure machine ceilings, then run the kernel benchmarks
+                            (--backend cuda: the device's copy bandwidth and f16 tensor-core rate, then device rows)
   bench --model [--preset lite|tiny] [--layers N] [--pp N] [--tg N] [--reps N] [--filter RE] [--quick] [--json FILE]
                             end-to-end DeepSeek-V2 rows: pp/tg tokens/s, bandwidth, components, memory
   bench --claims [--quick] [--json FILE]
@@ -62,17 +64,28 @@ const err = (s: string) => process.stderr.write(s + '\n');
 async function bench(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { json: { type: 'string' }, filter: { type: 'string' }, quick: { type: 'boolean' }, ...MODEL_BENCH_OPTIONS },
+    options: { json: { type: 'string' }, filter: { type: 'string' }, quick: { type: 'boolean' }, backend: { type: 'string' }, ...MODEL_BENCH_OPTIONS },
   });
+  if ((values.model || values.claims) && values.backend !== undefined && values.backend !== 'cpu')
+    throw new KvantError('KVANT_BACKEND', `bench --model / --claims run on the CPU only (received --backend ${values.backend})`);
   if (values.model || values.claims) return benchModelCommand(values, () => measureMachine(values.quick ?? false));
   const filter = values.filter ? new RegExp(values.filter) : undefined;
   const quick = values.quick ?? false;
   const log = (s: string) => err(s);
-  log('measuring machine ceilings…');
-  const machine = await measureMachine(quick);
-  const report = await runBenchmarks(allCases(machine, quick), { filter, quick, log, machine });
+  const backend = values.backend ?? 'cpu';
+  if (backend !== 'cpu' && backend !== 'cuda') throw new KvantError('KVANT_RANGE', `Expected 'cpu' or 'cuda' for --backend but received '${backend}'`);
+  let emulated = false;
+  if (backend === 'cuda') {
+    emulated = requireCudaDevice().emulated;
+    if (emulated) log(EMULATION_WARNING);
+  }
+  log(backend === 'cuda' ? 'measuring device ceilings…' : 'measuring machine ceilings…');
+  const machine = backend === 'cuda' ? await measureDevice(quick) : await measureMachine(quick);
+  const cases = backend === 'cuda' ? cudaCases(machine, quick) : allCases(machine, quick);
+  const report = await runBenchmarks(cases, { filter, quick, log, machine });
   console.log(formatMachine(report.machine));
   console.log(formatTable(report.rows));
+  if (emulated) console.log(EMULATION_WARNING);
   if (values.json) {
     fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
     err(`wrote ${values.json}`);

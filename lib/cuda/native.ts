@@ -102,6 +102,8 @@ export interface CudaNative {
     number, Dev, number, number, number, S]): void;
   sampleTokens(logits: Dev, lo: number, lb: number, B: number, V: number, rows: Uint8Array, histOffsets: Int32Array | null, histIds: Int32Array | null,
     tokens: Dev, to: number, tb: number, stream: S): void;
+  /** The bench's f16 tensor-core peak (csrc/cuda/probe.cuh): out f32 [blocks·warps·4·256], every element iters·16·a·b. */
+  tensorCorePeak(out: Dev, oo: number, ob: number, blocks: number, warps: number, iters: number, a: number, b: number, stream: S): void;
 }
 
 /** (pool.., pageSize, pageBytes, layerOffset, rowBytes, type code, L, R, hadamard) of one layer's MLA pages. */
