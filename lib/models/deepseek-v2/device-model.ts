@@ -16,6 +16,7 @@ import { ForwardConsts, forwardConsts } from './forward';
 import { DeviceWeights, deviceForward, deviceForwardWith, deviceWeightBytes, freeWeights, uploadWeights } from './device-forward';
 import type { LoadOptions, PrefillOptions } from './model';
 import { loadWeights } from './weights';
+import { checkContextRoom, checkTokenIds } from './inputs';
 
 /** Tokens of KV cache the default device budget holds: this many full contexts (capped by free device memory). */
 const DEFAULT_CONTEXTS = 4;
@@ -91,20 +92,11 @@ export class DeviceDeepSeekV2Model {
   }
 
   private checkTokens(tokens: readonly number[], name: string): Int32Array {
-    if (!Array.isArray(tokens) && !(tokens instanceof Int32Array)) throw expected('KVANT_DTYPE', 'an array of token ids', name, tokens);
-    const V = this.vocabSize;
-    for (let i = 0; i < tokens.length; i++) {
-      const t = tokens[i];
-      if (!Number.isInteger(t) || t < 0 || t >= V) throw expected('KVANT_RANGE', `token ids in 0..${V - 1}`, `${name}[${i}]`, t);
-    }
-    return Int32Array.from(tokens);
+    return checkTokenIds(tokens, this.vocabSize, name);
   }
 
   private checkRoom(seq: number, adding: number, name: string): number {
-    const len = this.cache.length(seq);
-    if (len + adding > this.maxContext)
-      throw new KvantError('KVANT_RANGE', `Expected ${name} to fit the context: sequence ${seq} holds ${len} tokens, adding ${adding} gives ${len + adding} > maxContext ${this.maxContext}`);
-    return len;
+    return checkContextRoom(seq, this.cache.length(seq), adding, this.maxContext, name);
   }
 
   /**

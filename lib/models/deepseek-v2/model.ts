@@ -14,6 +14,7 @@ import type { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
 import { ForwardConsts, ForwardProfile, decodeStep, emptyProfile, forwardConsts, prefillChunk } from './forward';
 import { LoadProgress, ModelWeights, loadWeights } from './weights';
+import { checkContextRoom, checkTokenIds } from './inputs';
 
 export interface LoadOptions {
   /** Latent cache storage type (default 'bf16'). */
@@ -82,23 +83,11 @@ export class DeepSeekV2Model {
   }
 
   private checkTokens(tokens: readonly number[], name: string): Int32Array {
-    if (!Array.isArray(tokens) && !(tokens instanceof Int32Array)) throw expected('KVANT_DTYPE', 'an array of token ids', name, tokens);
-    const V = this.vocabSize;
-    for (let i = 0; i < tokens.length; i++) {
-      const t = tokens[i];
-      if (!Number.isInteger(t) || t < 0 || t >= V) throw expected('KVANT_RANGE', `token ids in 0..${V - 1}`, `${name}[${i}]`, t);
-    }
-    return Int32Array.from(tokens);
+    return checkTokenIds(tokens, this.vocabSize, name);
   }
 
   private checkRoom(seq: number, adding: number, name: string): number {
-    const len = this.cache.length(seq);
-    if (len + adding > this.maxContext)
-      throw new KvantError(
-        'KVANT_RANGE',
-        `Expected ${name} to fit the context: sequence ${seq} holds ${len} tokens, adding ${adding} gives ${len + adding} > maxContext ${this.maxContext}`,
-      );
-    return len;
+    return checkContextRoom(seq, this.cache.length(seq), adding, this.maxContext, name);
   }
 
   /**
