@@ -14,7 +14,11 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "cflags_cc": ["<@(kvant_common_cflags)"],
-      "ldflags": ["-pthread"],
+      # -z nodelete: the addon starts process-lifetime threads (the kernel pool, the job queue)
+      # whose code lives in this library; Node unloads an addon when the last worker_thread
+      # that loaded it exits, and a pool thread still running (spinning for its next task)
+      # would then execute unmapped code.
+      "ldflags": ["-pthread", "-Wl,-z,nodelete"],
       "conditions": [
         ["target_arch=='x64'", {"dependencies": ["kvant_avx2", "kvant_avx512"]}],
         ["OS=='linux' and target_arch=='x64'", {"ldflags": ["-static-libstdc++", "-static-libgcc"]}]
