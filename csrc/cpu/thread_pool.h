@@ -57,7 +57,9 @@ class ThreadPool {
   std::condition_variable wake_;
   std::vector<std::thread> workers_;
   bool quit_ = false;
-  uint64_t generation_ = 0;
+  // Written under m_; read without it by workers spinning for the next parallelFor.
+  std::atomic<uint64_t> generation_{0};
+  int sleeping_ = 0;  // workers blocked on wake_ (under m_): only then is a notify needed
   const std::function<void(size_t)>* fn_ = nullptr;
   size_t n_ = 0;
   std::atomic<size_t> next_{0};
