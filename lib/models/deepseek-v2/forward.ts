@@ -56,7 +56,35 @@ export interface ForwardConsts {
   profile?: ForwardProfile;
   /** Calibration hook (GPTQ): sees every Linear's input. Unset in normal inference. */
   observer?: ForwardObserver;
+  /**
+   * Reusable activation buffers for decodeStep (set by the model): a warm decode step then
+   * allocates no tensors. The logits decodeStep returns live in it too, so they are valid only
+   * until the next decodeStep with the same consts (the model copies them out at once).
+   */
+  buffers?: StepBuffers;
 }
+
+/**
+ * The activation buffers of a decode step, by role. Layers run one after another and each role
+ * is dead before the next layer writes it, so one buffer per role serves every layer; a new
+ * batch size allocates (and then reuses) buffers of the new shape. Every op writes its whole
+ * output, so no buffer is cleared between uses.
+ */
+export class StepBuffers {
+  private readonly bufs = new Map<string, Tensor>();
+
+  /** The f32 buffer of `role` for this shape (a different shape replaces the role's buffer). */
+  get(role: string, shape: readonly number[]): Tensor {
+    const t = this.bufs.get(role);
+    if (t && t.ndim === shape.length && t.shape.every((d, i) => d === shape[i])) return t;
+    const fresh = Tensor.zeros(shape, 'f32');
+    this.bufs.set(role, fresh);
+    return fresh;
+  }
+}
+
+/** The decode buffer of `role`, or undefined (the op allocates) outside decode. */
+const buf = (k: ForwardConsts, role: string, shape: readonly number[]): Tensor | undefined => k.buffers?.get(role, shape);
 
 /**
  * Sees the inputs of the forward's Linears, for calibration (lib/quant/calibrate-model.ts).
@@ -71,9 +99,9 @@ export interface ForwardObserver {
 }
 
 /** applyLinear, shown to the observer first when one is set. */
-function lin(k: ForwardConsts, x: Tensor, w: LinearWeight): Tensor {
+function lin(k: ForwardConsts, x: Tensor, w: LinearWeight, out?: Tensor): Tensor {
   k.observer?.linear?.(w, x);
-  return applyLinear(x, w);
+  return applyLinear(x, w, out);
 }
 
 function timed<T>(k: ForwardConsts, part: ForwardComponent, bytes: number, fn: () => T): T {
@@ -103,13 +131,15 @@ export function forwardConsts(cfg: DeepSeekV2Config): ForwardConsts {
 /** Queries [T, nh, P+R] with RoPE applied to the last R dims of each head. */
 function queries(a: AttentionWeights, k: ForwardConsts, xn: Tensor, positions: Int32Array): Tensor {
   const cfg = k.cfg;
+  const T = positions.length;
+  const qOut = buf(k, 'q', [T, cfg.numHeads * (cfg.qkNopeHeadDim + cfg.qkRopeHeadDim)]);
   let q: Tensor;
   if (a.qProj) {
-    q = lin(k, xn, a.qProj);
+    q = lin(k, xn, a.qProj, qOut);
   } else {
-    const qa = lin(k, xn, a.qA!);
+    const qa = lin(k, xn, a.qA!, buf(k, 'q_a', [T, a.qA!.N]));
     rmsNorm(qa, a.qANorm!, cfg.rmsNormEps, qa);
-    q = lin(k, qa, a.qB!);
+    q = lin(k, qa, a.qB!, qOut);
   }
   const q3 = q.reshape([positions.length, cfg.numHeads, cfg.qkNopeHeadDim + cfg.qkRopeHeadDim]);
   ropeInPlace(q3, { positions, invFreq: k.invFreq, offset: cfg.qkNopeHeadDim, amplitude: k.amplitude });
@@ -125,9 +155,9 @@ function latentRows(a: AttentionWeights, k: ForwardConsts, xn: Tensor, positions
   const L = cfg.kvLoraRank;
   const W = L + cfg.qkRopeHeadDim;
   const T = positions.length;
-  const rows = lin(k, xn, a.kvA);
+  const rows = lin(k, xn, a.kvA, buf(k, 'kv_a', [T, W]));
   const rd = f32(rows);
-  const c = Tensor.zeros([T, L], 'f32');
+  const c = buf(k, 'c', [T, L]) ?? Tensor.zeros([T, L], 'f32');
   const cd = f32(c);
   for (let t = 0; t < T; t++) cd.set(rd.subarray(t * W, t * W + L), t * L);
   rmsNorm(c, a.kvANorm, cfg.rmsNormEps, c);
@@ -182,7 +212,7 @@ function absorbQuery(a: AttentionWeights, k: ForwardConsts, q: Tensor): Tensor {
   const R = cfg.qkRopeHeadDim;
   const L = cfg.kvLoraRank;
   const B = q.shape[0];
-  const qAbs = Tensor.zeros([B, nh, L + R], 'f32');
+  const qAbs = buf(k, 'q_abs', [B, nh, L + R]) ?? Tensor.zeros([B, nh, L + R], 'f32');
   // q_lat(h) for every head in one call, read from q's nope slices and written into qAbs's latent slices.
   linearHeads(q, a.wUkT, { out: qAbs });
   const qd = f32(q);
@@ -199,14 +229,15 @@ function absorbQuery(a: AttentionWeights, k: ForwardConsts, q: Tensor): Tensor {
 /** o [B, nh·Dv] from the attended latents oLat [B, nh, L]: o(h) = W_UV(h) · o_lat(h). */
 function expandValues(a: AttentionWeights, k: ForwardConsts, oLat: Tensor): Tensor {
   const cfg = k.cfg;
-  const o = linearHeads(oLat, a.wUv, { wRow0: a.wUvRow0, n: cfg.vHeadDim });
+  const o = linearHeads(oLat, a.wUv, { wRow0: a.wUvRow0, n: cfg.vHeadDim, out: buf(k, 'o_heads', [oLat.shape[0], cfg.numHeads, cfg.vHeadDim]) });
   return o.reshape([oLat.shape[0], cfg.numHeads * cfg.vHeadDim]);
 }
 
 function mlpForward(m: MlpWeights, k: ForwardConsts, x: Tensor): Tensor {
-  const g = lin(k, x, m.gate);
-  const u = lin(k, x, m.up);
-  return lin(k, siluGate(g, u), m.down);
+  const T = x.shape[0];
+  const g = lin(k, x, m.gate, buf(k, 'gate', [T, m.gate.N]));
+  const u = lin(k, x, m.up, buf(k, 'up', [T, m.up.N]));
+  return lin(k, siluGate(g, u, buf(k, 'act', [T, m.gate.N])), m.down, buf(k, 'ffn', [T, m.down.N]));
 }
 
 const kernelMlp = (m: MlpWeights): KernelMlp => ({ gate: m.gate.w, up: m.up.w, down: m.down.w });
@@ -223,7 +254,7 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
   const cfg = k.cfg;
   const T = x.shape[0];
   const K = cfg.numExpertsPerTok;
-  const logits = linear(x, m.router);
+  const logits = linear(x, m.router, { out: buf(k, 'router', [T, m.router.shape[0]]) });
   const { idx, weights } = routeTopK(logits, {
     k: K,
     method: cfg.topkMethod,
@@ -258,13 +289,13 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
       routes.weight[i++] = wd[t * K + j];
     }
   }
-  return moeMlp(x, mlps, routes);
+  return moeMlp(x, mlps, routes, buf(k, 'ffn', x.shape));
 }
 
 const mlpBytes = (m: MlpWeights): number => weightBytes(m.gate.w) + weightBytes(m.up.w) + weightBytes(m.down.w);
 
 function ffn(layer: LayerWeights, k: ForwardConsts, x: Tensor): Tensor {
-  const xn = rmsNorm(x, layer.postNorm, k.cfg.rmsNormEps);
+  const xn = rmsNorm(x, layer.postNorm, k.cfg.rmsNormEps, buf(k, 'xn', x.shape));
   const moe = layer.moe;
   if (moe) return timed(k, 'experts', k.profile ? weightBytes(moe.router) + (moe.shared ? mlpBytes(moe.shared) : 0) : 0, () => moeForward(moe, k, xn));
   return timed(k, 'dense_mlp', k.profile ? mlpBytes(layer.mlp!) : 0, () => mlpForward(layer.mlp!, k, xn));
@@ -272,8 +303,8 @@ function ffn(layer: LayerWeights, k: ForwardConsts, x: Tensor): Tensor {
 
 /** Final norm and lm_head on rows x [n, H] -> logits [n, V]. */
 function head(w: ModelWeights, k: ForwardConsts, x: Tensor): Tensor {
-  const xn = rmsNorm(x, w.finalNorm, k.cfg.rmsNormEps);
-  return timed(k, 'lm_head', weightBytes(w.lmHead.w), () => lin(k, xn, w.lmHead));
+  const xn = rmsNorm(x, w.finalNorm, k.cfg.rmsNormEps, buf(k, 'xn', x.shape));
+  return timed(k, 'lm_head', weightBytes(w.lmHead.w), () => lin(k, xn, w.lmHead, buf(k, 'logits', [x.shape[0], w.lmHead.N])));
 }
 
 /** Weight bytes of the attention projections both forms use (q path, kv_a, o_proj). */
@@ -297,7 +328,9 @@ export interface PrefillCacheIO {
  * Forward of T tokens at positions start..start+T-1 of one sequence. Returns the logits of the
  * last position [1, V], or of every position [T, V] with allLogits.
  */
-export function prefillChunk(w: ModelWeights, k: ForwardConsts, tokens: Int32Array, start: number, io: PrefillCacheIO, allLogits: boolean): Tensor {
+export function prefillChunk(w: ModelWeights, kDecode: ForwardConsts, tokens: Int32Array, start: number, io: PrefillCacheIO, allLogits: boolean): Tensor {
+  // Prefill allocates its activations: chunk lengths vary, and [T, V] logits must not be kept.
+  const k = kDecode.buffers ? { ...kDecode, buffers: undefined } : kDecode;
   return timedCall(k, () => {
     const T = tokens.length;
     const positions = Int32Array.from({ length: T }, (_, i) => start + i);
@@ -340,13 +373,13 @@ export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array
     const x = embedding(w.embed, tokens);
     w.layers.forEach((layer, l) => {
       const a = layer.attn;
-      const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps);
+      const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps, buf(k, 'xn', x.shape));
       const bytes = k.profile ? attnCommonBytes(a) + a.wUkT.byteLength + (a.wUv.byteLength * k.cfg.vHeadDim) / a.wUv.shape[1] : 0;
       const o = timed(k, 'attention', bytes, () => {
         const q = queries(a, k, xn, positions);
         io.append(l, latentRows(a, k, xn, positions));
         const oLat = io.attend(l, absorbQuery(a, k, q), k.scale);
-        return lin(k, expandValues(a, k, oLat), a.oProj);
+        return lin(k, expandValues(a, k, oLat), a.oProj, buf(k, 'attn_out', x.shape));
       });
       axpyInPlace(1, o, x);
       axpyInPlace(1, ffn(layer, k, x), x);

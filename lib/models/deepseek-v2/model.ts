@@ -12,7 +12,7 @@ import { KvantError, expected } from '../../errors';
 import { KvCacheType, MlaKVCache } from '../../kv/mla-cache';
 import type { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
-import { ForwardConsts, ForwardProfile, decodeStep, emptyProfile, forwardConsts, prefillChunk } from './forward';
+import { ForwardConsts, ForwardProfile, StepBuffers, decodeStep, emptyProfile, forwardConsts, prefillChunk } from './forward';
 import { LoadProgress, ModelWeights, loadWeights } from './weights';
 import { checkContextRoom, checkTokenIds } from './inputs';
 
@@ -52,7 +52,7 @@ export class DeepSeekV2Model {
     this.cache = cache;
     this.vocabSize = weights.config.vocabSize;
     this.maxContext = weights.config.maxPositionEmbeddings;
-    this.k = forwardConsts(weights.config);
+    this.k = { ...forwardConsts(weights.config), buffers: new StepBuffers() };
   }
 
   /** Opens a checkpoint folder (config.json + safetensors, optionally GPTQ) and creates the cache. */

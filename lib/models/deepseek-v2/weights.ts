@@ -32,8 +32,8 @@ export interface LinearWeight {
 }
 
 /** y [M, N] f32 = x [M, K] · Wᵀ. Rows are independent (batch-invariant kernels). */
-export function applyLinear(x: Tensor, w: LinearWeight): Tensor {
-  return w.w instanceof Tensor ? linear(x, w.w) : qlinear(x, w.w);
+export function applyLinear(x: Tensor, w: LinearWeight, out?: Tensor): Tensor {
+  return w.w instanceof Tensor ? linear(x, w.w, { out }) : qlinear(x, w.w, { out });
 }
 
 /** Bytes a linear layer's weights occupy (packed codes, zeros, scales, g_idx for GPTQ). */
