@@ -204,7 +204,7 @@ __global__ void kvAppendKernel(KvRowsParams p) {
   __syncthreads();
   bool ok = true;
   for (int k = warp; k < p.items; k += nw) {
-    int r, c, g;
+    int r = 0, c = 0, g = 0;  // always set by kvItemAt (k < items); initialized for -Wmaybe-uninitialized
     kvItemAt(p.runs, p.nRuns, k, &r, &c, &g);
     const KvSegRun& s = p.runs[r];
     const int n = s.n - 32 * g < 32 ? s.n - 32 * g : 32;
@@ -217,7 +217,7 @@ __global__ void kvAppendKernel(KvRowsParams p) {
     return;
   }
   for (int k = warp; k < p.items; k += nw) {
-    int r, c, g;
+    int r = 0, c = 0, g = 0;  // always set by kvItemAt (k < items); initialized for -Wmaybe-uninitialized
     kvItemAt(p.runs, p.nRuns, k, &r, &c, &g);
     const KvSegRun& s = p.runs[r];
     const int n = s.n - 32 * g < 32 ? s.n - 32 * g : 32;
@@ -238,7 +238,7 @@ __global__ void kvGatherKernel(KvRowsParams p) {
   const uint8_t* row = kvRowPtr(p.pages, slot);
   float* yr = p.y + int64_t(t) * p.width;
   for (int k = warp; k < p.items; k += nw) {
-    int r, c, g;
+    int r = 0, c = 0, g = 0;  // always set by kvItemAt (k < items); initialized for -Wmaybe-uninitialized
     kvItemAt(p.runs, p.nRuns, k, &r, &c, &g);
     const KvSegRun& s = p.runs[r];
     const int n = s.n - 32 * g < 32 ? s.n - 32 * g : 32;
