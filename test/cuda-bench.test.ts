@@ -80,19 +80,20 @@ describe('kvant bench --backend cuda', () => {
     expect(report.machine.read_gbps).toBe(d.copy_gbps);
     expect(report.machine.fma_gflops).toBe(d.tensor_gflops);
     const kernels = new Set(report.rows.map((x: { kernel: string }) => x.kernel));
-    for (const k of ['qgemv', 'qgemm', 'flash_attn', 'mla_decode', 'kv_quant']) expect(kernels).toContain(k);
+    for (const k of ['qgemv', 'qgemm', 'flash_attn', 'mla_decode', 'decode_attn', 'kv_quant']) expect(kernels).toContain(k);
     for (const row of report.rows) {
       expect(Object.keys(row).sort()).toEqual([...ROW_KEYS].sort());
       expect(row.backend).toBe('cuda');
       expect(row.isa).toBe('sm_80');
       expect(Number.isFinite(row.median_ms) && row.median_ms > 0).toBe(true);
-      // Every row is judged against one ceiling: bandwidth rows (qgemv, mla_decode, kv_quant) or flop rows.
+      // Every row is judged against one ceiling: bandwidth rows (qgemv, mla_decode, decode_attn, kv_quant) or flop rows.
       if (row.gbps !== null) expect(row.pct_bw).toBeCloseTo((100 * row.gbps) / d.copy_gbps, 6);
       if (row.gflops !== null) expect(row.pct_fma).toBeCloseTo((100 * row.gflops) / d.tensor_gflops, 6);
-      if (row.kernel === 'qgemv' || row.kernel === 'mla_decode' || row.kernel === 'kv_quant') expect(row.gbps).toBeGreaterThan(0);
+      if (['qgemv', 'mla_decode', 'decode_attn', 'kv_quant'].includes(row.kernel)) expect(row.gbps).toBeGreaterThan(0);
     }
     // The CPU rows' naming: e.g. "qgemv 4b g128 m1 KxN x-f32 (...)", "mla_decode q4 sk=T HxL+R".
     expect(report.rows.some((x: { name: string }) => /^qgemv 4b g128 m1 256x96 /.test(x.name))).toBe(true);
     expect(report.rows.some((x: { name: string }) => /^mla_decode q4 sk=70 /.test(x.name))).toBe(true);
+    expect(report.rows.some((x: { name: string; kv_cache: string; sk: number }) => /^decode_attn q8 sk=70 2x64$/.test(x.name) && x.kv_cache === 'q8' && x.sk === 70)).toBe(true);
   }, 120_000);
 });
