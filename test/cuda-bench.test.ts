@@ -9,7 +9,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { EMULATION_WARNING } from '../lib/bench/harness';
+import { EMULATION_WARNING, type Machine } from '../lib/bench/harness';
+import { cudaCases } from '../lib/bench/cuda-cases';
+import { KV_CACHE_TYPES } from '../lib/kv/format';
 
 const root = path.join(__dirname, '..');
 const ROW_KEYS = ['name', 'kernel', 'backend', 'isa', 'threads', 'dtype', 'bits', 'group', 'm', 'k', 'n', 'sq', 'sk', 'heads', 'd_qk', 'd_v',
@@ -45,6 +47,13 @@ describe('kvant bench --backend cuda', () => {
     expect(r.stderr).toContain('KVANT_BACKEND');
     expect(r.stderr).toContain(cudaReason);
     expect(r.stdout).toBe(''); // no table, no ceilings
+  });
+
+  it('the GPU row list (built without touching a device) has decode_attn 32x128 at 4k and 32k for every cache type', () => {
+    const names = cudaCases({ device: { emulated: false } } as unknown as Machine, false).map((c) => c.name);
+    for (const T of [4096, 32768]) for (const t of KV_CACHE_TYPES) expect(names).toContain(`decode_attn ${t} sk=${T} 32x128`);
+    const quick = cudaCases({ device: { emulated: false } } as unknown as Machine, true).map((c) => c.name);
+    for (const t of KV_CACHE_TYPES) expect(quick).toContain(`decode_attn ${t} sk=4096 32x128`);
   });
 
   it('rejects an unknown backend (KVANT_RANGE) and --model on the device (KVANT_BACKEND)', () => {
