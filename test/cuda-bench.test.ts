@@ -9,7 +9,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { EMULATION_WARNING } from '../lib/bench/harness';
+import { EMULATION_WARNING, type Machine } from '../lib/bench/harness';
+import { cudaCases } from '../lib/bench/cuda-cases';
+import { KV_CACHE_TYPES } from '../lib/kv/format';
 
 const root = path.join(__dirname, '..');
 const ROW_KEYS = ['name', 'kernel', 'backend', 'isa', 'threads', 'dtype', 'bits', 'group', 'm', 'k', 'n', 'sq', 'sk', 'heads', 'd_qk', 'd_v',
@@ -47,6 +49,13 @@ describe('kvant bench --backend cuda', () => {
     expect(r.stdout).toBe(''); // no table, no ceilings
   });
 
+  it('the GPU row list (built without touching a device) has decode_attn 32x128 at 4k and 32k for every cache type', () => {
+    const names = cudaCases({ device: { emulated: false } } as unknown as Machine, false).map((c) => c.name);
+    for (const T of [4096, 32768]) for (const t of KV_CACHE_TYPES) expect(names).toContain(`decode_attn ${t} sk=${T} 32x128`);
+    const quick = cudaCases({ device: { emulated: false } } as unknown as Machine, true).map((c) => c.name);
+    for (const t of KV_CACHE_TYPES) expect(quick).toContain(`decode_attn ${t} sk=4096 32x128`);
+  });
+
   it('rejects an unknown backend (KVANT_RANGE) and --model on the device (KVANT_BACKEND)', () => {
     const bad = kvant(['bench', '--backend', 'tpu', '--quick'], emuAddon);
     expect(bad.status).toBe(1);
@@ -80,19 +89,20 @@ describe('kvant bench --backend cuda', () => {
     expect(report.machine.read_gbps).toBe(d.copy_gbps);
     expect(report.machine.fma_gflops).toBe(d.tensor_gflops);
     const kernels = new Set(report.rows.map((x: { kernel: string }) => x.kernel));
-    for (const k of ['qgemv', 'qgemm', 'flash_attn', 'mla_decode', 'kv_quant']) expect(kernels).toContain(k);
+    for (const k of ['qgemv', 'qgemm', 'flash_attn', 'mla_decode', 'decode_attn', 'kv_quant']) expect(kernels).toContain(k);
     for (const row of report.rows) {
       expect(Object.keys(row).sort()).toEqual([...ROW_KEYS].sort());
       expect(row.backend).toBe('cuda');
       expect(row.isa).toBe('sm_80');
       expect(Number.isFinite(row.median_ms) && row.median_ms > 0).toBe(true);
-      // Every row is judged against one ceiling: bandwidth rows (qgemv, mla_decode, kv_quant) or flop rows.
+      // Every row is judged against one ceiling: bandwidth rows (qgemv, mla_decode, decode_attn, kv_quant) or flop rows.
       if (row.gbps !== null) expect(row.pct_bw).toBeCloseTo((100 * row.gbps) / d.copy_gbps, 6);
       if (row.gflops !== null) expect(row.pct_fma).toBeCloseTo((100 * row.gflops) / d.tensor_gflops, 6);
-      if (row.kernel === 'qgemv' || row.kernel === 'mla_decode' || row.kernel === 'kv_quant') expect(row.gbps).toBeGreaterThan(0);
+      if (['qgemv', 'mla_decode', 'decode_attn', 'kv_quant'].includes(row.kernel)) expect(row.gbps).toBeGreaterThan(0);
     }
     // The CPU rows' naming: e.g. "qgemv 4b g128 m1 KxN x-f32 (...)", "mla_decode q4 sk=T HxL+R".
     expect(report.rows.some((x: { name: string }) => /^qgemv 4b g128 m1 256x96 /.test(x.name))).toBe(true);
     expect(report.rows.some((x: { name: string }) => /^mla_decode q4 sk=70 /.test(x.name))).toBe(true);
+    expect(report.rows.some((x: { name: string; kv_cache: string; sk: number }) => /^decode_attn q8 sk=70 2x64$/.test(x.name) && x.kv_cache === 'q8' && x.sk === 70)).toBe(true);
   }, 120_000);
 });

@@ -23,6 +23,7 @@
 #pragma once
 #include "kvant/dtype.h"
 #include "launch.h"
+#include "split_merge.cuh"
 
 #ifndef KV_ENTRY
 #ifdef __CUDACC__
@@ -187,8 +188,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32) flashForwardKernel(FlashParam
   }
 }
 
-// Merge split partials (SPEC §4.6) in split order: M = max LSE_p, S = Σ exp(LSE_p − M),
-// LSE = M + ln S (+inf if every split was empty), O = Σ exp(LSE_p − LSE) O_p.
+// Merge split partials (SPEC §4.6) in split order (split_merge.cuh: M = max LSE_p,
+// S = Σ exp(LSE_p − M), LSE = M + ln S, +inf if every split was empty; O = Σ exp(LSE_p − LSE) O_p).
 // One block per output row (rows = B·Sq·Hq for FA2, B·H for MLA), threads over the dims.
 // Partial row `row` of split s is at opart[(s * rows + row) * D]; its LSE at the index
 // lseIndex(row) of split s (LSE layouts differ from the row order: [B, Hq, Sq]).
@@ -199,21 +200,9 @@ __global__ void combineSplitsKernel(const float* opart, const float* lsePart, in
   const int h = row % Hq, i = (row / Hq) % Sq, b = row / (Hq * Sq);
   const size_t li = (size_t(b) * Hq + h) * Sq + i;
   const int ns = splitsPerBatch ? splitsPerBatch[row / rowsPerBatch] : splits;
-  float M = -INFINITY;
-  for (int s = 0; s < ns; ++s) M = fmaxf(M, lsePart[size_t(s) * rows + li]);
-  float S = 0.f;
-  if (M != -INFINITY)
-    for (int s = 0; s < ns; ++s) S += expf(lsePart[size_t(s) * rows + li] - M);
-  const float L = S == 0.f ? INFINITY : M + logf(S);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float o = 0.f;
-    if (S != 0.f)
-      for (int s = 0; s < ns; ++s) {
-        const float w = lsePart[size_t(s) * rows + li];
-        if (w != -INFINITY) o = fmaf(expf(w - L), opart[(size_t(s) * rows + row) * D + d], o);
-      }
-    out[size_t(row) * D + d] = o;
-  }
+  const float L = splitMergeLse(lsePart + li, size_t(rows), ns);
+  for (int d = threadIdx.x; d < D; d += blockDim.x)
+    out[size_t(row) * D + d] = splitMergeValue(lsePart + li, size_t(rows), opart + size_t(row) * D + d, size_t(rows) * D, ns, L);
   if (threadIdx.x == 0 && lse) lse[li] = L;
 }
 

@@ -961,33 +961,35 @@ Napi::Value mlaAppendB(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// mlaPagedDecode(q.., out.., lse.. | null, B, H, scale, pool.., pageSize, pageBytes, layerOffset, rowBytes, type, L, R, hadamard,
-//                pageTable.., maxPages, seqLens.., keysPerSplit, stream)
-Napi::Value mlaPagedDecodeB(const Napi::CallbackInfo& info) {
+// The checks and scratch shared by the two paged decodes (MLA latent and standard K/V layout):
+// q [B, H, Dk], out [B, H, Dv], lse [B, H] | null at info[0..8]; B, H, scale at info[9..11]; the
+// page table, maxPages, seqLens and keysPerSplit at info[pt..pt+7]. Reads seqLens back (the
+// grid is planned for their maximum), then runs `launch` with the scratch in place.
+template <class ScratchBytes, class Launch>
+void pagedDecodeCall(const Napi::CallbackInfo& info, ops::MlaPagedArgs& a, size_t pt0, uint64_t Dk, uint64_t Dv, int64_t pageSize, int64_t numPages,
+                     const char* op, const char* qShape, const char* outShape, ScratchBytes scratchBytes, Launch launch) {
   Napi::Env env = info.Env();
-  ops::MlaPagedArgs a;
   a.B = getInt(info, 9, "B"), a.H = getInt(info, 10, "H");
   a.scale = getFloat(info, 11, "scale");
-  const ops::MlaPages p = getMlaPages(info, 12);
-  a.maxPages = getInt(info, 26, "maxPages"), a.keysPerSplit = getInt(info, 30, "keysPerSplit");
+  a.maxPages = getInt(info, pt0 + 3, "maxPages"), a.keysPerSplit = getInt(info, pt0 + 7, "keysPerSplit");
   if (a.B < 1 || a.H < 1 || a.maxPages < 1) throwKvant(env, "KVANT_SHAPE", "Expected B, H and maxPages >= 1");
   if (a.keysPerSplit < 32 || a.keysPerSplit % 32 != 0)
     throwKvant(env, "KVANT_SHAPE", "Expected keysPerSplit to be a positive multiple of 32 but received " + std::to_string(a.keysPerSplit));
-  const uint64_t B = uint64_t(a.B), H = uint64_t(a.H), D = uint64_t(p.L + p.R);
+  const uint64_t B = uint64_t(a.B), H = uint64_t(a.H);
   const DevSpan q = getDev(info, 0, "q", 4), out = outDev(info, 3, "out", 4), lse = optDev(info, 6, "lse", 4);
-  const DevSpan pt = getDev(info, 23, "pageTable", 4), sl = getDev(info, 27, "seqLens", 4);
-  need(env, q, B * H * D * 4, "q (f32 [B, H, L+R])");
-  need(env, out, B * H * uint64_t(p.L) * 4, "out (f32 [B, H, L])");
+  const DevSpan pt = getDev(info, pt0, "pageTable", 4), sl = getDev(info, pt0 + 4, "seqLens", 4);
+  need(env, q, B * H * Dk * 4, qShape);
+  need(env, out, B * H * Dv * 4, outShape);
   if (lse.buf) need(env, lse, B * H * 4, "lse (f32 [B, H])");
   need(env, pt, B * uint64_t(a.maxPages) * 4, "pageTable (i32 [B, maxPages])");
   need(env, sl, B * 4, "seqLens (i32 [B])");
   for (const DevSpan* in : {&q, &pt, &sl})
     if (overlaps(out, *in) || overlaps(lse, *in)) throwKvant(env, "KVANT_RANGE", "Expected out and lse not to overlap the inputs");
   if (overlaps(out, lse)) throwKvant(env, "KVANT_RANGE", "Expected out and lse not to overlap");
-  void* stream = getStream(info, 31);
+  void* stream = getStream(info, pt0 + 8);
   std::vector<int32_t> lens(B);
-  checkRt(env, rt::copy(lens.data(), sl.data, B * 4, rt::CopyKind::kDeviceToHost, stream, false), "mlaPagedDecode seqLens");
-  const int64_t reachRows = p.pageSize * int64_t(a.maxPages);
+  checkRt(env, rt::copy(lens.data(), sl.data, B * 4, rt::CopyKind::kDeviceToHost, stream, false), std::string(op) + " seqLens");
+  const int64_t reachRows = pageSize * int64_t(a.maxPages);
   for (uint64_t b = 0; b < B; ++b) {
     if (lens[b] < 0 || lens[b] > reachRows)
       throwKvant(env, "KVANT_RANGE", "Expected seqLens in 0.." + std::to_string(reachRows) + " (pageSize x maxPages) but seqLens[" + std::to_string(b) + "] = " + std::to_string(lens[b]));
@@ -995,19 +997,106 @@ Napi::Value mlaPagedDecodeB(const Napi::CallbackInfo& info) {
   }
   a.q = reinterpret_cast<const float*>(q.data), a.out = reinterpret_cast<float*>(out.data), a.lse = lse.buf ? reinterpret_cast<float*>(lse.data) : nullptr;
   a.pageTable = reinterpret_cast<const int32_t*>(pt.data), a.seqLens = reinterpret_cast<const int32_t*>(sl.data);
-  const size_t partBytes = (ops::mlaPagedScratchBytes(p, a) + 15) / 16 * 16, countBytes = (B * 4 + 15) / 16 * 16;
-  Scratch scratch(env, partBytes + countBytes + 16, stream, "mlaPagedDecode");
+  const size_t partBytes = (scratchBytes() + 15) / 16 * 16, countBytes = (B * 4 + 15) / 16 * 16;
+  Scratch scratch(env, partBytes + countBytes + 16, stream, op);
   a.scratch = scratch.as<float>();
   a.splitsPerBatch = scratch.as<int>(partBytes);
   a.bad = scratch.as<int>(partBytes + countBytes);
-  checkRt(env, rt::memset(a.bad, 0, 4, stream, false), "mlaPagedDecode");
-  checkLaunch(env, ops::mlaPagedDecode(target(env, stream), p, a), "mlaPagedDecode",
-              "Expected (L + R, L) in {(576, 512), (96, 64), (64, 64), (128, 128)} and rows that fit the pages");
-  if (readBack<int>(env, a.bad, stream, "mlaPagedDecode") != 0)
-    throwKvant(env, "KVANT_RANGE", "Expected pageTable entries in 0.." + std::to_string(p.numPages - 1) + " (the pool's pages) for every page a sequence uses");
+  checkRt(env, rt::memset(a.bad, 0, 4, stream, false), op);
+  launch(target(env, stream));
+  if (readBack<int>(env, a.bad, stream, op) != 0)
+    throwKvant(env, "KVANT_RANGE", "Expected pageTable entries in 0.." + std::to_string(numPages - 1) + " (the pool's pages) for every page a sequence uses");
+}
+
+// mlaPagedDecode(q.., out.., lse.. | null, B, H, scale, pool.., pageSize, pageBytes, layerOffset, rowBytes, type, L, R, hadamard,
+//                pageTable.., maxPages, seqLens.., keysPerSplit, stream)
+Napi::Value mlaPagedDecodeB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const ops::MlaPages p = getMlaPages(info, 12);
+  ops::MlaPagedArgs a;
+  pagedDecodeCall(info, a, 23, uint64_t(p.L + p.R), uint64_t(p.L), p.pageSize, p.numPages, "mlaPagedDecode", "q (f32 [B, H, L+R])", "out (f32 [B, H, L])",
+                  [&] { return ops::mlaPagedScratchBytes(p, a); },
+                  [&](const ops::Target& t) {
+                    checkLaunch(env, ops::mlaPagedDecode(t, p, a), "mlaPagedDecode",
+                                "Expected (L + R, L) in {(576, 512), (96, 64), (64, 64), (128, 128)} and rows that fit the pages");
+                  });
   return env.Undefined();
 }
 
+// (pool.., pageSize, pageBytes, layerOffset, type, kvHeads, headDim, hadamard) at info[i..i+9]:
+// one layer of the standard K/V layout (ops.h KvHeadPages).
+ops::KvHeadPages getKvHeadPages(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Env env = info.Env();
+  const DevSpan pool = outDev(info, i, "pool", 4);
+  ops::KvHeadPages p;
+  p.pool = pool.data;
+  p.pageSize = getInt(info, i + 3, "pageSize"), p.pageBytes = getInt(info, i + 4, "pageBytes"), p.layerOffset = getInt(info, i + 5, "layerOffset");
+  p.type = getInt(info, i + 6, "type"), p.kvHeads = getInt(info, i + 7, "kvHeads"), p.headDim = getInt(info, i + 8, "headDim");
+  if (!info[i + 9].IsBoolean()) throwKvant(env, "KVANT_DTYPE", "Expected a boolean for hadamard");
+  p.hadamard = info[i + 9].As<Napi::Boolean>().Value();
+  if (p.type < 0 || p.type > 4) throwKvant(env, "KVANT_DTYPE", "Expected a cache type code in 0..4 (f16, bf16, q8, q6, q4) but received " + std::to_string(p.type));
+  if (p.kvHeads < 1) throwKvant(env, "KVANT_SHAPE", "Expected kvHeads >= 1 but received " + std::to_string(p.kvHeads));
+  if (p.headDim < 1 || (p.type >= 2 && p.headDim % 32 != 0))
+    throwKvant(env, "KVANT_SHAPE", "Expected headDim >= 1 (a multiple of 32 for a quantized cache) but received " + std::to_string(p.headDim));
+  if (p.pageSize < 1 || p.pageBytes < 1) throwKvant(env, "KVANT_SHAPE", "Expected pageSize and pageBytes >= 1");
+  if (pool.bytes % uint64_t(p.pageBytes) != 0)
+    throwKvant(env, "KVANT_SHAPE", "Expected pool to hold whole pages of " + std::to_string(p.pageBytes) + " bytes but it holds " + std::to_string(pool.bytes));
+  p.numPages = int64_t(pool.bytes / uint64_t(p.pageBytes));
+  return p;
+}
+
+// kvHeadsAppend / kvHeadsGather(pool.., pageSize, pageBytes, layerOffset, type, kvHeads, headDim, hadamard, k.., v.., T, slots.., stream):
+// append quantizes k and v f32 [T, kvHeads, headDim] into their slots (K first, then V, each
+// checked: a bad row stops the call as the CPU writer does); gather decodes them back.
+template <bool kAppend>
+Napi::Value kvHeadsRowsB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = kAppend ? "kvHeadsAppend" : "kvHeadsGather";
+  const ops::KvHeadPages p = getKvHeadPages(info, 0);
+  const DevSpan k = kAppend ? getDev(info, 10, "k", 4) : outDev(info, 10, "k", 4), v = kAppend ? getDev(info, 13, "v", 4) : outDev(info, 13, "v", 4);
+  const DevSpan slots = getDev(info, 17, "slots", 4);
+  const uint64_t T = getSize(info, 16, "T");
+  if (T > 0x7fffffffu) throwKvant(env, "KVANT_RANGE", "Expected T below 2^31");
+  const uint64_t rowFloats = uint64_t(p.kvHeads) * uint64_t(p.headDim);
+  need(env, k, T * rowFloats * 4, "k (f32 [T, kvHeads, headDim])");
+  need(env, v, T * rowFloats * 4, "v (f32 [T, kvHeads, headDim])");
+  need(env, slots, T * 4, "slots (i32 [T])");
+  if (!kAppend && (overlaps(k, v) || overlaps(k, slots) || overlaps(v, slots))) throwKvant(env, "KVANT_RANGE", "Expected k, v and slots not to overlap");
+  void* stream = getStream(info, 20);
+  if (T == 0) return env.Undefined();
+  Scratch bad(env, 4, stream, op);
+  const int32_t t0 = int32_t(T);
+  for (int part = 0; part < 2; ++part) {
+    const DevSpan& x = part ? v : k;
+    checkRt(env, rt::copy(bad.as<void>(), &t0, 4, rt::CopyKind::kHostToDevice, stream, false), op);
+    const Status s = kAppend ? ops::kvHeadsWrite(target(env, stream), p, part == 1, reinterpret_cast<const float*>(x.data), T, reinterpret_cast<const int32_t*>(slots.data), bad.as<int32_t>())
+                             : ops::kvHeadsRead(target(env, stream), p, part == 1, reinterpret_cast<float*>(x.data), T, reinterpret_cast<const int32_t*>(slots.data), bad.as<int32_t>());
+    checkLaunch(env, s, op, "Expected every row (kvHeads x headDim of K, then of V) to fit its page of " + std::to_string(p.pageBytes) + " bytes");
+    const int32_t first = readBack<int32_t>(env, bad.as<void>(), stream, op);
+    if (first < t0)
+      throwKvant(env, "KVANT_RANGE", std::string(kAppend ? "Expected finite rows representable in the cache type and " : "Expected ") + "slots in 0.." +
+                                         std::to_string(p.numPages * p.pageSize - 1) + " but row " + std::to_string(first) + " of " + (part ? "v" : "k") +
+                                         (kAppend ? " was not written" : " was not read"));
+  }
+  return env.Undefined();
+}
+
+// kvHeadsPagedDecode(q.., out.., lse.. | null, B, Hq, scale, pool.., pageSize, pageBytes, layerOffset, type, kvHeads, headDim, hadamard,
+//                    pageTable.., maxPages, seqLens.., keysPerSplit, stream)
+Napi::Value kvHeadsPagedDecodeB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const ops::KvHeadPages p = getKvHeadPages(info, 12);
+  ops::MlaPagedArgs a;
+  const int Hq = getInt(info, 10, "Hq");
+  if (Hq % p.kvHeads != 0)
+    throwKvant(env, "KVANT_SHAPE", "Expected the query heads (" + std::to_string(Hq) + ") to be a multiple of kvHeads (" + std::to_string(p.kvHeads) + ")");
+  pagedDecodeCall(info, a, 22, uint64_t(p.headDim), uint64_t(p.headDim), p.pageSize, p.numPages, "kvHeadsPagedDecode", "q (f32 [B, Hq, headDim])",
+                  "out (f32 [B, Hq, headDim])", [&] { return ops::kvHeadsPagedScratchBytes(p, a); },
+                  [&](const ops::Target& t) {
+                    checkLaunch(env, ops::kvHeadsPagedDecode(t, p, a), "kvHeadsPagedDecode", "Expected headDim in {64, 128} and rows that fit the pages");
+                  });
+  return env.Undefined();
+}
 
 // sampleTokens(logits.., B, V, rows (host bytes, 48 per row), histOffsets (host i32 [B+1]) | null, histIds (host i32) | null, tokens.., stream)
 Napi::Value sampleTokensB(const Napi::CallbackInfo& info) {
@@ -1097,6 +1186,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
       {"qgemv", qmatmulB<false>}, {"qgemm", qmatmulB<true>}, {"flashAttention", flashB}, {"mlaDecode", mlaB},
       {"denseLinear", denseLinearB}, {"copyRows", copyRowsB}, {"accumulateRows", accumulateRowsB}, {"mlaAppend", mlaAppendB},
       {"mlaPagedDecode", mlaPagedDecodeB}, {"sampleTokens", sampleTokensB},
+      {"kvHeadsAppend", kvHeadsRowsB<true>}, {"kvHeadsGather", kvHeadsRowsB<false>}, {"kvHeadsPagedDecode", kvHeadsPagedDecodeB},
       {"tensorCorePeak", tensorCorePeakB},
   };
   for (const auto& f : fns) exports.Set(f.first, Napi::Function::New(env, f.second, f.first));

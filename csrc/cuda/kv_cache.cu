@@ -41,4 +41,46 @@ Status mlaPagedDecode(const Target& t, const MlaPages& p, const MlaPagedArgs& m)
   return cuda::pagedDecode(toDevice(t), pagedArgsOf(p, m));
 }
 
+
+// The standard K/V layout: one run of kvHeads segments per part (K at entry offset 0, V at
+// headBytes), head stride pageSize·2·headBytes, entry stride 2·headBytes (lib/kv/paged-cache.ts).
+namespace {
+int64_t headBytesOf(const KvHeadPages& p) { return kvBytes(p.type, p.headDim); }
+KvPagesDev pagesOf(const KvHeadPages& p) {
+  return KvPagesDev{p.pool, p.numPages, p.pageSize, p.pageBytes, p.layerOffset, 2 * headBytesOf(p)};
+}
+Status kvHeadsRows(const Target& t, const KvHeadPages& p, bool value, const float* x, float* y, size_t T, const int32_t* slots, int32_t* badRow, bool append) {
+  const int64_t hb = headBytesOf(p);
+  if (hb == 0 || p.kvHeads <= 0) return Status::kShape;
+  const KvSegRun run{p.type, p.headDim, p.hadamard ? 1 : 0, p.kvHeads, value ? hb : 0, p.pageSize * 2 * hb, 0, p.headDim};
+  KvRowsDeviceArgs a{};
+  a.pages = pagesOf(p), a.runs = &run, a.nRuns = 1, a.x = x, a.y = y, a.width = size_t(p.kvHeads) * size_t(p.headDim), a.T = T, a.slots = slots, a.badRow = badRow;
+  return append ? cuda::kvAppend(toDevice(t), a) : cuda::kvGather(toDevice(t), a);
+}
+PagedDecodeDeviceArgs pagedArgsOf(const KvHeadPages& p, const MlaPagedArgs& m) {
+  const int64_t hb = headBytesOf(p);
+  PagedDecodeDeviceArgs a{};
+  a.q = m.q, a.out = m.out, a.lse = m.lse, a.B = m.B, a.Hq = m.H, a.Hkv = p.kvHeads;
+  a.k0 = KvSegDev{p.type, p.headDim, p.hadamard ? 1 : 0, 0};
+  a.k1 = KvSegDev{kKvBf16, 0, 0, 0};
+  a.v = KvSegDev{p.type, p.headDim, p.hadamard ? 1 : 0, hb};
+  a.vFromKey = false, a.headStride = size_t(p.pageSize * 2 * hb), a.pages = pagesOf(p);
+  a.pageTable = m.pageTable, a.maxPages = m.maxPages, a.seqLens = m.seqLens, a.maxSeqLen = m.maxSeqLen, a.keysPerSplit = m.keysPerSplit;
+  a.scale = m.scale, a.scratch = m.scratch, a.splitsPerBatch = m.splitsPerBatch, a.bad = m.bad;
+  return a;
+}
+}  // namespace
+
+Status kvHeadsWrite(const Target& t, const KvHeadPages& p, bool value, const float* x, size_t T, const int32_t* slots, int32_t* badRow) {
+  return kvHeadsRows(t, p, value, x, nullptr, T, slots, badRow, true);
+}
+Status kvHeadsRead(const Target& t, const KvHeadPages& p, bool value, float* y, size_t T, const int32_t* slots, int32_t* badRow) {
+  return kvHeadsRows(t, p, value, nullptr, y, T, slots, badRow, false);
+}
+size_t kvHeadsPagedScratchBytes(const KvHeadPages& p, const MlaPagedArgs& m) { return pagedDecodeScratchFloats(pagedArgsOf(p, m)) * sizeof(float); }
+Status kvHeadsPagedDecode(const Target& t, const KvHeadPages& p, const MlaPagedArgs& m) {
+  if (headBytesOf(p) == 0 || p.kvHeads <= 0) return Status::kShape;
+  return cuda::pagedDecode(toDevice(t), pagedArgsOf(p, m));
+}
+
 }  // namespace kvant::cuda::ops

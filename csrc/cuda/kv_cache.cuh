@@ -32,6 +32,7 @@
 #pragma once
 #include "kvant/dtype.h"
 #include "launch.h"
+#include "split_merge.cuh"
 
 #ifndef KVC_ENTRY
 #ifdef __CUDACC__
@@ -204,7 +205,7 @@ __global__ void kvAppendKernel(KvRowsParams p) {
   __syncthreads();
   bool ok = true;
   for (int k = warp; k < p.items; k += nw) {
-    int r, c, g;
+    int r = 0, c = 0, g = 0;  // always set by kvItemAt (k < items); initialized for -Wmaybe-uninitialized
     kvItemAt(p.runs, p.nRuns, k, &r, &c, &g);
     const KvSegRun& s = p.runs[r];
     const int n = s.n - 32 * g < 32 ? s.n - 32 * g : 32;
@@ -217,7 +218,7 @@ __global__ void kvAppendKernel(KvRowsParams p) {
     return;
   }
   for (int k = warp; k < p.items; k += nw) {
-    int r, c, g;
+    int r = 0, c = 0, g = 0;  // always set by kvItemAt (k < items); initialized for -Wmaybe-uninitialized
     kvItemAt(p.runs, p.nRuns, k, &r, &c, &g);
     const KvSegRun& s = p.runs[r];
     const int n = s.n - 32 * g < 32 ? s.n - 32 * g : 32;
@@ -238,7 +239,7 @@ __global__ void kvGatherKernel(KvRowsParams p) {
   const uint8_t* row = kvRowPtr(p.pages, slot);
   float* yr = p.y + int64_t(t) * p.width;
   for (int k = warp; k < p.items; k += nw) {
-    int r, c, g;
+    int r = 0, c = 0, g = 0;  // always set by kvItemAt (k < items); initialized for -Wmaybe-uninitialized
     kvItemAt(p.runs, p.nRuns, k, &r, &c, &g);
     const KvSegRun& s = p.runs[r];
     const int n = s.n - 32 * g < 32 ? s.n - 32 * g : 32;
@@ -434,29 +435,15 @@ __global__ void pagedSplitCountKernel(const int32_t* seqLens, int B, int keysPer
   }
 }
 
-// Merge one output row (b, h) over its sequence's splits in split order — M = max LSE_p,
-// S = Σ exp(LSE_p − M), LSE = M + ln S (+inf if every split was empty), O = Σ exp(LSE_p − LSE) O_p —
-// then, for a rotated value segment, x = H·O / 32 per group of 32 (warp butterflies on the row
+// Merge one output row (b, h) over its sequence's splits in split order (split_merge.cuh, the
+// same merge as FlashAttention's split-KV decode), then, for a rotated value segment, x = H·O / 32 per group of 32 (warp butterflies on the row
 // staged in shared memory). One block per row, the merge over the dims by all threads.
 __global__ void pagedMergeKernel(const float* opart, const float* lsePart, int rows, int Dv, int Hq, const int* splitsPerBatch, int rotate,
                                  float* out, float* lse) {
   float* o = dynamicSmem<float>();  // [Dv]
   const int row = blockIdx.x, ns = splitsPerBatch[row / Hq];
-  float M = -INFINITY;
-  for (int s = 0; s < ns; ++s) M = fmaxf(M, lsePart[size_t(s) * rows + row]);
-  float S = 0.f;
-  if (M != -INFINITY)
-    for (int s = 0; s < ns; ++s) S += expf(lsePart[size_t(s) * rows + row] - M);
-  const float L = S == 0.f ? INFINITY : M + logf(S);
-  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-    float a = 0.f;
-    if (S != 0.f)
-      for (int s = 0; s < ns; ++s) {
-        const float w = lsePart[size_t(s) * rows + row];
-        if (w != -INFINITY) a = fmaf(expf(w - L), opart[(size_t(s) * rows + row) * Dv + d], a);
-      }
-    o[d] = a;
-  }
+  const float L = splitMergeLse(lsePart + row, size_t(rows), ns);
+  for (int d = threadIdx.x; d < Dv; d += blockDim.x) o[d] = splitMergeValue(lsePart + row, size_t(rows), opart + size_t(row) * Dv + d, size_t(rows) * Dv, ns, L);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
   if (rotate) {

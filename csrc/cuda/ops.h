@@ -139,6 +139,28 @@ struct MlaPagedArgs {
 size_t mlaPagedScratchBytes(const MlaPages& p, const MlaPagedArgs& a);
 Status mlaPagedDecode(const Target& t, const MlaPages& p, const MlaPagedArgs& a);
 
+// ---- kv_cache.cu, the standard K/V layout (lib/kv/paged-cache.ts PagedKVCache) ----
+// A layer's block of a page is head-major: kv head h holds pageSize consecutive entries
+// [K (headDim values) | V (headDim values)], each part headBytes = bytes of headDim values of
+// `type`, so slot s of head h, part K, sits at
+// pool + (s / pageSize)·pageBytes + layerOffset + h·pageSize·2·headBytes + (s % pageSize)·2·headBytes.
+struct KvHeadPages {
+  uint8_t* pool = nullptr;
+  int64_t numPages = 0, pageSize = 0, pageBytes = 0, layerOffset = 0;
+  int32_t type = 1;  // KvCode
+  int32_t kvHeads = 0, headDim = 0;
+  bool hadamard = false;
+};
+// Writes (kvHeadsWrite) or reads back dequantized (kvHeadsRead) the K (value = false) or V part
+// of T rows x [T, kvHeads, headDim] f32 at slots [T]; badRow as mlaAppend (T before; the first
+// row not written / not readable after).
+Status kvHeadsWrite(const Target& t, const KvHeadPages& p, bool value, const float* x, size_t T, const int32_t* slots, int32_t* badRow);
+Status kvHeadsRead(const Target& t, const KvHeadPages& p, bool value, float* y, size_t T, const int32_t* slots, int32_t* badRow);
+// Paged decode over the standard layout: a.q [B, Hq, headDim] with Hq = a.H a multiple of
+// kvHeads (GQA), a.out [B, Hq, headDim], a.lse [B, Hq] or null. headDim in {64, 128}.
+size_t kvHeadsPagedScratchBytes(const KvHeadPages& p, const MlaPagedArgs& a);
+Status kvHeadsPagedDecode(const Target& t, const KvHeadPages& p, const MlaPagedArgs& a);
+
 // ---- sampling.cu (contracts and semantics: csrc/cuda/sampling.cuh) ----
 constexpr size_t kSampleRowBytes = 48;  // SampleRow: f64 temperature, topP, penalty; u64 seed, counter; i32 topK, reserved
 struct SampleArgs {

@@ -175,4 +175,43 @@ class StreamTable {
   std::set<void*> live_;
 };
 
+// The process's tables and the checks both runtimes make before touching memory or a stream
+// (a freed or foreign pointer, a destroyed stream: kRange with the numbers, never a crash).
+inline AllocationTable& allocations() {
+  static AllocationTable t;
+  return t;
+}
+inline StreamTable& liveStreams() {
+  static StreamTable s;
+  return s;
+}
+inline Status checkDevice(const void* p, size_t bytes, const char* what) {
+  if (allocations().owns(p, bytes)) return Status::kOk;
+  return fail(Status::kRange, std::string(what) + ": " + std::to_string(bytes) + " bytes at device address " +
+                                  std::to_string(reinterpret_cast<uintptr_t>(p)) + " are not inside a live allocation (freed or foreign pointer)");
+}
+inline Status checkStream(void* s) {
+  if (liveStreams().live(s)) return Status::kOk;
+  return fail(Status::kRange, "the stream was destroyed");
+}
+// A copy's stream and its device side(s).
+inline Status checkCopy(void* dst, const void* src, size_t bytes, CopyKind kind, void* stream) {
+  Status s = checkStream(stream);
+  if (s != Status::kOk) return s;
+  if (kind != CopyKind::kHostToDevice && (s = checkDevice(src, bytes, "copy source")) != Status::kOk) return s;
+  if (kind != CopyKind::kDeviceToHost && (s = checkDevice(dst, bytes, "copy destination")) != Status::kOk) return s;
+  return Status::kOk;
+}
+// Drops a live allocation from the table before the runtime releases it (kRange otherwise).
+inline Status forgetAllocation(void* p) {
+  size_t bytes = 0;
+  if (allocations().remove(p, &bytes)) return Status::kOk;
+  return fail(Status::kRange, "cudaFree: device address " + std::to_string(reinterpret_cast<uintptr_t>(p)) + " is not a live allocation (double free or foreign pointer)");
+}
+// Drops a live stream before the runtime destroys it (kRange for null or a dead one).
+inline Status forgetStream(void* stream) {
+  if (stream && liveStreams().remove(stream)) return Status::kOk;
+  return fail(Status::kRange, "cudaStreamDestroy: not a live stream (destroyed twice?)");
+}
+
 }  // namespace kvant::cuda::rt

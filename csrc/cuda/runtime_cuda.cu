@@ -11,14 +11,7 @@
 namespace kvant::cuda::rt {
 namespace {
 
-AllocationTable& table() {
-  static AllocationTable t;
-  return t;
-}
-StreamTable& streams() {
-  static StreamTable s;
-  return s;
-}
+AllocationTable& table() { return allocations(); }
 
 Status fromCuda(cudaError_t e, const std::string& what) {
   if (e == cudaSuccess) return Status::kOk;
@@ -64,15 +57,6 @@ Status ready() {
   return Status::kOk;
 }
 
-Status checkDevice(const void* p, size_t bytes, const char* what) {
-  if (table().owns(p, bytes)) return Status::kOk;
-  return fail(Status::kRange, std::string(what) + ": " + std::to_string(bytes) + " bytes at device address " +
-                                  std::to_string(reinterpret_cast<uintptr_t>(p)) + " are not inside a live allocation (freed or foreign pointer)");
-}
-Status checkStream(void* s) {
-  if (streams().live(s)) return Status::kOk;
-  return fail(Status::kRange, "the stream was destroyed");
-}
 
 }  // namespace
 
@@ -113,9 +97,8 @@ Status alloc(size_t bytes, void** out) {
 }
 
 Status free(void* p) {
-  size_t bytes = 0;
-  if (!table().remove(p, &bytes))
-    return fail(Status::kRange, "cudaFree: device address " + std::to_string(reinterpret_cast<uintptr_t>(p)) + " is not a live allocation (double free or foreign pointer)");
+  const Status s = forgetAllocation(p);
+  if (s != Status::kOk) return s;
   // cudaFree waits for the device to finish with the memory (it synchronizes implicitly), so a
   // buffer dropped while a kernel still reads it is safe.
   return fromCuda(cudaFree(p), "cudaFree");
@@ -142,7 +125,7 @@ Status streamCreate(void** stream) {
   // for the default stream, so work a caller queued without a stream (an upload, a memset) is
   // ordered before what it then queues on this stream, as JS code reads.
   if ((s = fromCuda(cudaStreamCreateWithFlags(&st, cudaStreamDefault), "cudaStreamCreate")) != Status::kOk) return s;
-  streams().add(st);
+  liveStreams().add(st);
   *stream = st;
   return Status::kOk;
 }
@@ -154,18 +137,17 @@ Status streamSynchronize(void* stream) {
 }
 
 Status streamDestroy(void* stream) {
-  if (!stream || !streams().remove(stream)) return fail(Status::kRange, "cudaStreamDestroy: not a live stream (destroyed twice?)");
+  const Status s = forgetStream(stream);
+  if (s != Status::kOk) return s;
   return fromCuda(cudaStreamDestroy(static_cast<cudaStream_t>(stream)), "cudaStreamDestroy");
 }
 
-bool streamLive(void* stream) { return streams().live(stream); }
+bool streamLive(void* stream) { return liveStreams().live(stream); }
 
 Status copy(void* dst, const void* src, size_t bytes, CopyKind kind, void* stream, bool async) {
   Status s = ready();
   if (s != Status::kOk) return s;
-  if ((s = checkStream(stream)) != Status::kOk) return s;
-  if (kind != CopyKind::kHostToDevice && (s = checkDevice(src, bytes, "copy source")) != Status::kOk) return s;
-  if (kind != CopyKind::kDeviceToHost && (s = checkDevice(dst, bytes, "copy destination")) != Status::kOk) return s;
+  if ((s = checkCopy(dst, src, bytes, kind, stream)) != Status::kOk) return s;
   if (bytes == 0) return Status::kOk;
   const cudaMemcpyKind k = kind == CopyKind::kHostToDevice   ? cudaMemcpyHostToDevice
                            : kind == CopyKind::kDeviceToHost ? cudaMemcpyDeviceToHost

@@ -23,14 +23,7 @@ namespace {
 constexpr size_t kAlign = 256;
 constexpr size_t kDefaultMemory = size_t(4) << 30;
 
-AllocationTable& table() {
-  static AllocationTable t;
-  return t;
-}
-StreamTable& streams() {
-  static StreamTable s;
-  return s;
-}
+AllocationTable& table() { return allocations(); }
 
 size_t emulatedMemory() {
   static const size_t bytes = [] {
@@ -45,15 +38,6 @@ size_t emulatedMemory() {
 
 void initOnce() { table().initBudget(emulatedMemory()); }
 
-Status checkDevice(const void* p, size_t bytes, const char* what) {
-  if (table().owns(p, bytes)) return Status::kOk;
-  return fail(Status::kRange, std::string(what) + ": " + std::to_string(bytes) + " bytes at device address " +
-                                  std::to_string(reinterpret_cast<uintptr_t>(p)) + " are not inside a live allocation (freed or foreign pointer)");
-}
-Status checkStream(void* s) {
-  if (streams().live(s)) return Status::kOk;
-  return fail(Status::kRange, "the stream was destroyed");
-}
 
 }  // namespace
 
@@ -99,9 +83,8 @@ Status alloc(size_t bytes, void** out) {
 }
 
 Status free(void* p) {
-  size_t bytes = 0;
-  if (!table().remove(p, &bytes))
-    return fail(Status::kRange, "cudaFree: device address " + std::to_string(reinterpret_cast<uintptr_t>(p)) + " is not a live allocation (double free or foreign pointer)");
+  const Status s = forgetAllocation(p);
+  if (s != Status::kOk) return s;
   std::free(p);
   return Status::kOk;
 }
@@ -122,7 +105,7 @@ Status streamCreate(void** stream) {
   // A distinct address per stream; the byte itself is never read.
   void* s = ::operator new(1, std::nothrow);
   if (!s) return fail(Status::kOom, "cudaStreamCreate: out of host memory");
-  streams().add(s);
+  liveStreams().add(s);
   *stream = s;
   return Status::kOk;
 }
@@ -130,19 +113,18 @@ Status streamCreate(void** stream) {
 Status streamSynchronize(void* stream) { return checkStream(stream); }
 
 Status streamDestroy(void* stream) {
-  if (!stream || !streams().remove(stream)) return fail(Status::kRange, "cudaStreamDestroy: not a live stream (destroyed twice?)");
+  const Status s = forgetStream(stream);
+  if (s != Status::kOk) return s;
   ::operator delete(stream);
   return Status::kOk;
 }
 
-bool streamLive(void* stream) { return streams().live(stream); }
+bool streamLive(void* stream) { return liveStreams().live(stream); }
 
 Status copy(void* dst, const void* src, size_t bytes, CopyKind kind, void* stream, bool async) {
   (void)async;  // the emulated stream finishes the copy before returning
-  Status s = checkStream(stream);
+  const Status s = checkCopy(dst, src, bytes, kind, stream);
   if (s != Status::kOk) return s;
-  if (kind != CopyKind::kHostToDevice && (s = checkDevice(src, bytes, "copy source")) != Status::kOk) return s;
-  if (kind != CopyKind::kDeviceToHost && (s = checkDevice(dst, bytes, "copy destination")) != Status::kOk) return s;
   if (bytes) std::memmove(dst, src, bytes);
   return Status::kOk;
 }

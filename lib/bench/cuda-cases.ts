@@ -1,7 +1,7 @@
 /**
  * `kvant bench --backend cuda`: the device's ceilings (device-to-device copy bandwidth and the
  * f16 tensor-core rate of csrc/cuda/probe.cuh) and device rows with the CPU rows' names, kernel
- * names and fields (qgemv / qgemm on the V2-Lite shapes, flash_attn prefill, mla_decode), judged
+ * names and fields (qgemv / qgemm on the V2-Lite shapes, flash_attn prefill, mla_decode, decode_attn), judged
  * against those ceilings. Every timed run ends with a device synchronize, so a row is the time of
  * the kernel(s) completing, not of the launch being queued.
  *
@@ -13,6 +13,7 @@ import * as os from 'node:os';
 import { cudaInfo } from '../backend';
 import { KvantError, callNative } from '../errors';
 import { DeviceTensor, deviceProperties, synchronize } from '../cuda/device';
+import { DevicePagedKVCache } from '../cuda/kv-cache';
 import { DeviceMlaCache } from '../cuda/rows';
 import { KV_CACHE_TYPES, type KvCacheType } from '../kv/format';
 import { cudaNative } from '../cuda/native';
@@ -287,6 +288,66 @@ function mlaCacheCase(type: KvCacheType, T: number, H: number, L: number, R: num
 }
 
 /**
+ * The CPU's `decode_attn` row on the device: standard (non-MLA) paged decode attention,
+ * DevicePagedKVCache.decode, one query row of H heads (one per kv head, as the CPU row) over T
+ * cached rows of K and V in the stored type; bytes = the K and V rows read. Layers are cycled
+ * like the other bandwidth rows so a run does not hit the rows the previous one left in L2.
+ */
+function decodeAttnCase(type: KvCacheType, T: number, H: number, D: number, quick: boolean, emulated: boolean): BenchCase {
+  const probe = { rowBytes: 0 };
+  let cache: DevicePagedKVCache | undefined;
+  let q: DeviceTensor | undefined;
+  let seq = 0;
+  let layers = 1;
+  const c: BenchCase = {
+    name: `decode_attn ${type} sk=${T} ${H}x${D}`,
+    kernel: 'decode_attn',
+    fields: { sq: 1, sk: T, heads: H, d_qk: D, d_v: D, kv_cache: type },
+    get bytes() {
+      return probe.rowBytes * T;
+    },
+    ceiling: 'read',
+    flops: 4 * H * D * T,
+    get warmup() {
+      return layers;
+    },
+    setup() {
+      const one = new DevicePagedKVCache({ layers: 1, kvHeads: H, headDim: D, type, budgetBytes: 64 << 20 });
+      probe.rowBytes = one.rowBytes;
+      one.dispose();
+      layers = deviceCopies(probe.rowBytes * T, quick, emulated);
+      const pages = Math.ceil(T / 64);
+      cache = new DevicePagedKVCache({ layers, kvHeads: H, headDim: D, type, pageSize: 64, budgetBytes: (pages + 1) * 64 * probe.rowBytes * layers });
+      seq = cache.open(T);
+      const chunk = Math.min(T, 256);
+      const k = DeviceTensor.fromHost(Tensor.random([chunk, H, D], 'f32', { seed: 5, dist: 'normal' }));
+      const v = DeviceTensor.fromHost(Tensor.random([chunk, H, D], 'f32', { seed: 6, dist: 'normal' }));
+      try {
+        for (let l = 0; l < layers; l++)
+          for (let t = 0; t < T; t += chunk) (cache as DevicePagedKVCache).append(seq, l, t + chunk <= T ? k : k.slice(0, T - t), t + chunk <= T ? v : v.slice(0, T - t));
+      } finally {
+        k.free();
+        v.free();
+      }
+      q = DeviceTensor.fromHost(Tensor.random([1, H, D], 'f32', { seed: 7, dist: 'normal' }));
+      let l = 0;
+      return synced(() => {
+        const r = (cache as DevicePagedKVCache).decode(l, [seq], q as DeviceTensor);
+        r.out.free();
+        r.lse.free();
+        l = (l + 1) % layers;
+      });
+    },
+    teardown() {
+      cache?.dispose();
+      q?.free();
+      cache = undefined;
+    },
+  };
+  return c;
+}
+
+/**
  * The CPU's `kv_quant` row on the device: quantizing n values (rows of L + R) into the cache's
  * pages (DeviceMlaCache.append, the decode loop's cache write). Bytes: f32 in + the stored rows.
  */
@@ -343,6 +404,7 @@ export function cudaCases(machine: Machine, quick: boolean): BenchCase[] {
     cases.push(mlaCase(1, 2, 64, 32, 70));
     for (const t of ['bf16', 'q4'] as const) cases.push(mlaCacheCase(t, 70, 2, 64, 32, quick, true));
     for (const t of ['bf16', 'q4'] as const) cases.push(kvQuantCase(t, 96 * 9, 64, 32));
+    for (const t of ['f16', 'q8'] as const) cases.push(decodeAttnCase(t, 70, 2, 64, quick, true));
     return cases;
   }
   const shapes = quick ? V2_LITE_SHAPES.filter(([n]) => n === 'q_proj' || n === 'expert gate/up') : V2_LITE_SHAPES;
@@ -361,6 +423,7 @@ export function cudaCases(machine: Machine, quick: boolean): BenchCase[] {
   for (const T of quick ? [1024] : [1024, 8192]) cases.push(mlaCase(1, 16, 512, 64, T));
   if (!quick) cases.push(mlaCase(8, 16, 512, 64, 4096));
   for (const T of quick ? [1024] : [4096, 32768]) for (const t of KV_CACHE_TYPES) cases.push(mlaCacheCase(t, T, 16, 512, 64, quick, false));
+  for (const T of quick ? [4096] : [4096, 32768]) for (const t of KV_CACHE_TYPES) cases.push(decodeAttnCase(t, T, 32, 128, quick, false));
   for (const t of KV_CACHE_TYPES) cases.push(kvQuantCase(t, quick ? 576 * 1024 : 576 * 16384, 512, 64));
   return cases;
 }

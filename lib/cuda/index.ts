@@ -16,5 +16,7 @@ export { opsFor } from './host';
 export type { HostOps } from './host';
 export { DeviceMlaCache, accumulateRows, copyRows, denseLinear, denseLinearHeads } from './rows';
 export type { CopyRowsOptions, DenseHeadsGeometry, DeviceMlaCacheOptions } from './rows';
+export { DEVICE_DECODE_HEAD_DIMS, DevicePagedKVCache } from './kv-cache';
+export type { DevicePagedCacheOptions } from './kv-cache';
 export { sampleTokens } from './sampling';
 export type { DeviceSampleRow } from './sampling';

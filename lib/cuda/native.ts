@@ -102,12 +102,22 @@ export interface CudaNative {
     number, Dev, number, number, number, S]): void;
   sampleTokens(logits: Dev, lo: number, lb: number, B: number, V: number, rows: Uint8Array, histOffsets: Int32Array | null, histIds: Int32Array | null,
     tokens: Dev, to: number, tb: number, stream: S): void;
+  /** Standard K/V layout: quantize k, v f32 [T, kvHeads, headDim] into their slots (K, then V). */
+  kvHeadsAppend(...args: [...KvHeadPagesArgs, Dev, number, number, Dev, number, number, number, Dev, number, number, S]): void;
+  /** Standard K/V layout: decode the rows at slots into k, v f32 [T, kvHeads, headDim]. */
+  kvHeadsGather(...args: [...KvHeadPagesArgs, Dev, number, number, Dev, number, number, number, Dev, number, number, S]): void;
+  /** Standard K/V layout: batched paged decode (q, out, lse | null, B, Hq, scale, pages, pageTable, maxPages, seqLens, keysPerSplit, stream). */
+  kvHeadsPagedDecode(...args: [Dev, number, number, Dev, number, number, Dev | null, number, number, number, number, number, ...KvHeadPagesArgs, Dev, number,
+    number, number, Dev, number, number, number, S]): void;
   /** The bench's f16 tensor-core peak (csrc/cuda/probe.cuh): out f32 [blocks·warps·4·256], every element iters·16·a·b. */
   tensorCorePeak(out: Dev, oo: number, ob: number, blocks: number, warps: number, iters: number, a: number, b: number, stream: S): void;
 }
 
 /** (pool.., pageSize, pageBytes, layerOffset, rowBytes, type code, L, R, hadamard) of one layer's MLA pages. */
 export type MlaPagesArgs = [Dev, number, number, number, number, number, number, number, number, number, boolean];
+
+/** (pool.., pageSize, pageBytes, layerOffset, type code, kvHeads, headDim, hadamard) of one layer of standard K/V pages. */
+export type KvHeadPagesArgs = [Dev, number, number, number, number, number, number, number, number, boolean];
 
 let loaded: { binary: string; addon: CudaNative } | undefined;
 

@@ -136,7 +136,7 @@ export function accumulateRows(y: DeviceTensor, src: DeviceTensor, o: StreamOpti
  * PagePool. Copy-on-write (only reached through fork, which the device cache does not offer) is
  * refused.
  */
-class PageBook {
+export class PageBook {
   readonly pageBytes: number;
   readonly maxPages: number;
   private readonly refs: Int32Array;

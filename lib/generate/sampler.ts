@@ -185,10 +185,22 @@ export function logSoftmaxAt(logits: Float32Array, token: number): number {
  */
 const scratch: { exps: Float64Array; keys: Uint32Array; hist?: Float64Array } = { exps: new Float64Array(0), keys: new Uint32Array(0) };
 
+/**
+ * A Sampler's state for sampling its next token elsewhere (the device sampler, cuda.sampleTokens,
+ * which follows sample() step by step): the options, the 1-based index of the generator draw
+ * the next non-greedy sample uses, and the tokens the repetition penalty applies to.
+ */
+export interface SamplerState extends Required<SamplingOptions> {
+  counter: number;
+  history: number[];
+}
+
 export class Sampler {
   private readonly opts: Required<SamplingOptions>;
   private readonly rng: SeededRandom;
   private readonly seen = new Set<number>();
+  /** Generator draws so far (one per non-greedy sample). */
+  private draws = 0;
 
   constructor(opts: SamplingOptions, history: readonly number[] = []) {
     this.opts = checkSampling(opts);
@@ -209,10 +221,25 @@ export class Sampler {
       token = argmax(logits);
     } else {
       token = this.draw(logits, temperature, topK, topP);
+      this.draws++; // every non-greedy path draws exactly once
     }
     if (token === undefined) throw new KvantError('KVANT_RANGE', 'Cannot sample: every logit is NaN');
     this.seen.add(token);
     return token;
+  }
+
+  /** The state the next sample() would start from (see {@link SamplerState}). */
+  state(): SamplerState {
+    return { ...this.opts, counter: this.draws + 1, history: this.opts.repetitionPenalty !== 1 ? [...this.seen] : [] };
+  }
+
+  /** Records a token sampled elsewhere from {@link state}: advances the generator and the history as sample() would have. */
+  record(token: number): void {
+    if (this.opts.temperature !== 0) {
+      this.rng.next();
+      this.draws++;
+    }
+    this.seen.add(token);
   }
 
   private draw(logits: Float32Array, temperature: number, topK: number, topP: number): number {

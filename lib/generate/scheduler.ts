@@ -10,7 +10,7 @@
  * batch-invariant engine).
  */
 import { KvantError, expected } from '../errors';
-import { Sampler, SamplingOptions, checkSampling, logSoftmaxAt } from './sampler';
+import { Sampler, SamplerState, SamplingOptions, checkSampling, logSoftmaxAt } from './sampler';
 
 /** The KV cache's answer to "can `tokens` tokens be reserved?". */
 export interface Admission {
@@ -39,6 +39,14 @@ export interface DecodeEngine<S> {
   decode(seqs: readonly S[], tokens: readonly number[]): Promise<Float32Array[]>;
   /** Frees the sequence's KV pages. */
   close(seq: S): void;
+  /**
+   * Optional: a decode step that also samples where the logits are (the device), returning one
+   * token per sequence, each what Sampler.sample() would pick from state[b] (the scheduler
+   * records it in the sampler afterwards). Used for steps where no request asks for logprobs.
+   */
+  decodeSample?(seqs: readonly S[], tokens: readonly number[], state: readonly SamplerState[]): Promise<Int32Array>;
+  /** Optional, with decodeSample: whether it takes this state (e.g. a device's top-k limit); default yes. */
+  canSample?(state: SamplerState): boolean;
 }
 
 export interface GenerateOptions extends SamplingOptions {
@@ -143,7 +151,7 @@ export class Scheduler<S> {
   private closed = false;
   private wake?: () => void;
   /** Decode steps run so far and the largest batch seen (for tests and stats). */
-  readonly stats = { steps: 0, maxBatch: 0, prefills: 0, /** ms awaiting engine.decode */ decodeMs: 0, /** ms sampling and detokenizing after decode steps */ acceptMs: 0 };
+  readonly stats = { steps: 0, maxBatch: 0, prefills: 0, /** decode steps sampled by engine.decodeSample */ sampledSteps: 0, /** ms awaiting engine.decode */ decodeMs: 0, /** ms sampling and detokenizing after decode steps */ acceptMs: 0 };
 
   constructor(engine: DecodeEngine<S>, opts: SchedulerOptions = {}) {
     this.engine = engine;
@@ -326,13 +334,17 @@ export class Scheduler<S> {
 
   /** Appends a sampled token; returns false when the sequence has finished. */
   private accept(req: Request<S>, logits: Float32Array): boolean {
-    const token = req.sampler.sample(logits);
+    return this.acceptToken(req, req.sampler.sample(logits), logits);
+  }
+
+  /** Appends a token sampled from `logits` (or by the engine, without host logits: no logprobs then). */
+  private acceptToken(req: Request<S>, token: number, logits: Float32Array | undefined): boolean {
     if (req.opts.stopTokens?.includes(token)) {
       this.finish(req, 'stop');
       return false;
     }
     const chunk: GenerationChunk = { token };
-    if (req.opts.logprobs) {
+    if (req.opts.logprobs && logits) {
       chunk.logprob = logSoftmaxAt(logits, token);
       req.logprobs.push(chunk.logprob);
     }
@@ -492,12 +504,16 @@ export class Scheduler<S> {
         this.stats.steps++;
         this.stats.maxBatch = Math.max(this.stats.maxBatch, batch.length);
         const t0 = performance.now();
-        let logits: Float32Array[];
+        // Sampling where the logits are (only token ids come back) unless a request needs host logits.
+        let states = this.engine.decodeSample && !batch.some((r) => r.opts.logprobs) ? batch.map((r) => r.sampler.state()) : undefined;
+        if (states && this.engine.canSample && !states.every((st) => this.engine.canSample!(st))) states = undefined;
+        let logits: Float32Array[] | undefined;
+        let sampled: Int32Array | undefined;
         try {
-          logits = await this.engine.decode(
-            batch.map((r) => r.seq as S),
-            batch.map((r) => r.last),
-          );
+          const seqs = batch.map((r) => r.seq as S);
+          const last = batch.map((r) => r.last);
+          if (states) sampled = await this.engine.decodeSample!(seqs, last, states);
+          else logits = await this.engine.decode(seqs, last);
         } catch (e) {
           for (const r of batch) this.fail(r, e);
           continue;
@@ -505,10 +521,17 @@ export class Scheduler<S> {
         const t1 = performance.now();
         const ms = t1 - t0;
         this.stats.decodeMs += ms;
+        if (sampled) this.stats.sampledSteps++;
         batch.forEach((r, i) => {
           r.decodeMs += ms;
           r.decodeSteps++;
-          if (!r.done) this.accept(r, logits[i]);
+          if (r.done) return;
+          if (sampled) {
+            r.sampler.record(sampled[i]);
+            this.acceptToken(r, sampled[i], undefined);
+          } else {
+            this.accept(r, (logits as Float32Array[])[i]);
+          }
         });
         this.stats.acceptMs += performance.now() - t1;
       }

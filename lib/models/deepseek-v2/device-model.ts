@@ -29,6 +29,8 @@ export class DeviceDeepSeekV2Model {
   readonly maxContext: number;
   /** Always 'cuda'. */
   readonly backend = 'cuda' as const;
+  /** The largest topK decodeSample takes (the device sampler's candidate limit, csrc/cuda/sampling.cuh). */
+  readonly sampleMaxTopK = 1024;
   private weights: DeviceWeights | null;
   private readonly k: ForwardConsts;
 

@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { ERROR_CODES, KvantError, KvantErrorCode } from '../../errors';
 import { Admission, DecodeEngine } from '../../generate/scheduler';
+import type { SamplerState } from '../../generate/sampler';
 import { packageRoot } from '../../native';
 import type { KvCacheType } from './plan';
 
@@ -40,6 +41,8 @@ export interface ModelInfo {
   maxContext: number;
   bytesPerToken: number;
   loadMs: number;
+  /** Set when the model samples on its side (decodeSample: the device model): the largest topK it takes. */
+  sampleMaxTopK?: number;
 }
 
 export type LogitsMode = 'prefill' | 'decode';
@@ -51,6 +54,7 @@ export type WorkerRequest =
   | { op: 'close'; seq: number }
   | { id: number; op: 'prefill'; seq: number; tokens: number[] }
   | { id: number; op: 'decode'; seqs: number[]; tokens: number[] }
+  | { id: number; op: 'decodeSample'; seqs: number[]; tokens: number[]; state: SamplerState[] }
   | { id: number; op: 'logits'; tokens: number[]; mode: LogitsMode }
   | { id: number; op: 'memory' }
   | { id: number; op: 'dispose' };
@@ -119,21 +123,30 @@ export class WorkerEngine implements DecodeEngine<number> {
    */
   readonly timing = { prefillCalls: 0, prefillComputeMs: 0, prefillRoundTripMs: 0, decodeCalls: 0, decodeComputeMs: 0, decodeRoundTripMs: 0 };
 
+  /** Present when the model samples on its side (info.sampleMaxTopK): a decode step returning one token per sequence. */
+  readonly decodeSample?: (seqs: readonly number[], tokens: readonly number[], state: readonly SamplerState[]) => Promise<Int32Array>;
+  readonly canSample?: (state: SamplerState) => boolean;
+
   private constructor(worker: Worker, info: ModelInfo) {
     this.worker = worker;
     this.info = info;
     this.vocabSize = info.vocabSize;
     this.maxContext = info.maxContext;
+    const maxTopK = info.sampleMaxTopK;
+    if (maxTopK !== undefined) {
+      this.decodeSample = (seqs, tokens, state) => this.call<Int32Array>({ op: 'decodeSample', seqs: [...seqs], tokens: [...tokens], state: [...state] });
+      this.canSample = (st) => st.topK <= maxTopK;
+    }
     worker.on('message', (m: WorkerMessage) => {
       if (m.type !== 'reply') return;
       const p = this.pending.get(m.id);
       if (!p) return;
       this.pending.delete(m.id);
       if (this.pending.size === 0) worker.unref();
-      if (m.ok && (p.op === 'decode' || p.op === 'prefill') && m.ms !== undefined) {
+      if (m.ok && (p.op === 'decode' || p.op === 'decodeSample' || p.op === 'prefill') && m.ms !== undefined) {
         const t = this.timing;
         const rt = performance.now() - p.t0;
-        if (p.op === 'decode') {
+        if (p.op !== 'prefill') {
           t.decodeCalls++;
           t.decodeComputeMs += m.ms;
           t.decodeRoundTripMs += rt;

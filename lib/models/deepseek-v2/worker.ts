@@ -6,6 +6,7 @@
 import * as path from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Admission } from '../../generate/scheduler';
+import type { SamplerState } from '../../generate/sampler';
 import { KvantError } from '../../errors';
 import { ModelInfo, WorkerData, WorkerMessage, WorkerRequest, toWire } from './engine';
 
@@ -22,6 +23,10 @@ export interface HostedModel {
   };
   prefill(seq: number, tokens: readonly number[], o?: { allLogits?: boolean; chunkSize?: number }): Float32Array;
   decode(seqs: readonly number[], tokens: readonly number[]): Float32Array[];
+  /** Optional: a decode step sampling on the model's side (the device model), one token per sequence. */
+  decodeSample?(seqs: readonly number[], tokens: readonly number[], state: readonly SamplerState[]): Int32Array;
+  /** With decodeSample: the largest topK it takes. */
+  readonly sampleMaxTopK?: number;
   memory(): { weightsBytes: number; cacheBytes: number };
   dispose(): void;
 }
@@ -65,6 +70,7 @@ try {
     maxContext: model.maxContext,
     bytesPerToken: model.cache.bytesPerToken,
     loadMs: performance.now() - t0,
+    sampleMaxTopK: typeof model.decodeSample === 'function' ? (model.sampleMaxTopK ?? Infinity) : undefined,
   };
   post({ type: 'ready', info });
 } catch (e) {
@@ -118,6 +124,13 @@ port.on('message', (m: WorkerRequest) => {
       }
       case 'decode': {
         const a = pack(model.decode(m.seqs, m.tokens), V);
+        value = a;
+        transfer = [a.buffer as ArrayBuffer];
+        break;
+      }
+      case 'decodeSample': {
+        if (typeof model.decodeSample !== 'function') throw new KvantError('KVANT_BACKEND', 'This model does not sample on its side');
+        const a = Int32Array.from(model.decodeSample(m.seqs, m.tokens, m.state));
         value = a;
         transfer = [a.buffer as ArrayBuffer];
         break;
