@@ -293,8 +293,10 @@ Status qgemmTyped(const QMatrix& w, const void* x, DType xType, size_t M, const 
     auto* left = reinterpret_cast<std::atomic<uint32_t>*>(T + M * a.ng * N);
     static_assert(sizeof(std::atomic<uint32_t>) == sizeof(float) && alignof(std::atomic<uint32_t>) <= alignof(float), "counter slots");
     for (size_t cb = 0; cb < colBlocks; ++cb) new (&left[cb]) std::atomic<uint32_t>(uint32_t(a.ng));
+    const bool blockMajor = qSplitBlockMajor(w.fmt.bits, a.act, M, a.ng, N);
     threadPool().parallelFor(a.ng * colBlocks, [&](size_t t) {
-      const size_t g = t / colBlocks, cb = t % colBlocks, n0 = cb * kQSplitCols, n1 = n0 + kQSplitCols < N ? n0 + kQSplitCols : N;
+      const size_t g = blockMajor ? t % a.ng : t / colBlocks, cb = blockMajor ? t / a.ng : t % colBlocks;
+      const size_t n0 = cb * kQSplitCols, n1 = n0 + kQSplitCols < N ? n0 + kQSplitCols : N;
       kt->groupTerms(w, a, g, n0, n1, T);
       // acq_rel: each task releases its T writes; the last one acquires all of them.
       if (left[cb].fetch_sub(1, std::memory_order_acq_rel) != 1) return;
