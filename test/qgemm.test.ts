@@ -258,10 +258,10 @@ describe('qlinear', () => {
     }
   });
 
-  it('split-K block-major task order (int8, 2/4 bits, terms above 4 MiB): same bits as group-major, scalar and f64', () => {
+  it('split-K block-major task order (int8, 4 bits, terms above 4 MiB): same bits as group-major, scalar and f64', () => {
     // M = 8, ng = 32 (g32), N = 4160: T = 8·32·4160·4 bytes = 4.26 MB > kQBlockMajorTermBytes, so
-    // the M = 8 call runs its tasks block-major, while each M = 1 call (T = 0.53 MB) and every
-    // f32-activation call run group-major. Rows must agree bit for bit across the two orders,
+    // the 4-bit M = 8 call runs its tasks block-major, while each M = 1 call (T = 0.53 MB), every
+    // f32-activation call and the 2-bit case (a group-major control) run group-major. Rows must agree bit for bit across the two orders,
     // thread counts 1/2/3 and ISA levels, and stay within the int8 bound against f64.
     const before = getThreads();
     for (const bits of [2, 4] as const) {

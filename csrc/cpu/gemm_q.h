@@ -116,15 +116,15 @@ constexpr size_t kQSplitMaxM = 8, kQSplitMinGroups = 4, kQSplitCols = 2048;
 // but every block's terms T then wait for the last group: the whole M·ng·N-float T lives
 // through the call. Once T exceeds kQBlockMajorTermBytes (lm_head: 6.5 MB at g128) it leaves
 // the caches and is written to and read back from DRAM, 2·8/G·(32/bits) extra bytes per weight
-// byte (+12.5% at 4 bits, +25% at 2). Then, for int8 activations at 2 and 4 bits, tasks run
+// byte (+12.5% at 4 bits, +25% at 2). Then, for int8 activations at 4 bits, tasks run
 // block-major (group t % ng of block t / ng): a block's T (<= 16 x 8 KB at g128) is combined
-// while it is still in L2. Measured side by side, 2 threads, 4b int8 lm_head: 0.85-0.96x in
-// four runs, 2b 0.90-0.96x; 8 bits (6% of T traffic, 32 row streams restarted per task)
-// 1.07-1.12x and f32 activations 0.99-1.03x, so they keep group-major. The order never
-// changes a result (each output's chain is fixed; tested with T above and below the limit).
+// while it is still in L2. Measured side by side, 2 threads, 4b int8 lm_head: 0.61-0.96x in
+// eight runs. 2 bits measured 0.90-0.97x in four runs and 1.04-1.22x in the next four, 8 bits
+// 1.07-1.12x, f32 activations 0.99-1.03x: they keep group-major. The order never changes a
+// result (each output's chain is fixed; tested with T above and below the limit).
 constexpr size_t kQBlockMajorTermBytes = size_t(4) << 20;
 inline bool qSplitBlockMajor(int bits, QAct act, size_t M, size_t ng, size_t N) {
-  return act == QAct::kInt8 && bits != 8 && M * ng * N * sizeof(float) > kQBlockMajorTermBytes;
+  return act == QAct::kInt8 && bits == 4 && M * ng * N * sizeof(float) > kQBlockMajorTermBytes;
 }
 
 // Floats of scratch qgemm needs for M rows (act: the requested precision).
