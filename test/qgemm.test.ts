@@ -258,6 +258,35 @@ describe('qlinear', () => {
     }
   });
 
+  it('split-K block-major task order (int8, 4 bits, terms above 4 MiB): same bits as group-major, scalar and f64', () => {
+    // M = 8, ng = 32 (g32), N = 4160: T = 8·32·4160·4 bytes = 4.26 MB > kQBlockMajorTermBytes, so
+    // the 4-bit M = 8 call runs its tasks block-major, while each M = 1 call (T = 0.53 MB), every
+    // f32-activation call and the 2-bit case (a group-major control) run group-major. Rows must agree bit for bit across the two orders,
+    // thread counts 1/2/3 and ISA levels, and stay within the int8 bound against f64.
+    const before = getThreads();
+    for (const bits of [2, 4] as const) {
+      const K = 1024, N = 4160, M = 8;
+      const q = makeQuant({ K, N, bits, groupSize: 32, sym: false, v2: bits === 4, seed: 700 + bits });
+      const x = randX(M, K, 70 + bits);
+      const rows: Float32Array[] = [];
+      for (let m = 0; m < M; m++) rows.push(qlinear(x.slice(m, m + 1), q.w, { activations: 'int8' }).data() as Float32Array);
+      const ref = qlinear(x.slice(0, 2), q.w, { isa: 'scalar', activations: 'int8' }).data() as Float32Array;
+      check(ref, x.slice(0, 2).toFloat32Array(), q, 2, undefined, 'int8');
+      expect(bytes(rows[0]).equals(bytes(ref.subarray(0, N)))).toBe(true);
+      expect(bytes(rows[1]).equals(bytes(ref.subarray(N, 2 * N)))).toBe(true);
+      for (const t of [1, 2, 3]) {
+        setThreads(t);
+        for (const lvl of levels.filter((l) => l !== 'scalar')) {
+          const out = poisoned(M, N);
+          qlinear(x, q.w, { out, isa: lvl, activations: 'int8' });
+          const y = out.data() as Float32Array;
+          for (let m = 0; m < M; m++) expect(bytes(y.subarray(m * N, (m + 1) * N)).equals(bytes(rows[m]))).toBe(true);
+        }
+      }
+      setThreads(before);
+    }
+  });
+
   it('y in f16/bf16: the f32 result (bias included) rounded once to nearest even, every path and ISA level', () => {
     // Rounding once from f32 must give exactly Tensor.to(dtype) of the f32 output (RNE), and
     // so lie within half an ulp of it: f16 2^-11 relative (normals) + 2^-25 absolute

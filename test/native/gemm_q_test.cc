@@ -286,3 +286,44 @@ TEST(qgemm_rows_are_batch_and_thread_invariant_and_identical_across_levels) {
     }
   threadPool().resize(before);
 }
+
+// The int8 activation prepare rounds x / d half to even exactly as std::nearbyint in the
+// default rounding mode, sign of zero included (it uses an add-and-subtract rounding instead
+// of the libm call): exact ties (block max 127, so 127/max = 1 and x / d = x exactly), values
+// rounding to −0, and random blocks, for every packing width. xs holds float(q); Q_b and d_b
+// follow from it.
+TEST(qgemm_int8_prepare_rounds_half_to_even_like_nearbyint) {
+  uint64_t seed = 900;
+  for (int bits : {2, 4, 8}) {
+    const size_t K = 256;
+    const Made m = make(bits, 128, false, K, 16, ++seed);
+    const QMatrix q = m.q();
+    std::vector<float> x(K);
+    fillRandom(x.data(), DType::kF32, K, seed, RandomDist::kNormal, 0, 1);
+    // Block 0: ties and near-zero values, max 127 (d = 1).
+    const float ties[] = {127.0f, 0.5f, -0.5f, 1.5f, -1.5f, 2.5f, -2.5f, 126.5f, -126.5f, -0.3f, 0.3f, -0.0f, 0.0f, 3.5f, -4.5f, 64.5f};
+    for (size_t k = 0; k < 32; ++k) x[k] = ties[k % 16];
+    // Block 1: max 127 again, with a third of the values at random exact halves.
+    for (size_t k = 32; k < 64; ++k) x[k] = k % 3 ? float(int(lcg(seed) % 253) - 126) + 0.5f : float(int(lcg(seed) % 255) - 127);
+    x[40] = -127.0f;
+    std::vector<float> scratch(qgemmScratchFloats(m.f, 1, QAct::kInt8));
+    const QActs a = qgemmPrepare(q, x.data(), DType::kF32, K, 1, scratch.data(), QAct::kInt8);
+    for (size_t b = 0; b < K / 32; ++b) {
+      float mx = 0;
+      for (size_t k = 32 * b; k < 32 * b + 32; ++k) mx = std::max(mx, std::fabs(x[k]));
+      const float inv = 127.0f / mx;
+      float sum = 0;
+      for (size_t k = 32 * b; k < 32 * b + 32; ++k) {
+        const float want = std::max(-127.0f, std::min(127.0f, std::nearbyint(x[k] * inv)));
+        sum += want;
+        if (std::memcmp(&want, &a.xs[k], 4) != 0) {
+          EXPECT_TRUE(std::memcmp(&want, &a.xs[k], 4) == 0);
+          std::fprintf(stderr, "    bits %d k %zu x %.9g: want %.9g got %.9g\n", bits, k, double(x[k]), double(want), double(a.xs[k]));
+          return;
+        }
+      }
+      EXPECT_TRUE(a.qsum[b] == sum);
+      EXPECT_TRUE(a.dx[b] == mx / 127.0f);
+    }
+  }
+}
