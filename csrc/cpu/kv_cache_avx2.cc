@@ -305,7 +305,28 @@ inline void codes32f(KvType t, const uint8_t* blk, __m256 v[4]) {
 void axpyRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* p, float* acc, size_t n) {
   if (kvQuantized(t)) {
     const size_t gbytes = kvSegmentBytes(t, kKvGroup);
-    for (size_t g = 0; g < n; g += 32) {
+    size_t g = 0;
+    // Two groups (64 columns, 8 accumulators) per pass over the rows: one group alone keeps
+    // 4 FMA chains that each advance one FMA per row, so a pass ran at the FMA latency.
+    for (; g + 64 <= n; g += 64) {
+      __m256 a0 = _mm256_loadu_ps(acc + g), a1 = _mm256_loadu_ps(acc + g + 8), a2 = _mm256_loadu_ps(acc + g + 16), a3 = _mm256_loadu_ps(acc + g + 24);
+      __m256 b0 = _mm256_loadu_ps(acc + g + 32), b1 = _mm256_loadu_ps(acc + g + 40), b2 = _mm256_loadu_ps(acc + g + 48), b3 = _mm256_loadu_ps(acc + g + 56);
+      const size_t boff = off + g / 32 * gbytes;
+      for (size_t r = 0; r < nrows; ++r) {
+        const uint8_t* blk = rows[r] + boff;
+        const __m256 w = _mm256_set1_ps(p[r] * scaleOf(blk)), w2 = _mm256_set1_ps(p[r] * scaleOf(blk + gbytes));
+        __m256 v[4], u[4];
+        codes32f(t, blk, v);
+        codes32f(t, blk + gbytes, u);
+        a0 = _mm256_fmadd_ps(w, v[0], a0), a1 = _mm256_fmadd_ps(w, v[1], a1);
+        a2 = _mm256_fmadd_ps(w, v[2], a2), a3 = _mm256_fmadd_ps(w, v[3], a3);
+        b0 = _mm256_fmadd_ps(w2, u[0], b0), b1 = _mm256_fmadd_ps(w2, u[1], b1);
+        b2 = _mm256_fmadd_ps(w2, u[2], b2), b3 = _mm256_fmadd_ps(w2, u[3], b3);
+      }
+      _mm256_storeu_ps(acc + g, a0), _mm256_storeu_ps(acc + g + 8, a1), _mm256_storeu_ps(acc + g + 16, a2), _mm256_storeu_ps(acc + g + 24, a3);
+      _mm256_storeu_ps(acc + g + 32, b0), _mm256_storeu_ps(acc + g + 40, b1), _mm256_storeu_ps(acc + g + 48, b2), _mm256_storeu_ps(acc + g + 56, b3);
+    }
+    for (; g < n; g += 32) {
       __m256 a0 = _mm256_loadu_ps(acc + g), a1 = _mm256_loadu_ps(acc + g + 8), a2 = _mm256_loadu_ps(acc + g + 16), a3 = _mm256_loadu_ps(acc + g + 24);
       const size_t boff = off + g / 32 * gbytes;
       for (size_t r = 0; r < nrows; ++r) {
@@ -373,51 +394,66 @@ inline __m256 hsum8(const __m256 a[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
 }
 
-// Lane partials of one row's score (summed by hsum8).
-inline __m256 dotLanes(KvType t, const uint8_t* src, const float* q, size_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+// Lane partials of four rows' scores at once (summed by hsum8). Per row exactly the one-row
+// arithmetic (two accumulators a0/a1, the same FMAs in the same order, then a0 + a1); the
+// four rows are interleaved so 8 independent FMA chains are in flight and each query vector
+// is loaded once for four rows (one row at a time left two 8-deep FMA chains per row: the
+// kernel ran at the FMA latency, not at the load or conversion throughput).
+inline void dotLanes4(KvType t, const uint8_t* const src[4], const float* q, size_t n, __m256 out[4]) {
+  __m256 a0[4], a1[4];
+  for (int r = 0; r < 4; ++r) a0[r] = _mm256_setzero_ps(), a1[r] = a0[r];
   if (kvQuantized(t)) {
     const size_t bytes = kvSegmentBytes(t, kKvGroup);
-    for (size_t i = 0; i < n; i += 32, src += bytes) {
-      __m256 v[4];
-      block32(t, src, v);
-      a0 = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(q + i), a0);
-      a1 = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(q + i + 8), a1);
-      a0 = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(q + i + 16), a0);
-      a1 = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(q + i + 24), a1);
+    for (size_t i = 0, o = 0; i < n; i += 32, o += bytes) {
+      const __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8), q2 = _mm256_loadu_ps(q + i + 16), q3 = _mm256_loadu_ps(q + i + 24);
+      for (int r = 0; r < 4; ++r) {
+        __m256 v[4];
+        block32(t, src[r] + o, v);
+        a0[r] = _mm256_fmadd_ps(v[0], q0, a0[r]);
+        a1[r] = _mm256_fmadd_ps(v[1], q1, a1[r]);
+        a0[r] = _mm256_fmadd_ps(v[2], q2, a0[r]);
+        a1[r] = _mm256_fmadd_ps(v[3], q3, a1[r]);
+      }
     }
   } else {
     for (size_t i = 0; i < n; i += 16) {  // n % 16 == 0 (checked by the caller)
-      a0 = _mm256_fmadd_ps(half8(t, src + 2 * i), _mm256_loadu_ps(q + i), a0);
-      a1 = _mm256_fmadd_ps(half8(t, src + 2 * i + 16), _mm256_loadu_ps(q + i + 8), a1);
+      const __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8);
+      for (int r = 0; r < 4; ++r) {
+        a0[r] = _mm256_fmadd_ps(half8(t, src[r] + 2 * i), q0, a0[r]);
+        a1[r] = _mm256_fmadd_ps(half8(t, src[r] + 2 * i + 16), q1, a1[r]);
+      }
     }
   }
-  return _mm256_add_ps(a0, a1);
+  for (int r = 0; r < 4; ++r) out[r] = _mm256_add_ps(a0[r], a1[r]);
 }
 
 // Integer lane partials: per group the exact integer sums (8 lanes of 4 products), converted
 // and scaled by qd·d. q4 codes enter maddubs unsigned as stored (c + 8 in 0..15, no sign
 // trick): Σ (c + 8)·q = Σ c·q + 8·Σ q, and the per-lane 8·Σ q is subtracted in integers
 // (corr, once per call), so the sums are the same integers as dotI8's.
-inline __m256 dotI8Lanes(KvType t, const uint8_t* src, const int8_t* q8, const float* qd, const __m256i* corr, size_t groups) {
+inline void dotI8Lanes4(KvType t, const uint8_t* const src[4], const int8_t* q8, const float* qd, const __m256i* corr, size_t groups, __m256 out[4]) {
   const size_t bytes = kvSegmentBytes(t, kKvGroup);
   const __m256i ones = _mm256_set1_epi16(1);
   const __m128i m15 = _mm_set1_epi8(15);
-  __m256 acc = _mm256_setzero_ps();
-  for (size_t g = 0; g < groups; ++g, src += bytes) {
+  __m256 acc[4];
+  for (int r = 0; r < 4; ++r) acc[r] = _mm256_setzero_ps();
+  for (size_t g = 0, o = 0; g < groups; ++g, o += bytes) {
     const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 32 * g));
-    __m256i prod;
-    if (t == KvType::kQ8) {
-      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2));
-      prod = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c)), ones);
-    } else {
-      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2));
-      const __m256i cu = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m15), _mm_and_si128(raw, m15));
-      prod = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(cu, q), ones), corr[g]);
+    for (int r = 0; r < 4; ++r) {
+      const uint8_t* blk = src[r] + o;
+      __m256i prod;
+      if (t == KvType::kQ8) {
+        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+        prod = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c)), ones);
+      } else {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+        const __m256i cu = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m15), _mm_and_si128(raw, m15));
+        prod = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(cu, q), ones), corr[g]);
+      }
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(qd[g] * scaleOf(blk)), acc[r]);
     }
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(qd[g] * scaleOf(src)), acc);
   }
-  return acc;
+  for (int r = 0; r < 4; ++r) out[r] = acc[r];
 }
 
 void dotRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* q, const int8_t* q8, const float* qd, size_t n,
@@ -433,10 +469,15 @@ void dotRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, con
   for (size_t r0 = 0; r0 < nrows; r0 += 8) {
     const size_t nr = nrows - r0 < 8 ? nrows - r0 : 8;
     __m256 a[8];
-    for (size_t r = 0; r < 8; ++r) {
-      const uint8_t* src = rows[r0 + (r < nr ? r : 0)] + off;  // pad with row r0 (dropped)
-      a[r] = intPath ? dotI8Lanes(t, src, q8, qd, corr, groups) : dotLanes(t, src, q, n);
-    }
+    const uint8_t* src[8];
+    for (size_t r = 0; r < 8; ++r) src[r] = rows[r0 + (r < nr ? r : 0)] + off;  // pad with row r0 (dropped)
+    for (size_t h = 0; h < 8; h += 4)
+      if (h < nr) {
+        if (intPath) dotI8Lanes4(t, src + h, q8, qd, corr, groups, a + h);
+        else dotLanes4(t, src + h, q, n, a + h);
+      } else {
+        for (size_t r = h; r < h + 4; ++r) a[r] = _mm256_setzero_ps();  // all dropped
+      }
     alignas(32) float s[8];
     _mm256_store_ps(s, hsum8(a));
     for (size_t r = 0; r < nr; ++r) out[r0 + r] = s[r];
