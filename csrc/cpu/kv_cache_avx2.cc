@@ -215,6 +215,24 @@ inline __m256 half8(KvType t, const uint8_t* p) {
   return t == KvType::kF16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+// bf16 without a widening shuffle: 16 values as 8 dwords, dword j = value 2j | value 2j+1 << 16,
+// so x << 16 is the f32 of the even values and x & 0xffff0000 that of the odd ones: two ALU
+// ops per 16 values, where vpmovzxwd + shift cost a shuffle and a shift per 8. The even/odd
+// (deinterleaved) order is undone by the callers: the query is deinterleaved the same way for
+// a dot, an accumulator is deinterleaved once on load and reinterleaved once on store.
+inline __m256 bf16Even(__m256i x) { return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)); }
+inline __m256 bf16Odd(__m256i x) { return _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(int(0xffff0000u)))); }
+// 16 floats lo (0..7), hi (8..15) -> even = 0, 2, .., 14 and odd = 1, 3, .., 15, and back.
+inline void deinterleave16(__m256 lo, __m256 hi, __m256& even, __m256& odd) {
+  even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+  odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+}
+inline void interleave16(__m256 even, __m256 odd, __m256& lo, __m256& hi) {
+  const __m256 e = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), 0xD8));
+  const __m256 o = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd), 0xD8));
+  lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
+}
+
 inline float hsum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 u = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -342,6 +360,26 @@ void axpyRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, co
     return;
   }
   size_t c = 0;
+  if (t == KvType::kBf16)  // the same FMAs per element in row order, on deinterleaved columns
+    for (; c + 64 <= n; c += 64) {
+      __m256 e[4], o[4];
+      for (int k = 0; k < 4; ++k) deinterleave16(_mm256_loadu_ps(acc + c + 16 * k), _mm256_loadu_ps(acc + c + 16 * k + 8), e[k], o[k]);
+      const size_t boff = off + 2 * c;
+      for (size_t r = 0; r < nrows; ++r) {
+        const uint8_t* src = rows[r] + boff;
+        const __m256 vp = _mm256_set1_ps(p[r]);
+        for (int k = 0; k < 4; ++k) {
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * k));
+          e[k] = _mm256_fmadd_ps(vp, bf16Even(x), e[k]);
+          o[k] = _mm256_fmadd_ps(vp, bf16Odd(x), o[k]);
+        }
+      }
+      for (int k = 0; k < 4; ++k) {
+        __m256 lo, hi;
+        interleave16(e[k], o[k], lo, hi);
+        _mm256_storeu_ps(acc + c + 16 * k, lo), _mm256_storeu_ps(acc + c + 16 * k + 8, hi);
+      }
+    }
   for (; c + 64 <= n; c += 64) {
     __m256 a[8];
     for (int k = 0; k < 8; ++k) a[k] = _mm256_loadu_ps(acc + c + 8 * k);
@@ -413,6 +451,18 @@ inline void dotLanes4(KvType t, const uint8_t* const src[4], const float* q, siz
         a1[r] = _mm256_fmadd_ps(v[1], q1, a1[r]);
         a0[r] = _mm256_fmadd_ps(v[2], q2, a0[r]);
         a1[r] = _mm256_fmadd_ps(v[3], q3, a1[r]);
+      }
+    }
+  } else if (t == KvType::kBf16) {
+    // a0 sums the even values' products, a1 the odd ones' (see bf16Even): the same products
+    // as the f16 order, assigned to other lanes, so only the order of the sums differs.
+    for (size_t i = 0; i < n; i += 16) {  // n % 16 == 0 (checked by the caller)
+      __m256 qe, qo;
+      deinterleave16(_mm256_loadu_ps(q + i), _mm256_loadu_ps(q + i + 8), qe, qo);
+      for (int r = 0; r < 4; ++r) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[r] + 2 * i));
+        a0[r] = _mm256_fmadd_ps(bf16Even(x), qe, a0[r]);
+        a1[r] = _mm256_fmadd_ps(bf16Odd(x), qo, a1[r]);
       }
     }
   } else {
