@@ -506,6 +506,43 @@ inline void dotI8Lanes4(KvType t, const uint8_t* const src[4], const int8_t* q8,
   for (int r = 0; r < 4; ++r) out[r] = acc[r];
 }
 
+// q4 integer scores two groups per 256-bit operation: the 16 code bytes of groups g and g+1
+// side by side (one register), their low nibbles (codes 0..15 of each group) and high nibbles
+// (codes 16..31) masked out at once, and maddubs against the query codes arranged the same
+// way (qlo = [g: 0..15 | g+1: 0..15], qhi likewise with 16..31). The two int16 results are
+// added (|sum| <= 4·15·127 < 2^15) and madd sums pairs, so lane j of each 128-bit half holds
+// the exact integer sum of 8 of its group's products; corr2 is the same arrangement of
+// 8·Σ q. One conversion and one FMA with [qd·d of g x4 | of g+1 x4] per two groups: about
+// two thirds of the one-group form's operations. Only the partition of the exact integer
+// sums into lanes differs from dotI8Lanes4, so dotI8's bound holds unchanged.
+struct Q4Pairs {
+  __m256i lo[kDotRowsMaxGroups / 2], hi[kDotRowsMaxGroups / 2], corr[kDotRowsMaxGroups / 2];
+};
+inline void q4Pairs(const int8_t* q8, size_t pairs, Q4Pairs& qp) {
+  const __m256i ones = _mm256_set1_epi16(1), eights = _mm256_set1_epi8(8);
+  for (size_t p = 0; p < pairs; ++p) {
+    const int8_t* a = q8 + 64 * p;
+    qp.lo[p] = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 32)), _mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
+    qp.hi[p] = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 48)), _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 16)));
+    qp.corr[p] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(eights, qp.lo[p]), _mm256_maddubs_epi16(eights, qp.hi[p])), ones);
+  }
+}
+inline void q4PairLanes4(const uint8_t* const src[4], const Q4Pairs& qp, const float* qd, size_t pairs, __m256 acc[4]) {
+  const __m256i ones = _mm256_set1_epi16(1), m15 = _mm256_set1_epi8(15);
+  for (size_t p = 0, o = 0; p < pairs; ++p, o += 2 * sizeof(KvBlockQ4)) {
+    for (int r = 0; r < 4; ++r) {
+      const uint8_t* blk = src[r] + o;
+      const __m256i raw = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + sizeof(KvBlockQ4) + 2)),
+                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+      const __m256i lo = _mm256_and_si256(raw, m15), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m15);
+      const __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qp.lo[p]), _mm256_maddubs_epi16(hi, qp.hi[p]));
+      const __m256i prod = _mm256_sub_epi32(_mm256_madd_epi16(sum16, ones), qp.corr[p]);
+      const __m256 sc = _mm256_set_m128(_mm_set1_ps(qd[2 * p + 1] * scaleOf(blk + sizeof(KvBlockQ4))), _mm_set1_ps(qd[2 * p] * scaleOf(blk)));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), sc, acc[r]);
+    }
+  }
+}
+
 void dotRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* q, const int8_t* q8, const float* qd, size_t n,
              float* out) {
   const bool intPath = q8 != nullptr;
@@ -516,6 +553,11 @@ void dotRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, con
     for (size_t g = 0; g < groups; ++g)
       corr[g] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 32 * g))),
                                   _mm256_set1_epi16(1));
+  // q4 integer path: whole pairs of groups by q4PairLanes4, an odd last group by dotI8Lanes4.
+  const bool q4Int = intPath && t == KvType::kQ4;
+  const size_t pairs = q4Int ? groups / 2 : 0;
+  Q4Pairs qp;
+  if (pairs) q4Pairs(q8, pairs, qp);
   for (size_t r0 = 0; r0 < nrows; r0 += 8) {
     const size_t nr = nrows - r0 < 8 ? nrows - r0 : 8;
     __m256 a[8];
@@ -523,7 +565,17 @@ void dotRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, con
     for (size_t r = 0; r < 8; ++r) src[r] = rows[r0 + (r < nr ? r : 0)] + off;  // pad with row r0 (dropped)
     for (size_t h = 0; h < 8; h += 4)
       if (h < nr) {
-        if (intPath) dotI8Lanes4(t, src + h, q8, qd, corr, groups, a + h);
+        if (q4Int) {
+          for (size_t r = h; r < h + 4; ++r) a[r] = _mm256_setzero_ps();
+          q4PairLanes4(src + h, qp, qd, pairs, a + h);
+          if (groups % 2) {  // the last group: its lane partials added to the pairs'
+            const uint8_t* last[4];
+            __m256 b[4];
+            for (int r = 0; r < 4; ++r) last[r] = src[h + r] + 2 * pairs * sizeof(KvBlockQ4);
+            dotI8Lanes4(t, last, q8 + 64 * pairs, qd + 2 * pairs, corr + 2 * pairs, 1, b);
+            for (int r = 0; r < 4; ++r) a[h + r] = _mm256_add_ps(a[h + r], b[r]);
+          }
+        } else if (intPath) dotI8Lanes4(t, src + h, q8, qd, corr, groups, a + h);
         else dotLanes4(t, src + h, q, n, a + h);
       } else {
         for (size_t r = h; r < h + 4; ++r) a[r] = _mm256_setzero_ps();  // all dropped
