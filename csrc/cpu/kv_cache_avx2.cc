@@ -184,6 +184,20 @@ void decode(KvType t, const uint8_t* src, size_t n, float* y) {
   }
 }
 
+// The four 6-bit codes of each 24-bit word w (code + 32 at bits 0, 6, 12, 18) as signed ints.
+// XOR with 32 in every field turns code + 32 (1..63) into the code's 6-bit two's complement
+// ((c + 32) ^ 32 = c mod 64 for -31 <= c <= 31), so one shift left (field top bit to bit 31)
+// and one arithmetic shift right sign-extend each field: 1 + 2 ops per 8 codes where shift,
+// mask and subtract took 3. (u ^ 32) read as 6-bit two's complement is u - 32 for every
+// 6-bit u, so the integers, and the floats, are the old ones for any stored byte.
+inline void q6Codes(__m256i w, __m256i c[4]) {
+  const __m256i x = _mm256_xor_si256(w, _mm256_set1_epi32(0x820820));
+  c[0] = _mm256_srai_epi32(_mm256_slli_epi32(x, 26), 26);
+  c[1] = _mm256_srai_epi32(_mm256_slli_epi32(x, 20), 26);
+  c[2] = _mm256_srai_epi32(_mm256_slli_epi32(x, 14), 26);
+  c[3] = _mm256_srai_epi32(_mm256_slli_epi32(x, 8), 26);
+}
+
 // The 32 values of quantized block `blk` as four vectors (the same floats decode() stores).
 inline void block32(KvType t, const uint8_t* blk, __m256 v[4]) {
   const __m256 d = _mm256_set1_ps(scaleOf(blk));
@@ -193,13 +207,11 @@ inline void block32(KvType t, const uint8_t* blk, __m256 v[4]) {
   } else if (t == KvType::kQ6) {
     const __m128i shLo = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
     const __m128i shHi = _mm_setr_epi8(4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
-    const __m256i m63 = _mm256_set1_epi32(63), off = _mm256_set1_epi32(32);
     const __m256i w = _mm256_set_m128i(_mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 10)), shHi),
                                        _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)), shLo));
-    v[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(w, m63), off)), d);
-    v[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 6), m63), off)), d);
-    v[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 12), m63), off)), d);
-    v[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 18), m63), off)), d);
+    __m256i c[4];
+    q6Codes(w, c);
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(c[k]), d);
   } else {
     const __m128i m15 = _mm_set1_epi8(15);
     const __m256i off = _mm256_set1_epi32(8);
@@ -294,13 +306,11 @@ inline void codes32f(KvType t, const uint8_t* blk, __m256 v[4]) {
   } else if (t == KvType::kQ6) {
     const __m128i shLo = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
     const __m128i shHi = _mm_setr_epi8(4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
-    const __m256i m63 = _mm256_set1_epi32(63), off = _mm256_set1_epi32(32);
     const __m256i w = _mm256_set_m128i(_mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 10)), shHi),
                                        _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)), shLo));
-    v[0] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(w, m63), off));
-    v[1] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 6), m63), off));
-    v[2] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 12), m63), off));
-    v[3] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 18), m63), off));
+    __m256i c[4];
+    q6Codes(w, c);
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_cvtepi32_ps(c[k]);
   } else {
     // Nibbles to signed bytes (minus the offset 8) once for all 32 codes, then one sign
     // extension and one conversion per 8: 3 ops per 8 values instead of 4 plus the scale.
