@@ -229,9 +229,9 @@ inline __m256 half8(KvType t, const uint8_t* p) {
 
 // bf16 without a widening shuffle: 16 values as 8 dwords, dword j = value 2j | value 2j+1 << 16,
 // so x << 16 is the f32 of the even values and x & 0xffff0000 that of the odd ones: two ALU
-// ops per 16 values, where vpmovzxwd + shift cost a shuffle and a shift per 8. The even/odd
-// (deinterleaved) order is undone by the callers: the query is deinterleaved the same way for
-// a dot, an accumulator is deinterleaved once on load and reinterleaved once on store.
+// ops per 16 values, where vpmovzxwd + shift cost a shuffle and a shift per 8. axpyRows keeps
+// its accumulator slice deinterleaved in registers (once on load, back once on store), so each
+// element still gets the same FMAs in the same order.
 inline __m256 bf16Even(__m256i x) { return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)); }
 inline __m256 bf16Odd(__m256i x) { return _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(int(0xffff0000u)))); }
 // 16 floats lo (0..7), hi (8..15) -> even = 0, 2, .., 14 and odd = 1, 3, .., 15, and back.
@@ -442,55 +442,36 @@ inline __m256 hsum8(const __m256 a[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
 }
 
-// Lane partials of four rows' scores at once (summed by hsum8). Per row exactly the one-row
-// arithmetic (two accumulators a0/a1, the same FMAs in the same order, then a0 + a1); the
-// four rows are interleaved so 8 independent FMA chains are in flight and each query vector
-// is loaded once for four rows (one row at a time left two 8-deep FMA chains per row: the
-// kernel ran at the FMA latency, not at the load or conversion throughput).
-inline void dotLanes4(KvType t, const uint8_t* const src[4], const float* q, size_t n, __m256 out[4]) {
-  __m256 a0[4], a1[4];
-  for (int r = 0; r < 4; ++r) a0[r] = _mm256_setzero_ps(), a1[r] = a0[r];
+// Lane partials of one row's score (summed by hsum8). The float paths score rows one after
+// the other, each key read front to back: interleaving four rows (as the integer paths do)
+// measured ~1.5x slower for f16 rows streamed from DRAM, and no faster for q6.
+inline __m256 dotLanes(KvType t, const uint8_t* src, const float* q, size_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
   if (kvQuantized(t)) {
     const size_t bytes = kvSegmentBytes(t, kKvGroup);
-    for (size_t i = 0, o = 0; i < n; i += 32, o += bytes) {
-      const __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8), q2 = _mm256_loadu_ps(q + i + 16), q3 = _mm256_loadu_ps(q + i + 24);
-      for (int r = 0; r < 4; ++r) {
-        __m256 v[4];
-        block32(t, src[r] + o, v);
-        a0[r] = _mm256_fmadd_ps(v[0], q0, a0[r]);
-        a1[r] = _mm256_fmadd_ps(v[1], q1, a1[r]);
-        a0[r] = _mm256_fmadd_ps(v[2], q2, a0[r]);
-        a1[r] = _mm256_fmadd_ps(v[3], q3, a1[r]);
-      }
-    }
-  } else if (t == KvType::kBf16) {
-    // a0 sums the even values' products, a1 the odd ones' (see bf16Even): the same products
-    // as the f16 order, assigned to other lanes, so only the order of the sums differs.
-    for (size_t i = 0; i < n; i += 16) {  // n % 16 == 0 (checked by the caller)
-      __m256 qe, qo;
-      deinterleave16(_mm256_loadu_ps(q + i), _mm256_loadu_ps(q + i + 8), qe, qo);
-      for (int r = 0; r < 4; ++r) {
-        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[r] + 2 * i));
-        a0[r] = _mm256_fmadd_ps(bf16Even(x), qe, a0[r]);
-        a1[r] = _mm256_fmadd_ps(bf16Odd(x), qo, a1[r]);
-      }
+    for (size_t i = 0; i < n; i += 32, src += bytes) {
+      __m256 v[4];
+      block32(t, src, v);
+      a0 = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(q + i), a0);
+      a1 = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(q + i + 8), a1);
+      a0 = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(q + i + 16), a0);
+      a1 = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(q + i + 24), a1);
     }
   } else {
     for (size_t i = 0; i < n; i += 16) {  // n % 16 == 0 (checked by the caller)
-      const __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8);
-      for (int r = 0; r < 4; ++r) {
-        a0[r] = _mm256_fmadd_ps(half8(t, src[r] + 2 * i), q0, a0[r]);
-        a1[r] = _mm256_fmadd_ps(half8(t, src[r] + 2 * i + 16), q1, a1[r]);
-      }
+      a0 = _mm256_fmadd_ps(half8(t, src + 2 * i), _mm256_loadu_ps(q + i), a0);
+      a1 = _mm256_fmadd_ps(half8(t, src + 2 * i + 16), _mm256_loadu_ps(q + i + 8), a1);
     }
   }
-  for (int r = 0; r < 4; ++r) out[r] = _mm256_add_ps(a0[r], a1[r]);
+  return _mm256_add_ps(a0, a1);
 }
 
 // Integer lane partials: per group the exact integer sums (8 lanes of 4 products), converted
 // and scaled by qd·d. q4 codes enter maddubs unsigned as stored (c + 8 in 0..15, no sign
 // trick): Σ (c + 8)·q = Σ c·q + 8·Σ q, and the per-lane 8·Σ q is subtracted in integers
-// (corr, once per call), so the sums are the same integers as dotI8's.
+// (corr, once per call), so the sums are the same integers as dotI8's. Four rows per call,
+// interleaved group by group: four independent FMA chains and one query load per four rows
+// (one row at a time ran at the latency of its single chain; measured ~8 % faster for q8).
 inline void dotI8Lanes4(KvType t, const uint8_t* const src[4], const int8_t* q8, const float* qd, const __m256i* corr, size_t groups, __m256 out[4]) {
   const size_t bytes = kvSegmentBytes(t, kKvGroup);
   const __m256i ones = _mm256_set1_epi16(1);
@@ -573,23 +554,28 @@ void dotRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, con
     __m256 a[8];
     const uint8_t* src[8];
     for (size_t r = 0; r < 8; ++r) src[r] = rows[r0 + (r < nr ? r : 0)] + off;  // pad with row r0 (dropped)
-    for (size_t h = 0; h < 8; h += 4)
-      if (h < nr) {
-        if (q4Int) {
-          for (size_t r = h; r < h + 4; ++r) a[r] = _mm256_setzero_ps();
-          q4PairLanes4(src + h, qp, qd, pairs, a + h);
-          if (groups % 2) {  // the last group: its lane partials added to the pairs'
-            const uint8_t* last[4];
-            __m256 b[4];
-            for (int r = 0; r < 4; ++r) last[r] = src[h + r] + 2 * pairs * sizeof(KvBlockQ4);
-            dotI8Lanes4(t, last, q8 + 64 * pairs, qd + 2 * pairs, corr + 2 * pairs, 1, b);
-            for (int r = 0; r < 4; ++r) a[h + r] = _mm256_add_ps(a[h + r], b[r]);
+    if (!intPath) {
+      for (size_t r = 0; r < 8; ++r) a[r] = r < nr ? dotLanes(t, src[r], q, n) : _mm256_setzero_ps();
+    } else {
+      for (size_t h = 0; h < 8; h += 4)
+        if (h < nr) {
+          if (q4Int) {
+            for (size_t r = h; r < h + 4; ++r) a[r] = _mm256_setzero_ps();
+            q4PairLanes4(src + h, qp, qd, pairs, a + h);
+            if (groups % 2) {  // the last group: its lane partials added to the pairs'
+              const uint8_t* last[4];
+              __m256 b[4];
+              for (int r = 0; r < 4; ++r) last[r] = src[h + r] + 2 * pairs * sizeof(KvBlockQ4);
+              dotI8Lanes4(t, last, q8 + 64 * pairs, qd + 2 * pairs, corr + 2 * pairs, 1, b);
+              for (int r = 0; r < 4; ++r) a[h + r] = _mm256_add_ps(a[h + r], b[r]);
+            }
+          } else {
+            dotI8Lanes4(t, src + h, q8, qd, corr, groups, a + h);
           }
-        } else if (intPath) dotI8Lanes4(t, src + h, q8, qd, corr, groups, a + h);
-        else dotLanes4(t, src + h, q, n, a + h);
-      } else {
-        for (size_t r = h; r < h + 4; ++r) a[r] = _mm256_setzero_ps();  // all dropped
-      }
+        } else {
+          for (size_t r = h; r < h + 4; ++r) a[r] = _mm256_setzero_ps();  // all dropped
+        }
+    }
     alignas(32) float s[8];
     _mm256_store_ps(s, hsum8(a));
     for (size_t r = 0; r < nr; ++r) out[r0 + r] = s[r];
