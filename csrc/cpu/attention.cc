@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "gemm.h"
@@ -278,7 +279,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
   // multiple of qkT's 6-key tile; 24 rows of up to 576 f32 (54 KB) stay in L2 while every
   // query head of the kv head uses them.
   constexpr size_t kRows = 16, kPanel = 24;
-  threadPool().parallelFor(nSplits * a.Hkv, [&](size_t task) {
+  auto runSplit = [&](size_t task) {
     const size_t sidx = task / a.Hkv, hk = task % a.Hkv;
     size_t b = 0;
     while (splitStart[b + 1] <= sidx) ++b;
@@ -416,10 +417,10 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
       std::copy_n(nxt, nn, cur);
     }
     for (size_t j = 0; j < group; ++j) m[j] = mx[j] * 0.693147180559945309417f, l[j] = lx[j];  // back to natural units
-  });
+  };
   // Merge each sequence's splits in order: out = Σ_s e^{m_s - M} acc_s / Σ_s e^{m_s - M} l_s,
   // then undo the value rotation once: x = H·y / 32.
-  threadPool().parallelFor(a.B * a.Hq, [&](size_t bh) {
+  auto mergeHead = [&](size_t bh) {
     const size_t b = bh / a.Hq, h = bh % a.Hq;
     float M = kNegInf;
     for (size_t s = splitStart[b]; s < splitStart[b + 1]; ++s) M = pm[s * a.Hq + h] > M ? pm[s * a.Hq + h] : M;
@@ -440,6 +441,23 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     if (rotV) kv->hadamard32(o, Dv);
     for (size_t d = 0; d < Dv; ++d) o[d] *= inv;
     if (a.lse) a.lse[bh] = M + std::log(denom);
+  };
+  // One pass over the pool instead of a split pass and a merge pass (the merge pass woke the
+  // workers a second time per call, a fixed cost that weighs most on short sequences): the
+  // task that finishes the last split of a (sequence, kv head) merges that kv head's query
+  // heads. Which thread that is varies; the merge reads the splits in split order either way,
+  // so the bits do not. The acq_rel countdown orders every split's partial results before the
+  // merge that reads them.
+  std::unique_ptr<std::atomic<size_t>[]> pending(new std::atomic<size_t>[a.B * a.Hkv]);
+  for (size_t b = 0; b < a.B; ++b)
+    for (size_t hk = 0; hk < a.Hkv; ++hk) pending[b * a.Hkv + hk].store(splitStart[b + 1] - splitStart[b], std::memory_order_relaxed);
+  threadPool().parallelFor(nSplits * a.Hkv, [&](size_t task) {
+    runSplit(task);
+    const size_t sidx = task / a.Hkv, hk = task % a.Hkv;
+    size_t b = 0;
+    while (splitStart[b + 1] <= sidx) ++b;
+    if (pending[b * a.Hkv + hk].fetch_sub(1, std::memory_order_acq_rel) == 1)
+      for (size_t j = 0; j < group; ++j) mergeHead(b * a.Hq + hk * group + j);
   });
   return Status::kOk;
 }

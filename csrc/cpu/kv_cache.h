@@ -73,8 +73,10 @@ struct KvKernels {
   float (*dotI8)(KvType t, const uint8_t* src, const int8_t* q8, const float* qd, size_t n);
   // Scores of nrows rows (row r at rows[r] + off) into out[r]: dot(q) when q8 is null, else
   // dotI8(q8, qd) (then t is q8 or q4). Same per-term arithmetic as the one-row forms; only
-  // the order of the final lane sums may differ (AVX2: one transposing reduction per 8 rows
-  // instead of a horizontal sum per row), so the dot / dotI8 error bounds hold unchanged.
+  // the order of the float sums may differ (AVX2: one transposing reduction per 8 rows
+  // instead of a horizontal sum per row; q4's exact integer group sums split over 4 lanes
+  // instead of 8, two groups per register), so the
+  // dot / dotI8 error bounds hold unchanged.
   // Needs n % 16 == 0 for f16 / bf16 and n <= 32·kDotRowsMaxGroups.
   void (*dotRows)(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* q, const int8_t* q8, const float* qd, size_t n,
                   float* out);

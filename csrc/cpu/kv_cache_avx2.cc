@@ -184,6 +184,20 @@ void decode(KvType t, const uint8_t* src, size_t n, float* y) {
   }
 }
 
+// The four 6-bit codes of each 24-bit word w (code + 32 at bits 0, 6, 12, 18) as signed ints.
+// XOR with 32 in every field turns code + 32 (1..63) into the code's 6-bit two's complement
+// ((c + 32) ^ 32 = c mod 64 for -31 <= c <= 31), so one shift left (field top bit to bit 31)
+// and one arithmetic shift right sign-extend each field: 1 + 2 ops per 8 codes where shift,
+// mask and subtract took 3. (u ^ 32) read as 6-bit two's complement is u - 32 for every
+// 6-bit u, so the integers, and the floats, are the old ones for any stored byte.
+inline void q6Codes(__m256i w, __m256i c[4]) {
+  const __m256i x = _mm256_xor_si256(w, _mm256_set1_epi32(0x820820));
+  c[0] = _mm256_srai_epi32(_mm256_slli_epi32(x, 26), 26);
+  c[1] = _mm256_srai_epi32(_mm256_slli_epi32(x, 20), 26);
+  c[2] = _mm256_srai_epi32(_mm256_slli_epi32(x, 14), 26);
+  c[3] = _mm256_srai_epi32(_mm256_slli_epi32(x, 8), 26);
+}
+
 // The 32 values of quantized block `blk` as four vectors (the same floats decode() stores).
 inline void block32(KvType t, const uint8_t* blk, __m256 v[4]) {
   const __m256 d = _mm256_set1_ps(scaleOf(blk));
@@ -193,13 +207,11 @@ inline void block32(KvType t, const uint8_t* blk, __m256 v[4]) {
   } else if (t == KvType::kQ6) {
     const __m128i shLo = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
     const __m128i shHi = _mm_setr_epi8(4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
-    const __m256i m63 = _mm256_set1_epi32(63), off = _mm256_set1_epi32(32);
     const __m256i w = _mm256_set_m128i(_mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 10)), shHi),
                                        _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)), shLo));
-    v[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(w, m63), off)), d);
-    v[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 6), m63), off)), d);
-    v[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 12), m63), off)), d);
-    v[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 18), m63), off)), d);
+    __m256i c[4];
+    q6Codes(w, c);
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_mul_ps(_mm256_cvtepi32_ps(c[k]), d);
   } else {
     const __m128i m15 = _mm_set1_epi8(15);
     const __m256i off = _mm256_set1_epi32(8);
@@ -213,6 +225,24 @@ inline void block32(KvType t, const uint8_t* blk, __m256 v[4]) {
 inline __m256 half8(KvType t, const uint8_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return t == KvType::kF16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// bf16 without a widening shuffle: 16 values as 8 dwords, dword j = value 2j | value 2j+1 << 16,
+// so x << 16 is the f32 of the even values and x & 0xffff0000 that of the odd ones: two ALU
+// ops per 16 values, where vpmovzxwd + shift cost a shuffle and a shift per 8. axpyRows keeps
+// its accumulator slice deinterleaved in registers (once on load, back once on store), so each
+// element still gets the same FMAs in the same order.
+inline __m256 bf16Even(__m256i x) { return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)); }
+inline __m256 bf16Odd(__m256i x) { return _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(int(0xffff0000u)))); }
+// 16 floats lo (0..7), hi (8..15) -> even = 0, 2, .., 14 and odd = 1, 3, .., 15, and back.
+inline void deinterleave16(__m256 lo, __m256 hi, __m256& even, __m256& odd) {
+  even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+  odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+}
+inline void interleave16(__m256 even, __m256 odd, __m256& lo, __m256& hi) {
+  const __m256 e = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), 0xD8));
+  const __m256 o = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd), 0xD8));
+  lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
 }
 
 inline float hsum(__m256 v) {
@@ -276,13 +306,11 @@ inline void codes32f(KvType t, const uint8_t* blk, __m256 v[4]) {
   } else if (t == KvType::kQ6) {
     const __m128i shLo = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
     const __m128i shHi = _mm_setr_epi8(4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
-    const __m256i m63 = _mm256_set1_epi32(63), off = _mm256_set1_epi32(32);
     const __m256i w = _mm256_set_m128i(_mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 10)), shHi),
                                        _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)), shLo));
-    v[0] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(w, m63), off));
-    v[1] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 6), m63), off));
-    v[2] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 12), m63), off));
-    v[3] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 18), m63), off));
+    __m256i c[4];
+    q6Codes(w, c);
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_cvtepi32_ps(c[k]);
   } else {
     // Nibbles to signed bytes (minus the offset 8) once for all 32 codes, then one sign
     // extension and one conversion per 8: 3 ops per 8 values instead of 4 plus the scale.
@@ -305,7 +333,28 @@ inline void codes32f(KvType t, const uint8_t* blk, __m256 v[4]) {
 void axpyRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* p, float* acc, size_t n) {
   if (kvQuantized(t)) {
     const size_t gbytes = kvSegmentBytes(t, kKvGroup);
-    for (size_t g = 0; g < n; g += 32) {
+    size_t g = 0;
+    // Two groups (64 columns, 8 accumulators) per pass over the rows: one group alone keeps
+    // 4 FMA chains that each advance one FMA per row, so a pass ran at the FMA latency.
+    for (; g + 64 <= n; g += 64) {
+      __m256 a0 = _mm256_loadu_ps(acc + g), a1 = _mm256_loadu_ps(acc + g + 8), a2 = _mm256_loadu_ps(acc + g + 16), a3 = _mm256_loadu_ps(acc + g + 24);
+      __m256 b0 = _mm256_loadu_ps(acc + g + 32), b1 = _mm256_loadu_ps(acc + g + 40), b2 = _mm256_loadu_ps(acc + g + 48), b3 = _mm256_loadu_ps(acc + g + 56);
+      const size_t boff = off + g / 32 * gbytes;
+      for (size_t r = 0; r < nrows; ++r) {
+        const uint8_t* blk = rows[r] + boff;
+        const __m256 w = _mm256_set1_ps(p[r] * scaleOf(blk)), w2 = _mm256_set1_ps(p[r] * scaleOf(blk + gbytes));
+        __m256 v[4], u[4];
+        codes32f(t, blk, v);
+        codes32f(t, blk + gbytes, u);
+        a0 = _mm256_fmadd_ps(w, v[0], a0), a1 = _mm256_fmadd_ps(w, v[1], a1);
+        a2 = _mm256_fmadd_ps(w, v[2], a2), a3 = _mm256_fmadd_ps(w, v[3], a3);
+        b0 = _mm256_fmadd_ps(w2, u[0], b0), b1 = _mm256_fmadd_ps(w2, u[1], b1);
+        b2 = _mm256_fmadd_ps(w2, u[2], b2), b3 = _mm256_fmadd_ps(w2, u[3], b3);
+      }
+      _mm256_storeu_ps(acc + g, a0), _mm256_storeu_ps(acc + g + 8, a1), _mm256_storeu_ps(acc + g + 16, a2), _mm256_storeu_ps(acc + g + 24, a3);
+      _mm256_storeu_ps(acc + g + 32, b0), _mm256_storeu_ps(acc + g + 40, b1), _mm256_storeu_ps(acc + g + 48, b2), _mm256_storeu_ps(acc + g + 56, b3);
+    }
+    for (; g < n; g += 32) {
       __m256 a0 = _mm256_loadu_ps(acc + g), a1 = _mm256_loadu_ps(acc + g + 8), a2 = _mm256_loadu_ps(acc + g + 16), a3 = _mm256_loadu_ps(acc + g + 24);
       const size_t boff = off + g / 32 * gbytes;
       for (size_t r = 0; r < nrows; ++r) {
@@ -321,6 +370,26 @@ void axpyRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, co
     return;
   }
   size_t c = 0;
+  if (t == KvType::kBf16)  // the same FMAs per element in row order, on deinterleaved columns
+    for (; c + 64 <= n; c += 64) {
+      __m256 e[4], o[4];
+      for (int k = 0; k < 4; ++k) deinterleave16(_mm256_loadu_ps(acc + c + 16 * k), _mm256_loadu_ps(acc + c + 16 * k + 8), e[k], o[k]);
+      const size_t boff = off + 2 * c;
+      for (size_t r = 0; r < nrows; ++r) {
+        const uint8_t* src = rows[r] + boff;
+        const __m256 vp = _mm256_set1_ps(p[r]);
+        for (int k = 0; k < 4; ++k) {
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * k));
+          e[k] = _mm256_fmadd_ps(vp, bf16Even(x), e[k]);
+          o[k] = _mm256_fmadd_ps(vp, bf16Odd(x), o[k]);
+        }
+      }
+      for (int k = 0; k < 4; ++k) {
+        __m256 lo, hi;
+        interleave16(e[k], o[k], lo, hi);
+        _mm256_storeu_ps(acc + c + 16 * k, lo), _mm256_storeu_ps(acc + c + 16 * k + 8, hi);
+      }
+    }
   for (; c + 64 <= n; c += 64) {
     __m256 a[8];
     for (int k = 0; k < 8; ++k) a[k] = _mm256_loadu_ps(acc + c + 8 * k);
@@ -373,7 +442,9 @@ inline __m256 hsum8(const __m256 a[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
 }
 
-// Lane partials of one row's score (summed by hsum8).
+// Lane partials of one row's score (summed by hsum8). The float paths score rows one after
+// the other, each key read front to back: interleaving four rows (as the integer paths do)
+// measured ~1.5x slower for f16 rows streamed from DRAM, and no faster for q6.
 inline __m256 dotLanes(KvType t, const uint8_t* src, const float* q, size_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0;
   if (kvQuantized(t)) {
@@ -398,7 +469,9 @@ inline __m256 dotLanes(KvType t, const uint8_t* src, const float* q, size_t n) {
 // Integer lane partials: per group the exact integer sums (8 lanes of 4 products), converted
 // and scaled by qd·d. q4 codes enter maddubs unsigned as stored (c + 8 in 0..15, no sign
 // trick): Σ (c + 8)·q = Σ c·q + 8·Σ q, and the per-lane 8·Σ q is subtracted in integers
-// (corr, once per call), so the sums are the same integers as dotI8's.
+// (corr, once per call), so the sums are the same integers as dotI8's. q8 rows are scored one
+// at a time (dotI8Lanes, keys read in stream order); dotI8Lanes4 interleaves four rows group
+// by group (four FMA chains, one query load per four rows) and serves q4's odd last group.
 inline __m256 dotI8Lanes(KvType t, const uint8_t* src, const int8_t* q8, const float* qd, const __m256i* corr, size_t groups) {
   const size_t bytes = kvSegmentBytes(t, kKvGroup);
   const __m256i ones = _mm256_set1_epi16(1);
@@ -420,6 +493,68 @@ inline __m256 dotI8Lanes(KvType t, const uint8_t* src, const int8_t* q8, const f
   return acc;
 }
 
+inline void dotI8Lanes4(KvType t, const uint8_t* const src[4], const int8_t* q8, const float* qd, const __m256i* corr, size_t groups, __m256 out[4]) {
+  const size_t bytes = kvSegmentBytes(t, kKvGroup);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m128i m15 = _mm_set1_epi8(15);
+  __m256 acc[4];
+  for (int r = 0; r < 4; ++r) acc[r] = _mm256_setzero_ps();
+  for (size_t g = 0, o = 0; g < groups; ++g, o += bytes) {
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 32 * g));
+    for (int r = 0; r < 4; ++r) {
+      const uint8_t* blk = src[r] + o;
+      __m256i prod;
+      if (t == KvType::kQ8) {
+        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+        prod = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c)), ones);
+      } else {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+        const __m256i cu = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m15), _mm_and_si128(raw, m15));
+        prod = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(cu, q), ones), corr[g]);
+      }
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(qd[g] * scaleOf(blk)), acc[r]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) out[r] = acc[r];
+}
+
+// q4 integer scores two groups per 256-bit operation: the 16 code bytes of groups g and g+1
+// side by side (one register), their low nibbles (codes 0..15 of each group) and high nibbles
+// (codes 16..31) masked out at once, and maddubs against the query codes arranged the same
+// way (qlo = [g: 0..15 | g+1: 0..15], qhi likewise with 16..31). The two int16 results are
+// added (|sum| <= 4·15·127 < 2^15) and madd sums pairs, so lane j of each 128-bit half holds
+// the exact integer sum of 8 of its group's products; corr2 is the same arrangement of
+// 8·Σ q. One conversion and one FMA with [qd·d of g x4 | of g+1 x4] per two groups: about
+// two thirds of the one-group form's operations. Only the partition of the exact integer
+// sums into lanes differs from dotI8Lanes4, so dotI8's bound holds unchanged.
+struct Q4Pairs {
+  __m256i lo[kDotRowsMaxGroups / 2], hi[kDotRowsMaxGroups / 2], corr[kDotRowsMaxGroups / 2];
+};
+inline void q4Pairs(const int8_t* q8, size_t pairs, Q4Pairs& qp) {
+  const __m256i ones = _mm256_set1_epi16(1), eights = _mm256_set1_epi8(8);
+  for (size_t p = 0; p < pairs; ++p) {
+    const int8_t* a = q8 + 64 * p;
+    qp.lo[p] = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 32)), _mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
+    qp.hi[p] = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 48)), _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 16)));
+    qp.corr[p] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(eights, qp.lo[p]), _mm256_maddubs_epi16(eights, qp.hi[p])), ones);
+  }
+}
+inline void q4PairLanes4(const uint8_t* const src[4], const Q4Pairs& qp, const float* qd, size_t pairs, __m256 acc[4]) {
+  const __m256i ones = _mm256_set1_epi16(1), m15 = _mm256_set1_epi8(15);
+  for (size_t p = 0, o = 0; p < pairs; ++p, o += 2 * sizeof(KvBlockQ4)) {
+    for (int r = 0; r < 4; ++r) {
+      const uint8_t* blk = src[r] + o;
+      const __m256i raw = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + sizeof(KvBlockQ4) + 2)),
+                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+      const __m256i lo = _mm256_and_si256(raw, m15), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m15);
+      const __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qp.lo[p]), _mm256_maddubs_epi16(hi, qp.hi[p]));
+      const __m256i prod = _mm256_sub_epi32(_mm256_madd_epi16(sum16, ones), qp.corr[p]);
+      const __m256 sc = _mm256_set_m128(_mm_set1_ps(qd[2 * p + 1] * scaleOf(blk + sizeof(KvBlockQ4))), _mm_set1_ps(qd[2 * p] * scaleOf(blk)));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), sc, acc[r]);
+    }
+  }
+}
+
 void dotRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, const float* q, const int8_t* q8, const float* qd, size_t n,
              float* out) {
   const bool intPath = q8 != nullptr;
@@ -430,12 +565,37 @@ void dotRows(KvType t, const uint8_t* const* rows, size_t off, size_t nrows, con
     for (size_t g = 0; g < groups; ++g)
       corr[g] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 32 * g))),
                                   _mm256_set1_epi16(1));
+  // q4 integer path: whole pairs of groups by q4PairLanes4, an odd last group by dotI8Lanes4.
+  const bool q4Int = intPath && t == KvType::kQ4;
+  const size_t pairs = q4Int ? groups / 2 : 0;
+  Q4Pairs qp;
+  if (pairs) q4Pairs(q8, pairs, qp);
   for (size_t r0 = 0; r0 < nrows; r0 += 8) {
     const size_t nr = nrows - r0 < 8 ? nrows - r0 : 8;
     __m256 a[8];
-    for (size_t r = 0; r < 8; ++r) {
-      const uint8_t* src = rows[r0 + (r < nr ? r : 0)] + off;  // pad with row r0 (dropped)
-      a[r] = intPath ? dotI8Lanes(t, src, q8, qd, corr, groups) : dotLanes(t, src, q, n);
+    const uint8_t* src[8];
+    for (size_t r = 0; r < 8; ++r) src[r] = rows[r0 + (r < nr ? r : 0)] + off;  // pad with row r0 (dropped)
+    if (!intPath) {
+      for (size_t r = 0; r < 8; ++r) a[r] = r < nr ? dotLanes(t, src[r], q, n) : _mm256_setzero_ps();
+    } else {
+      for (size_t h = 0; h < 8; h += 4)
+        if (h < nr) {
+          if (q4Int) {
+            for (size_t r = h; r < h + 4; ++r) a[r] = _mm256_setzero_ps();
+            q4PairLanes4(src + h, qp, qd, pairs, a + h);
+            if (groups % 2) {  // the last group: its lane partials added to the pairs'
+              const uint8_t* last[4];
+              __m256 b[4];
+              for (int r = 0; r < 4; ++r) last[r] = src[h + r] + 2 * pairs * sizeof(KvBlockQ4);
+              dotI8Lanes4(t, last, q8 + 64 * pairs, qd + 2 * pairs, corr + 2 * pairs, 1, b);
+              for (int r = 0; r < 4; ++r) a[h + r] = _mm256_add_ps(a[h + r], b[r]);
+            }
+          } else {
+            for (size_t r = h; r < h + 4; ++r) a[r] = r < nr ? dotI8Lanes(t, src[r], q8, qd, corr, groups) : _mm256_setzero_ps();
+          }
+        } else {
+          for (size_t r = h; r < h + 4; ++r) a[r] = _mm256_setzero_ps();  // all dropped
+        }
     }
     alignas(32) float s[8];
     _mm256_store_ps(s, hsum8(a));

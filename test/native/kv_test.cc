@@ -1,6 +1,7 @@
 // KV cache codecs, row I/O and paged decode under ASan/UBSan: every ISA level against the
 // scalar reference and f64, plus the range checks that keep bad tables inside the pool.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "attention.h"
@@ -173,6 +174,41 @@ TEST(kv_integer_scores_and_row_axpy_match_f64) {
       for (size_t i = 0; i < nn; ++i) {
         double want = a0[i], mag = std::fabs(a0[i]);
         for (size_t r = 0; r < rows; ++r) want += double(p[r]) * y[r * nn + i], mag += std::fabs(double(p[r]) * y[r * nn + i]);
+        EXPECT_TRUE(std::fabs(a[i] - want) <= (2 * rows + 1) * 6e-8 * mag);
+      }
+    }
+  }
+}
+
+// Row-batched value accumulation (axpyRows) for every type, 11 rows at an unaligned offset,
+// 160 columns (two 64-column register slices and a 32-column tail on AVX2): bit-identical to
+// 11 axpy calls in row order at the same ISA level (the documented contract: the same
+// arithmetic per element; the bf16 slices work on deinterleaved columns and must still
+// match), and within γ_(2·rows+1) of f64 (as the quantized bound above: per row and element
+// at most one rounding of p·d and one of the accumulation).
+TEST(kv_row_axpy_equals_row_by_row_axpy_every_type) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+    const KvKernels* k = kvKernelsFor(isa);
+    if (!k) continue;
+    for (KvType t : {KvType::kF16, KvType::kBf16, KvType::kQ8, KvType::kQ6, KvType::kQ4}) {
+      const size_t n = 160, rows = 11, rb = kvSegmentBytes(t, n);
+      std::vector<uint8_t> enc(rows * rb + 7);
+      std::vector<const uint8_t*> rp(rows);
+      std::vector<float> p(rows), y(rows * n);
+      for (size_t r = 0; r < rows; ++r) {
+        auto x = randn(n, 80 + r);
+        EXPECT_TRUE(k->encode(t, kvQuantized(t), x.data(), n, enc.data() + 7 + (rows - 1 - r) * rb));
+        rp[r] = enc.data() + (rows - 1 - r) * rb;  // rows out of order in memory, offset 7
+        p[r] = 0.37f * float(r) - 1.1f;
+        k->decode(t, rp[r] + 7, n, y.data() + r * n);
+      }
+      auto a = randn(n, 12), a0 = a, b = a;
+      k->axpyRows(t, rp.data(), 7, rows, p.data(), a.data(), n);
+      for (size_t r = 0; r < rows; ++r) k->axpy(t, rp[r] + 7, p[r], b.data(), n);
+      if (!kvQuantized(t)) EXPECT_TRUE(std::memcmp(a.data(), b.data(), n * sizeof(float)) == 0);  // quantized: axpy scales codes, axpyRows folds d into p
+      for (size_t i = 0; i < n; ++i) {
+        double want = a0[i], mag = std::fabs(a0[i]);
+        for (size_t r = 0; r < rows; ++r) want += double(p[r]) * y[r * n + i], mag += std::fabs(double(p[r]) * y[r * n + i]);
         EXPECT_TRUE(std::fabs(a[i] - want) <= (2 * rows + 1) * 6e-8 * mag);
       }
     }
