@@ -11,10 +11,9 @@
 import { KvantError, callNative, expected } from '../errors';
 import { KV_DEFAULT_HADAMARD, KV_TYPE_CODE, KvCacheType, checkKvType, isQuantized, segmentBytes } from '../kv/format';
 import { checkDim, checkPaging } from '../kv/mla-cache';
-import { Admission, PagePool, SequenceTable } from '../kv/pages';
 import { DeviceTensor, StreamOptions, checkDeviceTensor, streamArg } from './device';
 import { KvHeadPagesArgs, cudaNative } from './native';
-import { PageBook } from './rows';
+import { DevicePagedStore } from './rows';
 
 /** Head dims the device paged decode is instantiated for (append and gather take any). */
 export const DEVICE_DECODE_HEAD_DIMS: readonly number[] = [64, 128];
@@ -40,49 +39,28 @@ function f32Dev(t: unknown, name: string): DeviceTensor {
 }
 
 /** Paged K/V cache in device memory with batched paged decode attention on the device. */
-export class DevicePagedKVCache {
+export class DevicePagedKVCache extends DevicePagedStore {
   readonly type: KvCacheType;
-  readonly pageSize: number;
-  readonly layers: number;
   readonly kvHeads: number;
   readonly headDim: number;
   readonly hadamard: boolean;
-  /** Bytes of one token of one layer (K and V of every head). */
-  readonly rowBytes: number;
-  /** Bytes per token over all layers. */
-  readonly bytesPerToken: number;
-  readonly pageBytes: number;
-  readonly numPages: number;
-  private readonly pool: PageBook;
-  private readonly seqs: SequenceTable;
-  private storage: DeviceTensor | null;
 
+  /** rowBytes here: one token of one layer, K and V of every head. */
   constructor(o: DevicePagedCacheOptions) {
     if (typeof o !== 'object' || o === null) throw expected('KVANT_SHAPE', 'an options object', 'options', o);
-    this.layers = checkDim(o.layers, 'layers');
-    this.kvHeads = checkDim(o.kvHeads, 'kvHeads');
-    this.headDim = checkDim(o.headDim, 'headDim');
-    this.type = checkKvType(o.type ?? 'bf16');
-    this.pageSize = checkPaging(o.pageSize, o.budgetBytes);
+    const layers = checkDim(o.layers, 'layers');
+    const kvHeads = checkDim(o.kvHeads, 'kvHeads');
+    const headDim = checkDim(o.headDim, 'headDim');
+    const type = checkKvType(o.type ?? 'bf16');
+    const pageSize = checkPaging(o.pageSize, o.budgetBytes);
     if (typeof o.budgetBytes !== 'number') throw expected('KVANT_RANGE', 'a number of bytes', 'budgetBytes', o.budgetBytes);
-    if (isQuantized(this.type) && this.headDim % 32 !== 0)
-      throw new KvantError('KVANT_SHAPE', `Expected headDim to be a multiple of 32 for a ${this.type} cache but it is ${this.headDim}`);
-    this.hadamard = isQuantized(this.type) && (o.hadamard ?? KV_DEFAULT_HADAMARD[this.type]);
-    this.rowBytes = 2 * this.kvHeads * segmentBytes(this.type, this.headDim);
-    this.bytesPerToken = this.rowBytes * this.layers;
-    this.pageBytes = this.rowBytes * this.pageSize * this.layers;
-    this.numPages = Math.floor(o.budgetBytes / this.pageBytes);
-    if (this.numPages < 1)
-      throw new KvantError('KVANT_OOM', `The device KV cache needs at least one page of ${this.pageBytes} bytes but its budget is ${o.budgetBytes} bytes`);
-    this.pool = new PageBook(this.pageBytes, this.numPages);
-    // SequenceTable only calls the accounting methods PageBook implements (it never reads storage).
-    this.seqs = new SequenceTable(this.pool as unknown as PagePool, this.pageSize, this.layers);
-    this.storage = DeviceTensor.empty([this.numPages * this.pageBytes], 'u8');
-  }
-
-  private live(): DeviceTensor {
-    if (!this.storage) throw new KvantError('KVANT_RANGE', 'Expected a live KV cache but it was disposed');
-    return this.storage;
+    if (isQuantized(type) && headDim % 32 !== 0)
+      throw new KvantError('KVANT_SHAPE', `Expected headDim to be a multiple of 32 for a ${type} cache but it is ${headDim}`);
+    super(layers, pageSize, 2 * kvHeads * segmentBytes(type, headDim), o.budgetBytes);
+    this.type = type;
+    this.kvHeads = kvHeads;
+    this.headDim = headDim;
+    this.hadamard = isQuantized(type) && (o.hadamard ?? KV_DEFAULT_HADAMARD[type]);
   }
 
   private pagesArgs(layer: number): KvHeadPagesArgs {
@@ -96,42 +74,6 @@ export class DevicePagedKVCache {
     if (x.ndim !== 3 || x.shape[1] !== this.kvHeads || x.shape[2] !== this.headDim)
       throw expected('KVANT_SHAPE', `a tensor of shape [T, ${this.kvHeads}, ${this.headDim}]`, `${name}.shape`, x.shape);
     return x.shape[0];
-  }
-
-  /** Can `tokens` more tokens be admitted now (ok), later (wait) or never within the budget? */
-  admission(tokens: number): Admission {
-    if (!Number.isSafeInteger(tokens) || tokens < 0) throw expected('KVANT_RANGE', 'a non-negative integer', 'tokens', tokens);
-    return this.pool.admission(this.seqs.pagesFor(tokens));
-  }
-
-  /** Opens a sequence and reserves pages for `reserveTokens` tokens (KVANT_OOM: needed vs available). */
-  open(reserveTokens: number): number {
-    return this.seqs.open(reserveTokens);
-  }
-
-  /** Rows stored in `layer` (default 0) of a sequence. */
-  length(seq: number, layer = 0): number {
-    return this.seqs.get(seq).lengths[this.seqs.layer(layer)];
-  }
-
-  /** Keeps the first `tokens` rows of every layer; pages past them (and past the reservation) are freed. */
-  truncate(seq: number, tokens: number): void {
-    this.seqs.truncate(seq, tokens);
-  }
-
-  /** Closes a sequence and frees its pages. */
-  close(seq: number): void {
-    this.seqs.close(seq);
-  }
-
-  /** Bytes of the pages in use. */
-  usedBytes(): number {
-    return this.pool.usedPages * this.pageBytes;
-  }
-
-  /** Device bytes of the pool (allocated at construction). */
-  get deviceBytes(): number {
-    return this.numPages * this.pageBytes;
   }
 
   /** @internal The device pool (u8 [numPages · pageBytes]); the CPU cache's page bytes, page for page. */
@@ -225,11 +167,5 @@ export class DevicePagedKVCache {
       dslots.free();
     }
     return { k, v };
-  }
-
-  /** Frees the device pool; the cache is unusable afterwards. */
-  dispose(): void {
-    this.storage?.free();
-    this.storage = null;
   }
 }

@@ -9,7 +9,7 @@
 import { DType, dtypeCode } from '../dtype';
 import { KvantError, callNative, expected } from '../errors';
 import { KV_DEFAULT_HADAMARD, KV_TYPE_CODE, KvCacheType, isQuantized, segmentBytes } from '../kv/format';
-import { Admission, PagePool, SequenceTable } from '../kv/pages';
+import { Admission, PageAccounting, SequenceCache, SequenceTable } from '../kv/pages';
 import { DeviceTensor, StreamOptions, checkDeviceTensor, streamArg } from './device';
 import { DeviceBufferHandle, MlaPagesArgs, cudaNative } from './native';
 
@@ -136,7 +136,7 @@ export function accumulateRows(y: DeviceTensor, src: DeviceTensor, o: StreamOpti
  * PagePool. Copy-on-write (only reached through fork, which the device cache does not offer) is
  * refused.
  */
-export class PageBook {
+export class PageBook implements PageAccounting {
   readonly pageBytes: number;
   readonly maxPages: number;
   private readonly refs: Int32Array;
@@ -191,6 +191,59 @@ export class PageBook {
   }
 }
 
+/**
+ * The pages of a device cache: one device pool of budgetBytes / pageBytes pages allocated up
+ * front (a page holds pageSize tokens of every layer), a page book of it and the CPU caches'
+ * sequence table (page tables, lengths, reservations), so running out is the bookkeeping's
+ * KVANT_OOM before anything is written.
+ */
+export abstract class DevicePagedStore extends SequenceCache {
+  readonly pageSize: number;
+  readonly layers: number;
+  /** Bytes of one token of one layer. */
+  readonly rowBytes: number;
+  /** Bytes per token over all layers. */
+  readonly bytesPerToken: number;
+  readonly pageBytes: number;
+  readonly numPages: number;
+  protected readonly pool: PageBook;
+  protected readonly seqs: SequenceTable;
+  private storage: DeviceTensor | null;
+
+  protected constructor(layers: number, pageSize: number, rowBytes: number, budgetBytes: number) {
+    super();
+    this.layers = layers;
+    this.pageSize = pageSize;
+    this.rowBytes = rowBytes;
+    this.bytesPerToken = rowBytes * layers;
+    this.pageBytes = rowBytes * pageSize * layers;
+    this.numPages = Math.floor(budgetBytes / this.pageBytes);
+    if (!(this.numPages >= 1)) // also a missing or NaN budget
+      throw new KvantError('KVANT_OOM', `The device KV cache needs at least one page of ${this.pageBytes} bytes but its budget is ${budgetBytes} bytes`);
+    this.pool = new PageBook(this.pageBytes, this.numPages);
+    // SequenceTable only calls the accounting methods PageBook implements (it never reads storage).
+    this.seqs = new SequenceTable(this.pool, this.pageSize, this.layers);
+    this.storage = DeviceTensor.empty([this.numPages * this.pageBytes], 'u8');
+  }
+
+  /** The device pool; KVANT_RANGE once disposed. */
+  protected live(): DeviceTensor {
+    if (!this.storage) throw new KvantError('KVANT_RANGE', 'Expected a live KV cache but it was disposed');
+    return this.storage;
+  }
+
+  /** Device bytes of the pool (allocated at construction). */
+  get deviceBytes(): number {
+    return this.numPages * this.pageBytes;
+  }
+
+  /** Frees the device pool; the cache is unusable afterwards. */
+  dispose(): void {
+    this.storage?.free();
+    this.storage = null;
+  }
+}
+
 /** Options of a device MLA latent cache. */
 export interface DeviceMlaCacheOptions {
   layers: number;
@@ -211,85 +264,30 @@ export interface DeviceMlaCacheOptions {
  * and one device pool of budgetBytes / pageBytes pages allocated up front, so running out is the
  * bookkeeping's KVANT_OOM before anything is written.
  */
-export class DeviceMlaCache {
+export class DeviceMlaCache extends DevicePagedStore {
   readonly type: KvCacheType;
-  readonly pageSize: number;
-  readonly layers: number;
   readonly latentDim: number;
   readonly ropeDim: number;
   readonly hadamard: boolean;
-  /** Bytes of one token of one layer. */
-  readonly rowBytes: number;
-  /** Bytes per token over all layers. */
-  readonly bytesPerToken: number;
-  readonly pageBytes: number;
-  readonly numPages: number;
-  private readonly pool: PageBook;
-  private readonly seqs: SequenceTable;
-  private storage: DeviceTensor | null;
 
   constructor(o: DeviceMlaCacheOptions) {
-    this.type = o.type ?? 'bf16';
-    if (!(this.type in KV_TYPE_CODE)) throw expected('KVANT_RANGE', "'f16', 'bf16', 'q8', 'q6' or 'q4'", 'kvCache', o.type);
-    this.pageSize = o.pageSize ?? 64;
-    if (!Number.isInteger(this.pageSize) || this.pageSize < 16 || this.pageSize > 256) throw expected('KVANT_RANGE', 'an integer page size in 16..256', 'pageSize', o.pageSize);
-    this.layers = o.layers;
+    const type = o.type ?? 'bf16';
+    if (!(type in KV_TYPE_CODE)) throw expected('KVANT_RANGE', "'f16', 'bf16', 'q8', 'q6' or 'q4'", 'kvCache', o.type);
+    const pageSize = o.pageSize ?? 64;
+    if (!Number.isInteger(pageSize) || pageSize < 16 || pageSize > 256) throw expected('KVANT_RANGE', 'an integer page size in 16..256', 'pageSize', o.pageSize);
+    if (isQuantized(type) && o.latentDim % 32 !== 0)
+      throw new KvantError('KVANT_SHAPE', `Expected latentDim to be a multiple of 32 for a ${type} cache but it is ${o.latentDim}`);
+    super(o.layers, pageSize, segmentBytes(type, o.latentDim) + 2 * o.ropeDim, o.budgetBytes);
+    this.type = type;
     this.latentDim = o.latentDim;
     this.ropeDim = o.ropeDim;
-    if (isQuantized(this.type) && this.latentDim % 32 !== 0)
-      throw new KvantError('KVANT_SHAPE', `Expected latentDim to be a multiple of 32 for a ${this.type} cache but it is ${this.latentDim}`);
-    this.hadamard = isQuantized(this.type) && (o.hadamard ?? KV_DEFAULT_HADAMARD[this.type]);
-    this.rowBytes = segmentBytes(this.type, this.latentDim) + 2 * this.ropeDim;
-    this.bytesPerToken = this.rowBytes * this.layers;
-    this.pageBytes = this.rowBytes * this.pageSize * this.layers;
-    this.numPages = Math.floor(o.budgetBytes / this.pageBytes);
-    if (this.numPages < 1)
-      throw new KvantError('KVANT_OOM', `The device KV cache needs at least one page of ${this.pageBytes} bytes but its budget is ${o.budgetBytes} bytes`);
-    this.pool = new PageBook(this.pageBytes, this.numPages);
-    // SequenceTable only calls the accounting methods PageBook implements (it never reads storage).
-    this.seqs = new SequenceTable(this.pool as unknown as PagePool, this.pageSize, this.layers);
-    this.storage = DeviceTensor.empty([this.numPages * this.pageBytes], 'u8');
-  }
-
-  private live(): DeviceTensor {
-    if (!this.storage) throw new KvantError('KVANT_RANGE', 'Expected a live KV cache but it was disposed');
-    return this.storage;
+    this.hadamard = isQuantized(type) && (o.hadamard ?? KV_DEFAULT_HADAMARD[type]);
   }
 
   private pagesArgs(layer: number): MlaPagesArgs {
     this.seqs.layer(layer);
     return [...this.live().rawArgs(), this.pageSize, this.pageBytes, layer * this.pageSize * this.rowBytes, this.rowBytes, KV_TYPE_CODE[this.type], this.latentDim,
       this.ropeDim, this.hadamard];
-  }
-
-  admission(tokens: number): Admission {
-    if (!Number.isSafeInteger(tokens) || tokens < 0) throw expected('KVANT_RANGE', 'a non-negative integer', 'tokens', tokens);
-    return this.pool.admission(this.seqs.pagesFor(tokens));
-  }
-
-  open(reserveTokens: number): number {
-    return this.seqs.open(reserveTokens);
-  }
-
-  length(seq: number, layer = 0): number {
-    return this.seqs.get(seq).lengths[this.seqs.layer(layer)];
-  }
-
-  truncate(seq: number, tokens: number): void {
-    this.seqs.truncate(seq, tokens);
-  }
-
-  close(seq: number): void {
-    this.seqs.close(seq);
-  }
-
-  usedBytes(): number {
-    return this.pool.usedPages * this.pageBytes;
-  }
-
-  /** Device bytes of the pool (allocated at construction). */
-  get deviceBytes(): number {
-    return this.numPages * this.pageBytes;
   }
 
   /**
@@ -351,11 +349,5 @@ export class DeviceMlaCache {
       dsl.free();
     }
     return out;
-  }
-
-  /** Frees the device pool; the cache is unusable afterwards. */
-  dispose(): void {
-    this.storage?.free();
-    this.storage = null;
   }
 }

@@ -9,7 +9,7 @@ import { KvantError, expected } from '../errors';
 import { IsaLevel } from '../ops/small';
 import { Tensor, checkTensor } from '../tensor';
 import { KV_DEFAULT_HADAMARD, KvCacheDescriptor, KvCacheType, KvSegmentDesc, checkKvType, isQuantized, segmentBytes } from './format';
-import { Admission, PagePool, SequenceTable } from './pages';
+import { PagePool, SequenceCache, SequenceTable } from './pages';
 import { DecodeLayout, LayerPages, pagedDecodeRaw, readRows, writeRows } from './rows';
 
 export type { KvCacheType } from './format';
@@ -52,7 +52,7 @@ export function checkDim(v: unknown, name: string, min = 1): number {
  * What every paged cache shares: the page pool, the sequence table and the page geometry.
  * Subclasses define the row layout and the attention.
  */
-export abstract class PagedCacheBase {
+export abstract class PagedCacheBase extends SequenceCache {
   readonly type: KvCacheType;
   readonly pageSize: number;
   /** Bytes per token over all layers, this cache type. */
@@ -72,6 +72,7 @@ export abstract class PagedCacheBase {
    * block of pageSize·rowBytes (= rowBytes token-major; smaller for a head-major layout).
    */
   protected constructor(layers: number, type: KvCacheType, pageSize: number, budgetBytes: number | undefined, hadamard: boolean, rowBytes: number, segments: KvSegmentDesc[], isa?: IsaLevel, rowStride = rowBytes) {
+    super();
     this.rowStride = rowStride;
     this.layers = layers;
     this.type = type;
@@ -89,40 +90,9 @@ export abstract class PagedCacheBase {
     return { pool, numPages: this.pool.numPages, pageSize: this.pageSize, pageBytes: this.pool.pageBytes, layerOffset: layer * layerBytes, rowBytes: this.rowStride };
   }
 
-  /** Can `tokens` more tokens be admitted now (ok), later (wait) or never within the budget? */
-  admission(tokens: number): Admission {
-    if (!Number.isSafeInteger(tokens) || tokens < 0) throw expected('KVANT_RANGE', 'a non-negative integer', 'tokens', tokens);
-    return this.pool.admission(this.seqs.pagesFor(tokens));
-  }
-
-  /** Opens a sequence and reserves pages for `reserveTokens` tokens (KVANT_OOM: needed vs available). */
-  open(reserveTokens: number): number {
-    return this.seqs.open(reserveTokens);
-  }
-
-  /** Rows stored in `layer` (default 0) of a sequence. */
-  length(seq: number, layer = 0): number {
-    return this.seqs.get(seq).lengths[this.seqs.layer(layer)];
-  }
-
-  /** Keeps the first `tokens` rows of every layer; pages past them (and past the reservation) are freed. */
-  truncate(seq: number, tokens: number): void {
-    this.seqs.truncate(seq, tokens);
-  }
-
   /** A new sequence sharing this one's rows (copy-on-write prefix sharing). */
   fork(seq: number): number {
     return this.seqs.fork(seq);
-  }
-
-  /** Closes a sequence and frees its pages. */
-  close(seq: number): void {
-    this.seqs.close(seq);
-  }
-
-  /** Bytes of the pages in use. */
-  usedBytes(): number {
-    return this.pool.usedPages * this.pool.pageBytes;
   }
 
   /** Frees the pool; the cache is unusable afterwards. */

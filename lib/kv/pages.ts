@@ -27,8 +27,25 @@ export interface SeqState {
 
 const MAX_COPY = 1 << 30;
 
+/**
+ * What SequenceTable needs of a page allocator: PagePool (host pages in native memory) and the
+ * device caches' page book (lib/cuda/rows.ts: accounting only, the pages live on the device).
+ */
+export interface PageAccounting {
+  readonly pageBytes: number;
+  readonly usedPages: number;
+  admission(pages: number): Admission;
+  /** KVANT_OOM (needed vs available) unless `pages` more pages fit now. */
+  require(pages: number, what: string): void;
+  alloc(what: string): number;
+  incref(p: number): void;
+  decref(p: number): void;
+  refcount(p: number): number;
+  copyOnWrite(src: number, what: string): number;
+}
+
 /** Fixed-size pages with refcounts, a free list and an optional byte budget. */
-export class PagePool {
+export class PagePool implements PageAccounting {
   readonly pageBytes: number;
   /** Page cap from the budget (Infinity without a budget). */
   readonly maxPages: number;
@@ -169,13 +186,13 @@ export class PagePool {
  * (with copy-on-write), truncate, fork and close. Both caches build on this.
  */
 export class SequenceTable {
-  readonly pool: PagePool;
+  readonly pool: PageAccounting;
   readonly pageSize: number;
   readonly layers: number;
   private seqs = new Map<number, SeqState>();
   private nextId = 1;
 
-  constructor(pool: PagePool, pageSize: number, layers: number) {
+  constructor(pool: PageAccounting, pageSize: number, layers: number) {
     this.pool = pool;
     this.pageSize = pageSize;
     this.layers = layers;
@@ -278,5 +295,46 @@ export class SequenceTable {
     const s = this.get(seq);
     for (const p of s.pages) this.pool.decref(p);
     this.seqs.delete(seq);
+  }
+}
+
+/**
+ * The sequence API every paged cache offers over its page accounting and sequence table (the
+ * host caches of lib/kv and the device caches of lib/cuda): admission, open, length, truncate,
+ * close, bytes in use.
+ */
+export abstract class SequenceCache {
+  protected abstract readonly pool: PageAccounting;
+  protected abstract readonly seqs: SequenceTable;
+
+  /** Can `tokens` more tokens be admitted now (ok), later (wait) or never within the budget? */
+  admission(tokens: number): Admission {
+    if (!Number.isSafeInteger(tokens) || tokens < 0) throw expected('KVANT_RANGE', 'a non-negative integer', 'tokens', tokens);
+    return this.pool.admission(this.seqs.pagesFor(tokens));
+  }
+
+  /** Opens a sequence and reserves pages for `reserveTokens` tokens (KVANT_OOM: needed vs available). */
+  open(reserveTokens: number): number {
+    return this.seqs.open(reserveTokens);
+  }
+
+  /** Rows stored in `layer` (default 0) of a sequence. */
+  length(seq: number, layer = 0): number {
+    return this.seqs.get(seq).lengths[this.seqs.layer(layer)];
+  }
+
+  /** Keeps the first `tokens` rows of every layer; pages past them (and past the reservation) are freed. */
+  truncate(seq: number, tokens: number): void {
+    this.seqs.truncate(seq, tokens);
+  }
+
+  /** Closes a sequence and frees its pages. */
+  close(seq: number): void {
+    this.seqs.close(seq);
+  }
+
+  /** Bytes of the pages in use. */
+  usedBytes(): number {
+    return this.pool.usedPages * this.pool.pageBytes;
   }
 }
