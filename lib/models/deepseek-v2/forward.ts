@@ -66,19 +66,27 @@ export interface ForwardConsts {
 
 /**
  * The activation buffers of a decode step, by role. Layers run one after another and each role
- * is dead before the next layer writes it, so one buffer per role serves every layer; a new
- * batch size allocates (and then reuses) buffers of the new shape. Every op writes its whole
- * output, so no buffer is cleared between uses.
+ * is dead before the next layer writes it, so one buffer per role serves every layer. A role's
+ * storage only grows (to the largest batch seen) and a batch of another size gets a view of its
+ * first elements, so continuous batching, whose batch size changes from step to step, allocates
+ * nothing either. Every op writes its whole output, so no buffer is cleared between uses.
  */
 export class StepBuffers {
-  private readonly bufs = new Map<string, Tensor>();
+  private readonly stores = new Map<string, Tensor>();
+  private readonly views = new Map<string, Tensor>();
 
-  /** The f32 buffer of `role` for this shape (a different shape replaces the role's buffer). */
+  /** The f32 buffer of `role` for this shape. */
   get(role: string, shape: readonly number[]): Tensor {
-    const t = this.bufs.get(role);
-    if (t && t.ndim === shape.length && t.shape.every((d, i) => d === shape[i])) return t;
-    const fresh = Tensor.zeros(shape, 'f32');
-    this.bufs.set(role, fresh);
+    const view = this.views.get(role);
+    if (view && view.ndim === shape.length && view.shape.every((d, i) => d === shape[i])) return view;
+    const numel = shape.reduce((a, d) => a * d, 1);
+    let store = this.stores.get(role);
+    if (!store || store.numel < numel) {
+      store = Tensor.zeros([numel], 'f32');
+      this.stores.set(role, store);
+    }
+    const fresh = store.slice(0, numel).reshape(shape);
+    this.views.set(role, fresh);
     return fresh;
   }
 }
