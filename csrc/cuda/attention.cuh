@@ -25,14 +25,6 @@
 #include "launch.h"
 #include "split_merge.cuh"
 
-#ifndef KV_ENTRY
-#ifdef __CUDACC__
-#define KV_ENTRY
-#else
-#define KV_ENTRY inline
-#endif
-#endif
-
 namespace kvant::cuda {
 
 constexpr int kAttnWarps = 4;

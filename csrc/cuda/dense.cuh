@@ -22,14 +22,6 @@
 #include "kvant/dtype.h"
 #include "launch.h"
 
-#ifndef KV_ENTRY
-#ifdef __CUDACC__
-#define KV_ENTRY
-#else
-#define KV_ENTRY inline
-#endif
-#endif
-
 namespace kvant::cuda {
 
 constexpr uint32_t kDenseWarps = 4;  // 4 outputs per block: small blocks keep ~all SMs busy at N = 512

@@ -20,14 +20,6 @@
 #pragma once
 #include "qformat.cuh"
 
-#ifndef KV_ENTRY
-#ifdef __CUDACC__
-#define KV_ENTRY
-#else
-#define KV_ENTRY inline
-#endif
-#endif
-
 namespace kvant::cuda {
 
 constexpr uint32_t kGemvThreads = 128;

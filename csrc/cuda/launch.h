@@ -11,6 +11,16 @@
 #include "cuda_compat.cuh"
 #include "kvant/status.h"
 
+// Host entry points of the .cuh kernel bodies: defined once (external) in the .cu that nvcc
+// compiles; inline where the SIMT emulation's tests include several bodies in one program.
+#ifndef KV_ENTRY
+#ifdef __CUDACC__
+#define KV_ENTRY
+#else
+#define KV_ENTRY inline
+#endif
+#endif
+
 namespace kvant::cuda {
 
 struct Dim3 {

@@ -15,14 +15,6 @@
 #pragma once
 #include "launch.h"
 
-#ifndef KV_ENTRY
-#ifdef __CUDACC__
-#define KV_ENTRY
-#else
-#define KV_ENTRY inline
-#endif
-#endif
-
 namespace kvant::cuda {
 
 constexpr int kPeakAcc = 4;          // independent accumulator chains per warp

@@ -3,14 +3,6 @@
 #pragma once
 #include "qformat.cuh"
 
-#ifndef KV_ENTRY
-#ifdef __CUDACC__
-#define KV_ENTRY
-#else
-#define KV_ENTRY inline
-#endif
-#endif
-
 namespace kvant::cuda {
 
 // Dequantize W to out [N, K] (f32, or f16 bits when outF16), in input-channel order: kernel row j

@@ -9,14 +9,6 @@
 #include "kvant/dtype.h"
 #include "launch.h"
 
-#ifndef KV_ENTRY
-#ifdef __CUDACC__
-#define KV_ENTRY  // entry points: defined once, in the .cu that includes this body
-#else
-#define KV_ENTRY inline
-#endif
-#endif
-
 namespace kvant::cuda {
 
 constexpr uint32_t kRowThreads = 256;  // 8 warps: enough loads in flight per SM for a row of ~5K
