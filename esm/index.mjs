@@ -48,6 +48,7 @@ export const {
   dynamicRuleFor,
   qlinear,
   moeMlp,
+  MlpSet,
   MlaKVCache,
   KV_CACHE_TYPES,
   KV_BYTES_PER_VALUE,

@@ -30,7 +30,7 @@ export type { QuantizeModelOptions, QuantizeReport, QuantizedTensorReport, Calib
 export { sequentialCalibrate, calibrationSequences } from './quant/calibrate-model';
 export type { QuantizeLinear, SequentialOptions } from './quant/calibrate-model';
 export { configFor, dynamicRuleFor } from './quant/checkpoint';
-export { qlinear, moeMlp } from './ops/qlinear';
+export { qlinear, moeMlp, MlpSet } from './ops/qlinear';
 export { MlaKVCache } from './kv/mla-cache';
 export type { MlaCacheOptions } from './kv/mla-cache';
 export { KV_CACHE_TYPES, KV_BYTES_PER_VALUE, KV_DEFAULT_HADAMARD } from './kv/format';

@@ -106,6 +106,8 @@ export class MlaKVCache extends PagedCacheBase {
   readonly latentDim: number;
   readonly ropeDim: number;
   private readonly segs: KvSegmentDesc[];
+  // The decode layout: keys are the whole row (latent, then rope), values the latent (read from the key bytes).
+  private readonly layout: DecodeLayout;
 
   constructor(o: MlaCacheOptions) {
     if (typeof o !== 'object' || o === null) throw expected('KVANT_SHAPE', 'an options object', 'options', o);
@@ -126,6 +128,7 @@ export class MlaKVCache extends PagedCacheBase {
     this.latentDim = latentDim;
     this.ropeDim = ropeDim;
     this.segs = segs;
+    this.layout = { k0: segs[0], k1: segs[1], v: { ...segs[0] }, headStride: 0, vFromKey: true };
   }
 
   private get width(): number {
@@ -149,8 +152,9 @@ export class MlaKVCache extends PagedCacheBase {
   /**
    * Absorbed decode for a batch: q f32 [B, H, L+R]; each seqs[b] attends over all rows of `layer`.
    * out f32 [B, H, L] = Σ softmax(scale·q·row)·c, lse f32 [B, H] (natural log; +inf for an empty sequence).
+   * `into`: f32 tensors of those shapes to write (overwritten) instead of allocating them.
    */
-  decode(layer: number, seqs: readonly number[], q: Tensor, scale: number): { out: Tensor; lse: Tensor } {
+  decode(layer: number, seqs: readonly number[], q: Tensor, scale: number, into?: { out: Tensor; lse: Tensor }): { out: Tensor; lse: Tensor } {
     this.seqs.layer(layer);
     if (!Array.isArray(seqs) || seqs.length === 0) throw expected('KVANT_SHAPE', 'a non-empty array of sequence ids', 'seqs', seqs);
     checkTensor(q, 'q');
@@ -160,11 +164,19 @@ export class MlaKVCache extends PagedCacheBase {
     if (typeof scale !== 'number' || !Number.isFinite(scale)) throw expected('KVANT_RANGE', 'a finite number', 'scale', scale);
     const [B, H] = q.shape;
     const { pageTable, maxPages, seqLens } = this.seqs.batch(seqs, layer);
-    const out = Tensor.zeros([B, H, this.latentDim], 'f32');
-    const lse = Tensor.zeros([B, H], 'f32');
+    let out: Tensor, lse: Tensor;
+    if (into) {
+      ({ out, lse } = into);
+      checkTensor(out, 'into.out');
+      checkTensor(lse, 'into.lse');
+      if (out.dtype !== 'f32' || out.numel !== B * H * this.latentDim) throw expected('KVANT_SHAPE', `f32 with ${B * H * this.latentDim} elements ([${B}, ${H}, ${this.latentDim}])`, 'into.out', out.shape);
+      if (lse.dtype !== 'f32' || lse.numel !== B * H) throw expected('KVANT_SHAPE', `f32 with ${B * H} elements ([${B}, ${H}])`, 'into.lse', lse.shape);
+    } else {
+      out = Tensor.zeros([B, H, this.latentDim], 'f32');
+      lse = Tensor.zeros([B, H], 'f32');
+    }
     if (H === 0) return { out, lse };
-    const layout: DecodeLayout = { k0: this.segs[0], k1: this.segs[1], v: { ...this.segs[0] }, headStride: 0, vFromKey: true };
-    pagedDecodeRaw(q, out, lse, B, H, 1, scale, this.pages(layer), pageTable, maxPages, seqLens, layout, this.isa);
+    pagedDecodeRaw(q, out, lse, B, H, 1, scale, this.pages(layer), pageTable, maxPages, seqLens, this.layout, this.isa);
     return { out, lse };
   }
 

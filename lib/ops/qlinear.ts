@@ -80,15 +80,16 @@ type QArgs = [Uint8Array, RawStorage, number, number, RawStorage, number, number
  */
 const validatedArgs = new WeakMap<QTensor, { fields: unknown[]; args: QArgs }>();
 const qFields = (w: QTensor): unknown[] => [w.format, w.qweight, w.qzeros, w.scales, w.gIdx, w.perm];
+const sameFields = (w: QTensor, f: unknown[]): boolean =>
+  w.format === f[0] && w.qweight === f[1] && w.qzeros === f[2] && w.scales === f[3] && w.gIdx === f[4] && w.perm === f[5];
 
 function qArgs(w: QTensor, name: string): QArgs {
   if (w === null || typeof w !== 'object') throw expected('KVANT_DTYPE', 'a QTensor', name, w);
   const hit = validatedArgs.get(w);
-  if (hit && qFields(w).every((v, i) => v === hit.fields[i])) {
-    // Storage is re-read every call: raw() throws on a disposed or detached tensor.
-    const a = hit.args;
-    return [a[0], ...raw(w.qweight), ...raw(w.qzeros), ...raw(w.scales), a[10], a[11], a[12]];
-  }
+  // The cached list holds the same storage objects (a tensor's storage and offset never
+  // change): the binding rejects a disposed NativeMemory or a detached ArrayBuffer on every
+  // call (KVANT_RANGE naming the argument), so nothing here needs re-reading.
+  if (hit && sameFields(w, hit.fields)) return hit.args;
   const args = validateQArgs(w, name);
   validatedArgs.set(w, { fields: qFields(w), args });
   return args;
@@ -195,16 +196,83 @@ function projArgs(p: QTensor | Tensor, name: string): { args: ProjArgs; N: numbe
   return { args: [1, p.format.N, p.format.K, 0, ...q], N: p.format.N, K: p.format.K };
 }
 
+/** One MLP's native argument list (its three projections), checked against x's width H. */
+function mlpArgs(m: MlpWeights, e: number, H: number): ProjArgs {
+  if (m === null || typeof m !== 'object') throw expected('KVANT_DTYPE', '{ gate, up, down }', `mlps[${e}]`, m);
+  const g = projArgs(m.gate, `mlps[${e}].gate`);
+  const u = projArgs(m.up, `mlps[${e}].up`);
+  const d = projArgs(m.down, `mlps[${e}].down`);
+  if (g.K !== H || u.K !== H || d.N !== H)
+    throw new KvantError('KVANT_SHAPE', `Expected mlps[${e}].gate and up to be [I, ${H}] and down [${H}, I] (H = x's last dimension) but they are [${g.N}, ${g.K}], [${u.N}, ${u.K}], [${d.N}, ${d.K}]`);
+  if (g.N !== u.N || d.K !== g.N)
+    throw new KvantError('KVANT_SHAPE', `Expected mlps[${e}] gate and up to share I = down's K but they are [${g.N}, ${g.K}], [${u.N}, ${u.K}], [${d.N}, ${d.K}]`);
+  return [...g.args, ...u.args, ...d.args];
+}
+
+/**
+ * A fixed set of MLPs of width H (a model's routed and shared experts), checked once, for
+ * repeated grouped calls: `moeMlp(x, set, routes)` with routes.mlp naming MLPs by their index
+ * in the set. A call passes the kernel only the MLPs its routes name, in ascending index order
+ * (the same list, so the same bits, as passing exactly those MLPs as an array), from argument
+ * lists built here: a decode step of an MoE model makes this call once per layer, and checking
+ * and encoding every selected expert's weights on each call was most of the step's JS time.
+ * The weights must not be replaced afterwards (the set keeps their storage); a disposed one is
+ * still rejected by the kernel call (KVANT_RANGE), never read.
+ */
+export class MlpSet {
+  /** Number of MLPs. */
+  readonly size: number;
+  /** Their input and output width. */
+  readonly H: number;
+  private readonly args: ProjArgs[];
+  // Per-call scratch: the local index of each set member in the current call (-1: unused).
+  private readonly local: Int32Array;
+
+  constructor(mlps: readonly MlpWeights[], H: number) {
+    if (!Array.isArray(mlps) || mlps.length === 0) throw expected('KVANT_SHAPE', 'a non-empty array of MLP weights', 'mlps', mlps);
+    if (!Number.isInteger(H) || H <= 0) throw expected('KVANT_SHAPE', 'a positive integer width', 'H', H);
+    this.size = mlps.length;
+    this.H = H;
+    this.args = mlps.map((m, e) => mlpArgs(m, e, H));
+    this.local = new Int32Array(mlps.length).fill(-1);
+  }
+
+  /** The used members' argument lists in ascending order and routes.mlp remapped to them. */
+  select(mlp: Int32Array): { count: number; projections: ProjArgs; localMlp: Int32Array } {
+    const used: number[] = [];
+    for (let i = 0; i < mlp.length; i++) {
+      const e = mlp[i];
+      if (!(e >= 0 && e < this.size)) throw expected('KVANT_RANGE', `an MLP index in [0, ${this.size})`, `routes.mlp[${i}]`, e);
+      if (this.local[e] === -1) {
+        this.local[e] = 0;
+        used.push(e);
+      }
+    }
+    used.sort((a, b) => a - b);
+    const projections: ProjArgs = [];
+    used.forEach((e, j) => {
+      this.local[e] = j;
+      for (const v of this.args[e]) projections.push(v);
+    });
+    const localMlp = new Int32Array(mlp.length);
+    for (let i = 0; i < mlp.length; i++) localMlp[i] = this.local[mlp[i]];
+    for (const e of used) this.local[e] = -1;
+    return { count: used.length, projections, localMlp };
+  }
+}
+
 /**
  * Grouped MoE call: for every i, out[row[i]] += weight[i] * mlps[mlp[i]](x[row[i]]). One native call:
  * gate+up for all pairs, barrier, then downs; each MLP runs over its own subset of rows; the
  * accumulation order into out is fixed (pairs in the order given), so results are deterministic and
  * batch-invariant. Shared experts = one entry per row with weight 1.
  * x: f32 [M, H]; out (optional): f32 [M, H], overwritten (rows no pair names become 0).
+ * mlps: the MLPs as an array (all of them are checked and passed to the kernel), or an
+ * {@link MlpSet} (checked once; only the MLPs the routes name are passed).
  */
 export function moeMlp(
   x: Tensor,
-  mlps: readonly MlpWeights[],
+  mlps: readonly MlpWeights[] | MlpSet,
   routes: MoeRoutes,
   out?: Tensor,
   opts: MoeMlpOptions = {},
@@ -213,36 +281,43 @@ export function moeMlp(
   if (x.dtype !== 'f32') throw expected('KVANT_DTYPE', 'f32 activations', 'x.dtype', x.dtype);
   if (x.ndim !== 2) throw expected('KVANT_SHAPE', 'a 2-D x [M, H]', 'x.shape', x.shape);
   const [M, H] = x.shape;
-  if (!Array.isArray(mlps) || mlps.length === 0) throw expected('KVANT_SHAPE', 'a non-empty array of MLP weights', 'mlps', mlps);
+  const isSet = mlps instanceof MlpSet;
+  if (!isSet && (!Array.isArray(mlps) || mlps.length === 0)) throw expected('KVANT_SHAPE', 'a non-empty array of MLP weights', 'mlps', mlps);
+  if (isSet && mlps.H !== H) throw new KvantError('KVANT_SHAPE', `Expected x's last dimension to be the MLP set's width ${mlps.H} but x is [${M}, ${H}]`);
   if (routes === null || typeof routes !== 'object') throw expected('KVANT_DTYPE', 'an object { mlp, row, weight }', 'routes', routes);
-  const { mlp, row, weight } = routes;
+  const { row, weight } = routes;
+  let mlp = routes.mlp;
   if (!(mlp instanceof Int32Array)) throw expected('KVANT_DTYPE', 'an Int32Array', 'routes.mlp', mlp);
   if (!(row instanceof Int32Array)) throw expected('KVANT_DTYPE', 'an Int32Array', 'routes.row', row);
   if (!(weight instanceof Float32Array)) throw expected('KVANT_DTYPE', 'a Float32Array', 'routes.weight', weight);
   if (row.length !== mlp.length || weight.length !== mlp.length)
     throw new KvantError('KVANT_SHAPE', `Expected routes.mlp, row and weight to have the same length but they have ${mlp.length}, ${row.length}, ${weight.length}`);
+  const count = isSet ? mlps.size : mlps.length;
   for (let i = 0; i < mlp.length; i++) {
-    if (!(mlp[i] >= 0 && mlp[i] < mlps.length)) throw expected('KVANT_RANGE', `an MLP index in [0, ${mlps.length})`, `routes.mlp[${i}]`, mlp[i]);
+    if (!(mlp[i] >= 0 && mlp[i] < count)) throw expected('KVANT_RANGE', `an MLP index in [0, ${count})`, `routes.mlp[${i}]`, mlp[i]);
     if (!(row[i] >= 0 && row[i] < M)) throw expected('KVANT_RANGE', `a row index in [0, ${M})`, `routes.row[${i}]`, row[i]);
   }
-  const projections: ProjArgs = [];
-  mlps.forEach((m, e) => {
-    if (m === null || typeof m !== 'object') throw expected('KVANT_DTYPE', '{ gate, up, down }', `mlps[${e}]`, m);
-    const g = projArgs(m.gate, `mlps[${e}].gate`);
-    const u = projArgs(m.up, `mlps[${e}].up`);
-    const d = projArgs(m.down, `mlps[${e}].down`);
-    if (g.K !== H || u.K !== H || d.N !== H)
-      throw new KvantError('KVANT_SHAPE', `Expected mlps[${e}].gate and up to be [I, ${H}] and down [${H}, I] (H = x's last dimension) but they are [${g.N}, ${g.K}], [${u.N}, ${u.K}], [${d.N}, ${d.K}]`);
-    if (g.N !== u.N || d.K !== g.N)
-      throw new KvantError('KVANT_SHAPE', `Expected mlps[${e}] gate and up to share I = down's K but they are [${g.N}, ${g.K}], [${u.N}, ${u.K}], [${d.N}, ${d.K}]`);
-    projections.push(...g.args, ...u.args, ...d.args);
-  });
+  let E: number;
+  let projections: ProjArgs;
+  if (isSet) {
+    const s = mlps.select(mlp);
+    if (s.count === 0) throw expected('KVANT_SHAPE', 'routes naming at least one MLP', 'routes.mlp', mlp);
+    E = s.count;
+    projections = s.projections;
+    mlp = s.localMlp;
+  } else {
+    E = mlps.length;
+    projections = [];
+    mlps.forEach((m, e) => {
+      for (const v of mlpArgs(m, e, H)) projections.push(v);
+    });
+  }
   const y = out ?? Tensor.zeros([M, H], 'f32');
   checkTensor(y, 'out');
   if (y.dtype !== 'f32' || y.numel !== M * H) throw new KvantError('KVANT_SHAPE', `Expected out to be f32 with ${M * H} elements but it is ${y.dtype} with ${y.numel}`);
   const view = (a: Int32Array | Float32Array): [Uint8Array, number, number] => [new Uint8Array(a.buffer, a.byteOffset, a.byteLength), 0, a.byteLength];
   const isa = isaCode(opts.isa);
   const act = actCode(opts.activations);
-  callNative(() => native().moeMlp(...raw(x), M, H, mlps.length, ...view(mlp), ...view(row), ...view(weight), ...raw(y), isa, act, ...projections));
+  callNative(() => native().moeMlp(...raw(x), M, H, E, ...view(mlp), ...view(row), ...view(weight), ...raw(y), isa, act, ...projections));
   return y;
 }

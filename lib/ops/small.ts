@@ -128,8 +128,11 @@ export interface RouteOptions {
   routedScalingFactor?: number;
 }
 
-/** MoE routing from router logits [rows, E]: expert ids [rows, k] (i32) and weights [rows, k] (f32). */
-export function routeTopK(logits: Tensor, o: RouteOptions): { idx: Tensor; weights: Tensor } {
+/**
+ * MoE routing from router logits [rows, E]: expert ids [rows, k] (i32) and weights [rows, k] (f32).
+ * `out`: tensors of those dtypes and sizes to write (overwritten) instead of allocating them.
+ */
+export function routeTopK(logits: Tensor, o: RouteOptions, out?: { idx: Tensor; weights: Tensor }): { idx: Tensor; weights: Tensor } {
   f32(logits, 'logits');
   if (logits.ndim !== 2) throw expected('KVANT_SHAPE', 'a [rows, experts] tensor', 'logits.shape', logits.shape);
   const [rows, E] = logits.shape;
@@ -138,8 +141,17 @@ export function routeTopK(logits: Tensor, o: RouteOptions): { idx: Tensor; weigh
   if (!Number.isInteger(o.k) || o.k < 1 || o.k > E) throw expected('KVANT_RANGE', `an integer k in 1..${E}`, 'k', o.k);
   if (!Number.isInteger(nGroup) || nGroup < 1 || E % nGroup) throw expected('KVANT_RANGE', `a divisor of ${E}`, 'nGroup', nGroup);
   if (!Number.isInteger(topkGroup) || topkGroup < 1 || topkGroup > nGroup) throw expected('KVANT_RANGE', `an integer in 1..${nGroup}`, 'topkGroup', topkGroup);
-  const idx = Tensor.zeros([rows, o.k], 'i32');
-  const weights = Tensor.zeros([rows, o.k], 'f32');
+  let idx: Tensor, weights: Tensor;
+  if (out) {
+    ({ idx, weights } = out);
+    checkTensor(idx, 'out.idx');
+    checkTensor(weights, 'out.weights');
+    if (idx.dtype !== 'i32' || idx.numel !== rows * o.k) throw expected('KVANT_SHAPE', `i32 with ${rows * o.k} elements ([${rows}, ${o.k}])`, 'out.idx', `${idx.dtype} [${idx.shape.join(', ')}]`);
+    if (weights.dtype !== 'f32' || weights.numel !== rows * o.k) throw expected('KVANT_SHAPE', `f32 with ${rows * o.k} elements ([${rows}, ${o.k}])`, 'out.weights', `${weights.dtype} [${weights.shape.join(', ')}]`);
+  } else {
+    idx = Tensor.zeros([rows, o.k], 'i32');
+    weights = Tensor.zeros([rows, o.k], 'f32');
+  }
   callNative(() =>
     native().routeTopK(...raw(logits), rows, E, o.k, nGroup, topkGroup, o.method === 'group_limited_greedy', o.normTopkProb ?? false,
       o.routedScalingFactor ?? 1, ...raw(idx), ...raw(weights)),

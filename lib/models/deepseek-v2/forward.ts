@@ -16,7 +16,7 @@
  */
 import { linear, linearHeads } from '../../ops/linear';
 import { flashAttention } from '../../ops/attention';
-import { MlpWeights as KernelMlp, moeMlp } from '../../ops/qlinear';
+import { MlpWeights as KernelMlp, MlpSet, moeMlp } from '../../ops/qlinear';
 import { axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate } from '../../ops/small';
 import { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
@@ -75,14 +75,14 @@ export class StepBuffers {
   private readonly stores = new Map<string, Tensor>();
   private readonly views = new Map<string, Tensor>();
 
-  /** The f32 buffer of `role` for this shape. */
-  get(role: string, shape: readonly number[]): Tensor {
+  /** The buffer of `role` for this shape (f32 unless the role is i32; a role keeps one dtype). */
+  get(role: string, shape: readonly number[], dtype: 'f32' | 'i32' = 'f32'): Tensor {
     const view = this.views.get(role);
     if (view && view.ndim === shape.length && view.shape.every((d, i) => d === shape[i])) return view;
     const numel = shape.reduce((a, d) => a * d, 1);
     let store = this.stores.get(role);
     if (!store || store.numel < numel) {
-      store = Tensor.zeros([numel], 'f32');
+      store = Tensor.zeros([numel], dtype);
       this.stores.set(role, store);
     }
     const fresh = store.slice(0, numel).reshape(shape);
@@ -250,6 +250,18 @@ function mlpForward(m: MlpWeights, k: ForwardConsts, x: Tensor): Tensor {
 
 const kernelMlp = (m: MlpWeights): KernelMlp => ({ gate: m.gate.w, up: m.up.w, down: m.down.w });
 
+// Each MoE layer's experts as one MlpSet (checked once, at the layer's first forward): the
+// shared expert (if any) is member 0 and routed expert e is member e + 1 (else e).
+const expertSets = new WeakMap<MoeWeights, MlpSet>();
+function expertSet(m: MoeWeights, H: number): MlpSet {
+  let set = expertSets.get(m);
+  if (!set) {
+    set = new MlpSet([...(m.shared ? [m.shared] : []), ...m.experts].map(kernelMlp), H);
+    expertSets.set(m, set);
+  }
+  return set;
+}
+
 /**
  * MoE FFN for rows x [T, H]: router logits (f32), softmax + greedy or group-limited top-k
  * (ties to the lower expert index), then one grouped moeMlp call over the shared experts and
@@ -270,19 +282,13 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
     topkGroup: cfg.topkGroup,
     normTopkProb: cfg.normTopkProb,
     routedScalingFactor: cfg.routedScalingFactor,
-  });
+  }, k.buffers ? { idx: k.buffers.get('route_idx', [T, K], 'i32'), weights: k.buffers.get('route_w', [T, K]) } : undefined);
   const id = idx.data() as Int32Array;
   const wd = f32(weights);
   k.observer?.moe?.(m, x, id);
-  const selected = [...new Set(id)].sort((a, b) => a - b);
-  if (k.profile) k.profile.bytes.experts += selected.reduce((n, e) => n + mlpBytes(m.experts[e]), 0);
-  const mlps: KernelMlp[] = m.shared ? [kernelMlp(m.shared)] : [];
-  const local = new Map<number, number>();
-  for (const e of selected) {
-    local.set(e, mlps.length);
-    mlps.push(kernelMlp(m.experts[e]));
-  }
-  const per = K + (m.shared ? 1 : 0);
+  if (k.profile) k.profile.bytes.experts += [...new Set(id)].reduce((n, e) => n + mlpBytes(m.experts[e]), 0);
+  const first = m.shared ? 1 : 0;
+  const per = K + first;
   const routes = { mlp: new Int32Array(T * per), row: new Int32Array(T * per), weight: new Float32Array(T * per) };
   let i = 0;
   for (let t = 0; t < T; t++) {
@@ -292,12 +298,12 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
       routes.weight[i++] = 1;
     }
     for (let j = 0; j < K; j++) {
-      routes.mlp[i] = local.get(id[t * K + j])!;
+      routes.mlp[i] = id[t * K + j] + first;
       routes.row[i] = t;
       routes.weight[i++] = wd[t * K + j];
     }
   }
-  return moeMlp(x, mlps, routes, buf(k, 'ffn', x.shape));
+  return moeMlp(x, expertSet(m, x.shape[1]), routes, buf(k, 'ffn', x.shape));
 }
 
 const mlpBytes = (m: MlpWeights): number => weightBytes(m.gate.w) + weightBytes(m.up.w) + weightBytes(m.down.w);
@@ -371,14 +377,20 @@ export function prefillLayer(layer: LayerWeights, l: number, k: ForwardConsts, x
 export interface DecodeCacheIO {
   /** Stores row b of rows [B, L+R] (the new token of sequence b). */
   append(layer: number, rows: Tensor): void;
-  /** Absorbed attention over each sequence's rows (the new one included): q [B, nh, L+R] -> [B, nh, L]. */
-  attend(layer: number, q: Tensor, scale: number): Tensor;
+  /**
+   * Absorbed attention over each sequence's rows (the new one included): q [B, nh, L+R] -> [B, nh, L].
+   * `into` (decode buffers, when the step has them): f32 out [B, nh, L] and lse [B, nh] to write.
+   */
+  attend(layer: number, q: Tensor, scale: number, into?: { out: Tensor; lse: Tensor }): Tensor;
 }
 
 /** One decode step: tokens[b] at positions[b] of sequence b. Returns logits [B, V]. */
 export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array, positions: Int32Array, io: DecodeCacheIO): Tensor {
   return timedCall(k, () => {
-    const x = embedding(w.embed, tokens);
+    const cfg = k.cfg;
+    const B = tokens.length;
+    const x = embedding(w.embed, tokens, buf(k, 'x', [B, cfg.hiddenSize]));
+    const into = k.buffers ? { out: k.buffers.get('o_lat', [B, cfg.numHeads, cfg.kvLoraRank]), lse: k.buffers.get('lse', [B, cfg.numHeads]) } : undefined;
     w.layers.forEach((layer, l) => {
       const a = layer.attn;
       const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps, buf(k, 'xn', x.shape));
@@ -386,7 +398,7 @@ export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array
       const o = timed(k, 'attention', bytes, () => {
         const q = queries(a, k, xn, positions);
         io.append(l, latentRows(a, k, xn, positions));
-        const oLat = io.attend(l, absorbQuery(a, k, q), k.scale);
+        const oLat = io.attend(l, absorbQuery(a, k, q), k.scale, into);
         return lin(k, expandValues(a, k, oLat), a.oProj, buf(k, 'attn_out', x.shape));
       });
       axpyInPlace(1, o, x);

@@ -141,8 +141,8 @@ export class DeepSeekV2Model {
     let logits: Tensor;
     try {
       logits = decodeStep(w, this.k, ids, positions, {
-        append: (layer, rows) => seqs.forEach((s, b) => cache.append(s, layer, rows.slice(b, b + 1))),
-        attend: (layer, q, scale) => cache.decode(layer, seqs, q, scale).out,
+        append: (layer, rows) => (seqs.length === 1 ? cache.append(seqs[0], layer, rows) : seqs.forEach((s, b) => cache.append(s, layer, rows.slice(b, b + 1)))),
+        attend: (layer, q, scale, into) => cache.decode(layer, seqs, q, scale, into).out,
       });
     } catch (e) {
       seqs.forEach((s, b) => cache.truncate(s, positions[b])); // all or nothing, as in prefill
