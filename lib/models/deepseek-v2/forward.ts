@@ -164,12 +164,18 @@ function latentRows(a: AttentionWeights, k: ForwardConsts, xn: Tensor, positions
   const W = L + cfg.qkRopeHeadDim;
   const T = positions.length;
   const rows = lin(k, xn, a.kvA, buf(k, 'kv_a', [T, W]));
-  const rd = f32(rows);
-  const c = buf(k, 'c', [T, L]) ?? Tensor.zeros([T, L], 'f32');
-  const cd = f32(c);
-  for (let t = 0; t < T; t++) cd.set(rd.subarray(t * W, t * W + L), t * L);
-  rmsNorm(c, a.kvANorm, cfg.rmsNormEps, c);
-  for (let t = 0; t < T; t++) rd.set(cd.subarray(t * L, (t + 1) * L), t * W);
+  if (T === 1) {
+    // One row (decode): its latent is contiguous, so it is normalized in place.
+    const c = rows.reshape([W]).slice(0, L);
+    rmsNorm(c, a.kvANorm, cfg.rmsNormEps, c);
+  } else {
+    const rd = f32(rows);
+    const c = buf(k, 'c', [T, L]) ?? Tensor.zeros([T, L], 'f32');
+    const cd = f32(c);
+    for (let t = 0; t < T; t++) cd.set(rd.subarray(t * W, t * W + L), t * L);
+    rmsNorm(c, a.kvANorm, cfg.rmsNormEps, c);
+    for (let t = 0; t < T; t++) rd.set(cd.subarray(t * L, (t + 1) * L), t * W);
+  }
   ropeInPlace(rows.reshape([T, 1, W]), { positions, invFreq: k.invFreq, offset: L, amplitude: k.amplitude });
   return rows;
 }
