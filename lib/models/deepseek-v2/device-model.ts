@@ -16,7 +16,7 @@ import { ForwardConsts, forwardConsts } from './forward';
 import { DeviceWeights, deviceForward, deviceForwardWith, deviceWeightBytes, freeWeights, uploadWeights } from './device-forward';
 import type { LoadOptions, PrefillOptions } from './model';
 import { loadWeights } from './weights';
-import { checkContextRoom, checkTokenIds } from './inputs';
+import { checkContextRoom, checkTokenIds, prefillInChunks } from './inputs';
 
 /** Tokens of KV cache the default device budget holds: this many full contexts (capped by free device memory). */
 const DEFAULT_CONTEXTS = 4;
@@ -108,32 +108,17 @@ export class DeviceDeepSeekV2Model {
   prefill(seq: number, tokens: readonly number[], o: PrefillOptions = {}): Float32Array {
     const w = this.live();
     const ids = this.checkTokens(tokens, 'tokens');
-    if (ids.length === 0) throw expected('KVANT_SHAPE', 'at least one token', 'tokens', tokens);
-    const chunk = o.chunkSize ?? DEFAULT_CHUNK;
-    if (!Number.isInteger(chunk) || chunk < 1) throw expected('KVANT_RANGE', 'a positive integer', 'chunkSize', o.chunkSize);
     const start = this.checkRoom(seq, ids.length, 'tokens');
-    const V = this.vocabSize;
-    const out = new Float32Array(o.allLogits ? ids.length * V : V);
     const cache = this.cache;
-    try {
-      for (let s = 0; s < ids.length; s += chunk) {
-        const part = ids.subarray(s, Math.min(ids.length, s + chunk));
-        const pos0 = start + s;
-        const positions = Int32Array.from({ length: part.length }, (_, i) => pos0 + i);
-        const lens = Int32Array.from({ length: part.length }, (_, i) => pos0 + i + 1);
-        const rowSeqs = new Array<number>(part.length).fill(seq);
-        const logits = deviceForward(w, this.k, part, positions, {
-          append: (layer, rows) => cache.append(seq, layer, rows),
-          attend: (layer, q) => cache.attend(layer, rowSeqs, lens, q, this.k.scale),
-        }, !o.allLogits);
-        if (o.allLogits) out.set(logits, s * V);
-        else if (s + chunk >= ids.length) out.set(logits);
-      }
-    } catch (e) {
-      cache.truncate(seq, start);
-      throw e;
-    }
-    return out;
+    return prefillInChunks(ids, start, this.vocabSize, o, DEFAULT_CHUNK, (part, pos0) => {
+      const positions = Int32Array.from({ length: part.length }, (_, i) => pos0 + i);
+      const lens = Int32Array.from({ length: part.length }, (_, i) => pos0 + i + 1);
+      const rowSeqs = new Array<number>(part.length).fill(seq);
+      return deviceForward(w, this.k, part, positions, {
+        append: (layer, rows) => cache.append(seq, layer, rows),
+        attend: (layer, q) => cache.attend(layer, rowSeqs, lens, q, this.k.scale),
+      }, !o.allLogits);
+    }, () => cache.truncate(seq, start));
   }
 
   /** One decode step for a batch, one token per sequence; each row independent of the others. */

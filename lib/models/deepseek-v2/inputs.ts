@@ -23,3 +23,37 @@ export function checkContextRoom(seq: number, len: number, adding: number, maxCo
     );
   return len;
 }
+
+/**
+ * The chunk loop of both models' prefill: `run` feeds one part of at most `chunkSize` tokens at
+ * positions pos.. and returns its logits (every position of the part with allLogits, else at
+ * least the last one's V values at the end). Returns the last position's logits (V) or every
+ * position's (T·V). If a part fails (e.g. KVANT_OOM from the cache budget) `rollback` runs
+ * before the error propagates, so no layer is left holding rows the others lack.
+ */
+export function prefillInChunks(
+  ids: Int32Array,
+  start: number,
+  vocab: number,
+  o: { chunkSize?: number; allLogits?: boolean },
+  defaultChunk: number,
+  run: (part: Int32Array, pos: number) => Float32Array,
+  rollback: () => void,
+): Float32Array {
+  if (ids.length === 0) throw expected('KVANT_SHAPE', 'at least one token', 'tokens', Array.from(ids));
+  const chunk = o.chunkSize ?? defaultChunk;
+  if (!Number.isInteger(chunk) || chunk < 1) throw expected('KVANT_RANGE', 'a positive integer', 'chunkSize', o.chunkSize);
+  const out = new Float32Array(o.allLogits ? ids.length * vocab : vocab);
+  try {
+    for (let s = 0; s < ids.length; s += chunk) {
+      const part = ids.subarray(s, Math.min(ids.length, s + chunk));
+      const logits = run(part, start + s);
+      if (o.allLogits) out.set(logits, s * vocab);
+      else if (s + chunk >= ids.length) out.set(logits.subarray(logits.length - vocab));
+    }
+  } catch (e) {
+    rollback();
+    throw e;
+  }
+  return out;
+}

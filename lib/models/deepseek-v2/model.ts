@@ -14,7 +14,7 @@ import type { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
 import { ForwardConsts, ForwardProfile, StepBuffers, decodeStep, emptyProfile, forwardConsts, prefillChunk } from './forward';
 import { LoadProgress, ModelWeights, loadWeights } from './weights';
-import { checkContextRoom, checkTokenIds } from './inputs';
+import { checkContextRoom, checkTokenIds, prefillInChunks } from './inputs';
 
 export interface LoadOptions {
   /** Latent cache storage type (default 'bf16'). */
@@ -99,31 +99,14 @@ export class DeepSeekV2Model {
   prefill(seq: number, tokens: readonly number[], o: PrefillOptions = {}): Float32Array {
     const w = this.live();
     const ids = this.checkTokens(tokens, 'tokens');
-    if (ids.length === 0) throw expected('KVANT_SHAPE', 'at least one token', 'tokens', tokens);
-    const chunk = o.chunkSize ?? DEFAULT_CHUNK;
-    if (!Number.isInteger(chunk) || chunk < 1) throw expected('KVANT_RANGE', 'a positive integer', 'chunkSize', o.chunkSize);
     const start = this.checkRoom(seq, ids.length, 'tokens');
-    const V = this.vocabSize;
-    const out = new Float32Array(o.allLogits ? ids.length * V : V);
     const cache = this.cache;
-    try {
-      for (let s = 0; s < ids.length; s += chunk) {
-        const part = ids.subarray(s, Math.min(ids.length, s + chunk));
-        const pos = start + s;
-        const logits = prefillChunk(w, this.k, part, pos, {
-          append: (layer, rows) => cache.append(seq, layer, rows),
-          rows: (layer) => cache.gather(seq, layer, 0, pos + part.length),
-        }, o.allLogits === true);
-        if (o.allLogits) out.set(logits.data() as Float32Array, s * V);
-        else if (s + chunk >= ids.length) out.set(logits.data() as Float32Array);
-      }
-    } catch (e) {
-      // A failure part-way (e.g. KVANT_OOM from the cache budget) must not leave some layers
-      // holding rows the others lack: roll the sequence back to where it started.
-      cache.truncate(seq, start);
-      throw e;
-    }
-    return out;
+    return prefillInChunks(ids, start, this.vocabSize, o, DEFAULT_CHUNK, (part, pos) =>
+      prefillChunk(w, this.k, part, pos, {
+        append: (layer, rows) => cache.append(seq, layer, rows),
+        rows: (layer) => cache.gather(seq, layer, 0, pos + part.length),
+      }, o.allLogits === true).data() as Float32Array,
+    () => cache.truncate(seq, start));
   }
 
   /**
