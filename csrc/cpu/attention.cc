@@ -313,9 +313,11 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
   const size_t nSplits = splitStart[a.B];
   std::vector<float> pm(nSplits * a.Hq), pl(nSplits * a.Hq), pacc(nSplits * a.Hq * Dv);
   // Fused path: rows scored per softmax step. Shared-row path: rows decoded per panel, a
-  // multiple of qkT's 6-key tile; 24 rows of up to 576 f32 (54 KB) stay in L2 while every
-  // query head of the kv head uses them.
-  constexpr size_t kRows = 16, kPanel = 24;
+  // multiple of qkT's 6-key tile; 48 rows of up to 576 f32 (108 KB) stay in L2 while every
+  // query head of the kv head uses them. 48 rather than 24: pvT loads, rescales and stores
+  // its accumulator tiles once per panel (36 of every 24·12 + 36 vector ops at 24 rows), and
+  // the prefetch of the next panel goes out twice as far ahead.
+  constexpr size_t kRows = 16, kPanel = 48;
   auto runSplit = [&](size_t task) {
     const size_t sidx = task / a.Hkv, hk = task % a.Hkv;
     size_t b = 0;
