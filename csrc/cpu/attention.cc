@@ -155,6 +155,10 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
     }
     const size_t ldq = Hq * Dqk, ldk = Hkv * Dqk, ldv = Hkv * Dv;
     const float* qBase = a.q + ((q0 + r0) * Hq + h) * Dqk;
+    // The block's query rows (cold: Q is read once per task) are requested all at once
+    // before the transpose, whose scalar loads otherwise took their misses one row at a time.
+    for (size_t i = 0; i < rows; ++i)
+      for (size_t off = 0; off < Dqk * sizeof(float); off += 64) __builtin_prefetch(reinterpret_cast<const char*>(qBase + i * ldq) + off, 0, 3);
     for (size_t i = 0; i < rows; ++i)  // transpose once per task; reused by every K block
       for (size_t t = 0; t < Dqk; ++t) qt[t * ldqt + i] = qBase[i * ldq + t];
     // Scores in base 2: 2^(s·scale·log2 e) = e^(s·scale).
