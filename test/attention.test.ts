@@ -52,11 +52,16 @@ describe.each(levels)('flashAttention at ISA level %s', (isa) => {
     [2, 33, 33, 2, 1, 64, 48, true],
     [1, 20, 7, 2, 2, 64, 64, true],
     [1, 17, 129, 6, 3, 192, 128, false],
-    // several 64-row query blocks, partial row tiles (150 = 2·64 + 22), the diagonal cutting
+    // several query blocks, partial row tiles (150 = 128 + 22), the diagonal cutting
     // K blocks at every offset, Dv with an 8-column tail (40), Sq > Sk over several blocks
     [1, 150, 200, 2, 1, 64, 40, true],
     [1, 130, 100, 2, 2, 72, 128, true],
     [1, 70, 70, 1, 1, 128, 128, false],
+    // several 128-row query blocks: rows of a block that see none of a diagonal K block are
+    // skipped, at 8-row granularity when the diagonal offset (Sk - Sq = 33) is not a multiple
+    // of 8, and whole 64-row halves when Sq = Sk (270 = 2·128 + 14)
+    [1, 300, 333, 2, 1, 64, 40, true],
+    [1, 270, 270, 2, 2, 128, 128, true],
   ])('B=%i Sq=%i Sk=%i Hq=%i Hkv=%i Dqk=%i Dv=%i causal=%s matches f64', (B, Sq, Sk, Hq, Hkv, Dqk, Dv, causal) => {
     const q = Tensor.random([B, Sq, Hq, Dqk], 'f32', { seed: 1, dist: 'normal' });
     const k = Tensor.random([B, Sk, Hkv, Dqk], 'f32', { seed: 2, dist: 'normal' });

@@ -139,9 +139,15 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
     // the raw block maps every row to one L1 set and is re-fetched from L2 for each row tile;
     // a stride of D + 16 floats spreads the rows over the sets.
     const size_t ldkp = Dqk + 16, ldvp = Dv + 16;
-    float m[kFlashBr], l[kFlashBr], corr[kFlashBr], st[kFlashBc * kFlashBr];
+    // qt and st are read down their columns (qkT: 64 bytes of qt per t, pvT: a few floats of
+    // st per key), so their row strides get one spare cache line too: at 128 floats (512
+    // bytes) the Dqk lines of a 16-row qt slice, or the 64 lines of a pt column, fell into
+    // 8 of the 64 L1 sets and could not all stay (measured: ~1/3 of qkT and pvT time).
+    const size_t ldqt = mPad + 16;
+    constexpr size_t ldst = kFlashBr + 16;
+    float m[kFlashBr], l[kFlashBr], corr[kFlashBr], st[kFlashBc * ldst];
     thread_local std::vector<float> qt, acc, kp, vp;
-    qt.assign(Dqk * mPad, 0.f), acc.assign(mPad * Dv, 0.f), kp.resize(kFlashBc * ldkp), vp.resize(kFlashBc * ldvp);
+    qt.assign(Dqk * ldqt, 0.f), acc.assign(mPad * Dv, 0.f), kp.resize(kFlashBc * ldkp), vp.resize(kFlashBc * ldvp);
     notePeak(sizeof(m) + sizeof(l) + sizeof(corr) + sizeof(st) + (qt.size() + acc.size() + kp.size() + vp.size()) * sizeof(float));
     for (size_t i = 0; i < kFlashBr; ++i) {
       m[i] = kNegInf;
@@ -149,8 +155,12 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
     }
     const size_t ldq = Hq * Dqk, ldk = Hkv * Dqk, ldv = Hkv * Dv;
     const float* qBase = a.q + ((q0 + r0) * Hq + h) * Dqk;
+    // The block's query rows (cold: Q is read once per task) are requested all at once
+    // before the transpose, whose scalar loads otherwise took their misses one row at a time.
+    for (size_t i = 0; i < rows; ++i)
+      for (size_t off = 0; off < Dqk * sizeof(float); off += 64) __builtin_prefetch(reinterpret_cast<const char*>(qBase + i * ldq) + off, 0, 3);
     for (size_t i = 0; i < rows; ++i)  // transpose once per task; reused by every K block
-      for (size_t t = 0; t < Dqk; ++t) qt[t * mPad + i] = qBase[i * ldq + t];
+      for (size_t t = 0; t < Dqk; ++t) qt[t * ldqt + i] = qBase[i * ldq + t];
     // Scores in base 2: 2^(s·scale·log2 e) = e^(s·scale).
     const float scale2 = a.scale * 1.44269504088896340736f;
     // Keys visible to the block's last row bound the K/V stream (lower-right causal mask).
@@ -165,12 +175,43 @@ Status flashAttention(const FlashArgs& a, Isa isa) {
         std::copy_n(vBase + j * ldv, Dv, vp.data() + j * ldvp);
       }
       // Sᵀ = K_blk · Q_blkᵀ, then the online softmax step: key j visible to row i iff
-      // j0 + j <= r0 + i + shift.
-      ak->qkT(qt.data(), mPad, mPad, kp.data(), ldkp, cols, Dqk, st, kFlashBr);
+      // j0 + j <= r0 + i + shift, i.e. i >= -c. Rows below i0 (a multiple of 8 <= -c) see no
+      // key of this block and are skipped: for them the step would be the identity (corr = 1
+      // or a zero accumulator, p = 0, acc·1 + 0·v = acc), so the bits are those of running
+      // them, and a 128-row block costs no more causal waste than a 64-row one.
       const long c = a.causal ? long(r0) + shift - long(j0) : long(cols);
-      ak->softmaxT(st, kFlashBr, mPad, cols, c, scale2, m, l, corr);
+      const size_t i0 = c < 0 ? std::min(mPad, size_t(-c) & ~size_t(7)) : 0;
+      if (i0 == mPad) continue;
+      const size_t mb = mPad - i0;
+      // The next block's K/V rows are prefetched (into L2) while this block computes: each
+      // row is a 512-byte run 8 KB from the next (16 heads x 128), which the hardware
+      // streamers do not follow, so without it the copy above waited on L3 for every row
+      // (~27 % of the time). The prefetches are spread over the block's work — qkT is called
+      // per 16-row slice and pvT per 16-column stripe, which are exactly the kernels' own
+      // outer loops, so the arithmetic (and the bits) are unchanged — because one burst of
+      // all 1024 lines stalled on the miss buffers instead.
+      const size_t nextCols = j0 + kFlashBc < kEnd ? std::min(kFlashBc, kEnd - j0 - kFlashBc) : 0;
+      const size_t pieces = (mb + 15) / 16 + (Dv + 15) / 16;
+      const size_t pfStep = (nextCols + pieces - 1) / pieces;
+      size_t pfRow = 0;
+      auto prefetchNext = [&] {
+        for (size_t e = std::min(nextCols, pfRow + pfStep); pfRow < e; ++pfRow) {
+          const char* kn = reinterpret_cast<const char*>(kBase + (kFlashBc + pfRow) * ldk);
+          const char* vn = reinterpret_cast<const char*>(vBase + (kFlashBc + pfRow) * ldv);
+          for (size_t off = 0; off < Dqk * sizeof(float); off += 64) __builtin_prefetch(kn + off, 0, 2);
+          for (size_t off = 0; off < Dv * sizeof(float); off += 64) __builtin_prefetch(vn + off, 0, 2);
+        }
+      };
+      for (size_t i = i0; i < mPad; i += 16) {
+        prefetchNext();
+        ak->qkT(qt.data() + i, ldqt, std::min<size_t>(16, mPad - i), kp.data(), ldkp, cols, Dqk, st + i, ldst);
+      }
+      ak->softmaxT(st + i0, ldst, mb, cols, c + long(i0), scale2, m + i0, l + i0, corr + i0);
       // O_blk = O_blk · corr + P · V_blk (the rescale fused into the accumulator load).
-      ak->pvT(st, kFlashBr, mPad, cols, vp.data(), ldvp, Dv, corr, acc.data(), Dv);
+      for (size_t d = 0; d < Dv; d += 16) {
+        prefetchNext();
+        ak->pvT(st + i0, ldst, mb, cols, vp.data() + d, ldvp, std::min<size_t>(16, Dv - d), corr + i0, acc.data() + i0 * Dv + d, Dv);
+      }
     }
     for (size_t i = 0; i < rows; ++i) {
       float* o = a.out + ((q0 + r0 + i) * Hq + h) * Dv;
@@ -276,9 +317,11 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
   const size_t nSplits = splitStart[a.B];
   std::vector<float> pm(nSplits * a.Hq), pl(nSplits * a.Hq), pacc(nSplits * a.Hq * Dv);
   // Fused path: rows scored per softmax step. Shared-row path: rows decoded per panel, a
-  // multiple of qkT's 6-key tile; 24 rows of up to 576 f32 (54 KB) stay in L2 while every
-  // query head of the kv head uses them.
-  constexpr size_t kRows = 16, kPanel = 24;
+  // multiple of qkT's 6-key tile; 48 rows of up to 576 f32 (108 KB) stay in L2 while every
+  // query head of the kv head uses them. 48 rather than 24: pvT loads, rescales and stores
+  // its accumulator tiles once per panel (36 of every 24·12 + 36 vector ops at 24 rows), and
+  // the prefetch of the next panel goes out twice as far ahead.
+  constexpr size_t kRows = 16, kPanel = 48;
   auto runSplit = [&](size_t task) {
     const size_t sidx = task / a.Hkv, hk = task % a.Hkv;
     size_t b = 0;

@@ -132,6 +132,8 @@ inline float scaleOf(const uint8_t* block) {
   return _cvtsh_ss(h);
 }
 
+inline void block32(KvType t, const uint8_t* blk, __m256 v[4]);
+
 void decode(KvType t, const uint8_t* src, size_t n, float* y) {
   if (t == KvType::kF16 || t == KvType::kBf16) {
     size_t i = 0;
@@ -155,20 +157,12 @@ void decode(KvType t, const uint8_t* src, size_t n, float* y) {
       }
     }
   } else if (t == KvType::kQ6) {
-    // Bytes 0..11 -> words 0..3 (low lane), bytes 12..23 -> words 4..7 (high lane, loaded from
-    // byte 8 so the 16-byte load ends at the block's last byte).
-    const __m128i shLo = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
-    const __m128i shHi = _mm_setr_epi8(4, 5, 6, -1, 7, 8, 9, -1, 10, 11, 12, -1, 13, 14, 15, -1);
-    const __m256i m63 = _mm256_set1_epi32(63), off = _mm256_set1_epi32(32);
+    // Sign extension by q6Codes (xor + two shifts per 8 codes instead of shift, mask and
+    // subtract: the same integers for any stored byte, see there), as block32 does.
     for (size_t g = 0; g < n; g += 32, src += sizeof(KvBlockQ6)) {
-      const __m256 d = _mm256_set1_ps(scaleOf(src));
-      const __m128i a = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2)), shLo);
-      const __m128i b = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 10)), shHi);
-      const __m256i w = _mm256_set_m128i(b, a);
-      _mm256_storeu_ps(y + g, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(w, m63), off)), d));
-      _mm256_storeu_ps(y + g + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 6), m63), off)), d));
-      _mm256_storeu_ps(y + g + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 12), m63), off)), d));
-      _mm256_storeu_ps(y + g + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(w, 18), m63), off)), d));
+      __m256 v[4];
+      block32(KvType::kQ6, src, v);
+      for (int k = 0; k < 4; ++k) _mm256_storeu_ps(y + g + 8 * k, v[k]);
     }
   } else {
     const __m128i m15 = _mm_set1_epi8(15);
