@@ -131,10 +131,14 @@ inline size_t blocksPerGroup(const QuantFormat& f) { return (size_t(qEffectiveGr
 
 inline bool useSplitK(const QuantFormat& f, size_t M) { return M >= 1 && M <= kQSplitMaxM && size_t(qGroupCount(f)) >= kQSplitMinGroups; }
 
+inline size_t packedRows(size_t M) { return M > kQSplitMaxM ? (M + kQGemmTileRows - 1) / kQGemmTileRows * kQGemmTileRows : 0; }
+
 size_t qgemmActsFloats(const QuantFormat& f, size_t M, QAct act) {
   const size_t K = size_t(f.K), ng = size_t(qGroupCount(f));
-  if (qActFor(f.bits, act) == QAct::kInt8) return up16(M * K) + up16((M * K + 3) / 4) + 2 * up16(M * ng * blocksPerGroup(f));
-  return up16(M * K) + up16(M * ng);
+  const size_t packed = up16(packedRows(M) * K);  // the GEMM's tile-packed copy (0 for decode)
+  if (qActFor(f.bits, act) == QAct::kInt8)
+    return up16(M * K) + up16((M * K + 3) / 4) + 2 * up16(M * ng * blocksPerGroup(f)) + packed + up16((packedRows(M) * K + 3) / 4);
+  return up16(M * K) + up16(M * ng) + packed;
 }
 }  // namespace
 
@@ -159,9 +163,15 @@ QActs qgemmActsView(const QuantFormat& f, size_t M, QAct act, float* scratch) {
     p += up16((M * K + 3) / 4);
     a.dx = p;
     a.qsum = p + up16(M * a.nbt);
+    if (packedRows(M)) {
+      a.xp = a.qsum + up16(M * a.nbt);
+      a.xq = reinterpret_cast<const int8_t*>(a.xp + up16(packedRows(M) * K));
+    }
   } else {
     a.xsum = scratch + up16(M * K);
+    if (packedRows(M)) a.xp = a.xsum + up16(M * ng);
   }
+  a.Mp = packedRows(M);
   return a;
 }
 
@@ -251,6 +261,39 @@ QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, siz
       float inv[32];
       for (size_t j = 0; j < U; ++j) inv[j] = std::ldexp(1.0f, -qInPlaceShift(bits, int(j)));
       for (size_t k = 0; k < K; ++k) xr[k] *= inv[k & (U - 1)];  // U is a power of two (4, 8, 16, 32)
+    }
+  }
+  if (a.xp) {
+    // The GEMM's copy (layout in gemm_q.h): per group, per 6-row tile, k-major, so the
+    // micro-kernel's broadcasts walk one contiguous run and a group's slice of all rows is one
+    // contiguous block (row-major rows K·4 bytes apart would map a group's slice onto a few L1
+    // and L2 sets). Padding rows are 0 (computed, never stored).
+    constexpr size_t R = kQGemmTileRows;
+    float* xp = const_cast<float*>(a.xp);
+    for (size_t g = 0; g < ng; ++g) {
+      const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K, kn = k1 - k0;
+      for (size_t t = 0; t < a.Mp / R; ++t) {
+        float* dst = xp + k0 * a.Mp + t * kn * R;
+        for (size_t i = 0; i < R; ++i) {
+          const size_t m = t * R + i;
+          if (m < M) {
+            const float* src = xs + m * K + k0;
+            for (size_t k = 0; k < kn; ++k) dst[k * R + i] = src[k];
+          } else {
+            for (size_t k = 0; k < kn; ++k) dst[k * R + i] = 0.0f;
+          }
+        }
+        if (a.xq) {  // the word-order int8 activations, 4-byte quads (kn is a multiple of 4)
+          int8_t* dq = const_cast<int8_t*>(a.xq) + k0 * a.Mp + t * kn * R;
+          for (size_t i = 0; i < R; ++i) {
+            const size_t m = t * R + i;
+            for (size_t r = 0; r < kn / 4; ++r) {
+              if (m < M) std::memcpy(dq + r * 4 * R + 4 * i, a.qx + m * K + k0 + 4 * r, 4);
+              else std::memset(dq + r * 4 * R + 4 * i, 0, 4);
+            }
+          }
+        }
+      }
     }
   }
   return a;
