@@ -2,7 +2,8 @@
 // process per build, alternating rounds, medians. Needs dist/ (npx tsc -p tsconfig.build.json).
 // usage: node docs-notes/qgemmm-ab.js THREADS ROUNDS CALLS "M,K,N,bits,act;..." A.node B.node ...
 // Prints per case the median wall ms of each build, GFLOP/s (2·M·N·K), the ratio to build A and
-// the median CPU ms per call (all threads; on a loaded machine the steadier of the two).
+// the median CPU ms per call (all threads; on a loaded machine the steadier of the two); every
+// round also measures the FMA peak (probeFmaPeak), and % is GFLOP/s over its median.
 const { fork } = require('node:child_process');
 const Module = require('node:module');
 const root = process.env.ROOT || require('node:path').join(__dirname, '..');
@@ -30,6 +31,9 @@ if (process.argv[2] === 'child') {
       const v = y.data();
       let h = 0; for (let i = 0; i < v.length; i += 97) h = (h * 31 + Math.round(v[i] * 1e6)) | 0;
       process.send({ ms: t[t.length >> 1], cpu: (cu.user + cu.system) / 1e3 / m.calls, hash: h });
+    } else if (m.op === 'probe') {
+      // The FMA peak of this moment (csrc/cpu/probe.h), on as many threads as the kernel uses.
+      require(root + '/dist/native').native().probeFmaPeak(m.threads > 1, 0.3).then((r) => process.send({ gf: r.flops / r.seconds / 1e9 }));
     } else process.exit(0);
   });
 } else {
@@ -42,12 +46,15 @@ if (process.argv[2] === 'child') {
     for (const c of spec.split(';')) {
       const [M, K, N, bits, act] = c.split(',');
       for (const k of kids) await ask(k, { op: 'setup', threads: +threads, M: +M, K: +K, N: +N, bits: +bits, act });
+      const peak = [];
       const ms = kids.map(() => []), cpu = kids.map(() => []), hashes = kids.map(() => new Set());
-      for (let r = 0; r < +rounds; r++)
+      for (let r = 0; r < +rounds; r++) {
+        peak.push((await ask(kids[0], { op: 'probe', threads: +threads })).gf);
         for (let i = 0; i < kids.length; i++) { const j = (i + r) % kids.length; const x = await ask(kids[j], { op: 'run', calls: +calls }); ms[j].push(x.ms); cpu[j].push(x.cpu); hashes[j].add(x.hash); }
+      }
       const fl = 2 * M * N * K;
       const same = kids.every((_, i) => [...hashes[i]].join() === [...hashes[0]].join()) ? 'same y' : 'DIFFERENT y';
-      console.log(`m${M} ${bits}b ${act} ${K}x${N} | ` + ms.map((m, i) => `${'ABCDEF'[i]} ${med(m).toFixed(2)} ms ${(fl / med(m) / 1e6).toFixed(1)} GF/s (${(med(m) / med(ms[0])).toFixed(3)}) cpu ${med(cpu[i]).toFixed(1)} ms`).join(' | ') + ' | ' + same);
+      console.log(`m${M} ${bits}b ${act} ${K}x${N} | ` + ms.map((m, i) => `${'ABCDEF'[i]} ${med(m).toFixed(2)} ms ${(fl / med(m) / 1e6).toFixed(1)} GF/s ${(fl / med(m) / 1e4 / med(peak)).toFixed(0)}% (${(med(m) / med(ms[0])).toFixed(3)}) cpu ${med(cpu[i]).toFixed(1)} ms`).join(' | ') + ` | FMA peak ${med(peak).toFixed(0)} GF/s | ` + same);
     }
     for (const k of kids) k.send({ op: 'exit' });
   })();
