@@ -14,8 +14,10 @@
 //    down the qweight rows with software prefetch.
 // Each weight byte is read once per activation row group either way.
 // GEMM (M > 8, compute-bound): the codes of a group × 16..64-column panel are converted once
-// into an L1/L2-resident f32 buffer and reused by every 6-row tile of x through a 6x16
-// register-tiled micro-kernel (12 accumulators + 2 panel vectors + 1 broadcast = 15 ymm).
+// per row block into an L1/L2-resident buffer and reused by every 6-row tile of x (packed
+// k-major by qgemmPrepare) through a 6x16 register-tiled micro-kernel: f32 FMAs (12
+// accumulators + 2 panel vectors + broadcasts = 16 ymm), or, for int8 activations at 2/4
+// bits, maddubs byte dot products on a byte panel (32 multiply-adds per instruction).
 #include <immintrin.h>
 
 #include <cmath>
