@@ -131,10 +131,14 @@ inline size_t blocksPerGroup(const QuantFormat& f) { return (size_t(qEffectiveGr
 
 inline bool useSplitK(const QuantFormat& f, size_t M) { return M >= 1 && M <= kQSplitMaxM && size_t(qGroupCount(f)) >= kQSplitMinGroups; }
 
+inline size_t packedRows(size_t M) { return M > kQSplitMaxM ? (M + kQGemmTileRows - 1) / kQGemmTileRows * kQGemmTileRows : 0; }
+
 size_t qgemmActsFloats(const QuantFormat& f, size_t M, QAct act) {
   const size_t K = size_t(f.K), ng = size_t(qGroupCount(f));
-  if (qActFor(f.bits, act) == QAct::kInt8) return up16(M * K) + up16((M * K + 3) / 4) + 2 * up16(M * ng * blocksPerGroup(f));
-  return up16(M * K) + up16(M * ng);
+  const size_t packed = up16(packedRows(M) * K);  // the GEMM's tile-packed copy (0 for decode)
+  if (qActFor(f.bits, act) == QAct::kInt8)
+    return up16(M * K) + up16((M * K + 3) / 4) + 2 * up16(M * ng * blocksPerGroup(f)) + packed + up16((packedRows(M) * K + 3) / 4);
+  return up16(M * K) + up16(M * ng) + packed;
 }
 }  // namespace
 
@@ -159,9 +163,15 @@ QActs qgemmActsView(const QuantFormat& f, size_t M, QAct act, float* scratch) {
     p += up16((M * K + 3) / 4);
     a.dx = p;
     a.qsum = p + up16(M * a.nbt);
+    if (packedRows(M)) {
+      a.xp = a.qsum + up16(M * a.nbt);
+      a.xq = reinterpret_cast<const int8_t*>(a.xp + up16(packedRows(M) * K));
+    }
   } else {
     a.xsum = scratch + up16(M * K);
+    if (packedRows(M)) a.xp = a.xsum + up16(M * ng);
   }
+  a.Mp = packedRows(M);
   return a;
 }
 
@@ -185,13 +195,16 @@ inline float roundQ8(float v) {
 }
 }  // namespace
 
-QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, size_t M, float* scratch, QAct act) {
-  const QActs a = qgemmActsView(w.fmt, M, act, scratch);
-  const size_t K = a.K, G = size_t(qEffectiveGroup(w.fmt)), ng = a.ng;
+namespace {
+// qgemmPrepare for rows [m0, m1) and, for the GEMM's packed copies, row tiles [t0, t1) (each
+// tile's rows must be prepared first). Every row and tile is independent of the others.
+void prepareRange(const QMatrix& w, const void* x, DType xType, size_t ldx, const QActs& a, float* scratch, size_t m0, size_t m1,
+                  size_t t0, size_t t1) {
+  const size_t M = a.M, K = a.K, G = size_t(qEffectiveGroup(w.fmt)), ng = a.ng;
   const int bits = w.fmt.bits;
   const size_t U = size_t(qUnitCodes(bits));
   float* xs = scratch;
-  for (size_t m = 0; m < M; ++m) {
+  for (size_t m = m0; m < m1; ++m) {
     float* xr = xs + m * K;
     // One loop per source type (the type test used to sit inside the per-element loop).
     const int32_t* perm = w.perm;
@@ -253,6 +266,45 @@ QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, siz
       for (size_t k = 0; k < K; ++k) xr[k] *= inv[k & (U - 1)];  // U is a power of two (4, 8, 16, 32)
     }
   }
+  if (a.xp) {
+    // The GEMM's copy (layout in gemm_q.h): per group, per 6-row tile, k-major, so the
+    // micro-kernel's broadcasts walk one contiguous run and a group's slice of all rows is one
+    // contiguous block (row-major rows K·4 bytes apart would map a group's slice onto a few L1
+    // and L2 sets). Padding rows are 0 (computed, never stored).
+    constexpr size_t R = kQGemmTileRows;
+    float* xp = const_cast<float*>(a.xp);
+    for (size_t g = 0; g < ng; ++g) {
+      const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K, kn = k1 - k0;
+      for (size_t t = t0; t < t1; ++t) {
+        float* dst = xp + k0 * a.Mp + t * kn * R;
+        for (size_t i = 0; i < R; ++i) {
+          const size_t m = t * R + i;
+          if (m < M) {
+            const float* src = xs + m * K + k0;
+            for (size_t k = 0; k < kn; ++k) dst[k * R + i] = src[k];
+          } else {
+            for (size_t k = 0; k < kn; ++k) dst[k * R + i] = 0.0f;
+          }
+        }
+        if (a.xq) {  // the word-order int8 activations, 4-byte quads (kn is a multiple of 4)
+          int8_t* dq = const_cast<int8_t*>(a.xq) + k0 * a.Mp + t * kn * R;
+          for (size_t i = 0; i < R; ++i) {
+            const size_t m = t * R + i;
+            for (size_t r = 0; r < kn / 4; ++r) {
+              if (m < M) std::memcpy(dq + r * 4 * R + 4 * i, a.qx + m * K + k0 + 4 * r, 4);
+              else std::memset(dq + r * 4 * R + 4 * i, 0, 4);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+}  // namespace
+
+QActs qgemmPrepare(const QMatrix& w, const void* x, DType xType, size_t ldx, size_t M, float* scratch, QAct act) {
+  const QActs a = qgemmActsView(w.fmt, M, act, scratch);
+  prepareRange(w, x, xType, ldx, a, scratch, 0, M, 0, a.Mp / kQGemmTileRows);
   return a;
 }
 
@@ -279,7 +331,21 @@ Status qgemmTyped(const QMatrix& w, const void* x, DType xType, size_t M, const 
     for (size_t m = 0; m < M; ++m)
       for (size_t n = n0; n < n1; ++n) o[m * N + n] = yType == DType::kF16 ? f32ToF16(y[m * N + n]) : f32ToBf16(y[m * N + n]);
   };
-  const QActs a = qgemmPrepare(w, x, xType, K, M, scratch, act);
+  // Prefill (M > kQSplitMaxM): the activation prepare runs on the pool, 8 row tiles (48 rows)
+  // per task (serial, it took ~3-7% of a 512-row call at 2 threads). Rows and tiles are
+  // prepared independently, so the scratch holds the same bytes either way.
+  QActs a;
+  if (M > kQSplitMaxM) {
+    a = qgemmActsView(w.fmt, M, act, scratch);
+    constexpr size_t kTilesPerTask = 8, R = kQGemmTileRows;
+    const size_t tiles = a.Mp / R;
+    threadPool().parallelFor((tiles + kTilesPerTask - 1) / kTilesPerTask, [&](size_t c) {
+      const size_t t0 = c * kTilesPerTask, t1 = t0 + kTilesPerTask < tiles ? t0 + kTilesPerTask : tiles;
+      prepareRange(w, x, xType, K, a, scratch, t0 * R, t1 * R < M ? t1 * R : M, t0, t1);
+    });
+  } else {
+    a = qgemmPrepare(w, x, xType, K, M, scratch, act);
+  }
   const size_t cpt = kQGemmColsPerTask;
   const size_t tasks = (N + cpt - 1) / cpt;
   if (useSplitK(w.fmt, M)) {

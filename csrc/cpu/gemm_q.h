@@ -52,6 +52,13 @@ constexpr size_t kQ8Block = 32;
 //   kInt8: xs [M, K] = float(q) (natural order, for the GEMM panel kernel), qx [M, K] int8 in
 //          "word order" (per packed word, the bytes in the order the kernel's shifts extract
 //          codes: for shift j, byte i holds code (8/bits)·i + j), d and Q per block [M, nbt].
+//   GEMM (M > kQSplitMaxM, both precisions): xp, the same floats as xs packed for the panel
+//          micro-kernel, group-major: group g's slice (rows [k0, k1)) starts at xp + k0·Mp, and
+//          holds Mp / kQGemmTileRows row tiles of (k1 − k0) × kQGemmTileRows floats, k-major:
+//          xp[k0·Mp + t·(k1 − k0)·6 + (k − k0)·6 + i] = xs[(6t + i)·K + k]; rows M..Mp−1 are 0.
+//          (nullptr for M <= kQSplitMaxM.)
+//   GEMM, kInt8: also xq, qx packed the same way in 4-byte quads (one maddubs operand per
+//          row): xq[k0·Mp + t·(k1 − k0)·6 + r·24 + 4i + b] = qx[(6t + i)·K + k0 + 4r + b].
 struct QActs {
   const float* xs;
   const float* xsum;
@@ -61,7 +68,13 @@ struct QActs {
   const float* dx;
   const float* qsum;
   size_t bpg, nbt;  // blocks per group, blocks per row (ng · bpg)
+  const float* xp;
+  const int8_t* xq;
+  size_t Mp;  // M rounded up to kQGemmTileRows
 };
+
+// Rows per register tile of the GEMM micro-kernels (6 rows x 16 columns = 12 ymm accumulators).
+constexpr size_t kQGemmTileRows = 6;
 
 // Writes y[m*ldy + n] for m < a.M, n0 <= n < n1 (n0, n1 multiples of 8 or n1 = N). Runs on
 // the calling thread: the dispatcher (qgemm, moeMlp) splits N into fixed blocks.

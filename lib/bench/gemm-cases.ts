@@ -183,6 +183,10 @@ export function gemmCases(machine: Machine, quick: boolean): BenchCase[] {
   const M = quick ? 64 : 512;
   for (const act of ['f32', 'int8'] as const) cases.push(qCase('dense up', 2048, 10944, M, 4, 128, machine, quick, act));
   cases.push(qCase('q_proj', 2048, 3072, M, 4, 128, machine, quick, 'f32'));
+  // The other prefill shapes the panel GEMM must not lose on: K = 10944 (a partial last group)
+  // and the int8 byte-dot-product panel at 2 bits.
+  cases.push(qCase('dense down', 10944, 2048, M, 4, 128, machine, quick, 'f32'));
+  cases.push(qCase('q_proj', 2048, 3072, M, 2, 128, machine, quick, 'int8'));
   cases.push(denseCase('q_proj', 2048, 3072, M, 'bf16', machine, quick));
   return cases;
 }

@@ -198,6 +198,42 @@ TEST(qgemm_int8_activations_match_f64_and_agree_across_levels_and_regimes) {
     }
 }
 
+// The int8 GEMM's byte dot products sum a 32-row block in i16 (gemm_q_avx2.cc: 8 maddubs of
+// pairs <= 2·maxq·127). Worst case for that bound: every code maxq and every activation
+// quantized to ±127 (x = ±1 in whole blocks), so each block's sum is exactly ±32·maxq·127
+// (4 bits: 60960 as i32, 30480 per i16 half). An overflow or a saturated maddubs would change
+// I by thousands; the scalar reference sums in int32, so the GEMM (M = 13: two 6-row tiles and
+// a 1-row tail) must match it and the M = 1 GEMV bit for bit at every level.
+TEST(qgemm_int8_gemm_is_exact_at_the_extreme_codes_and_activations) {
+  uint64_t seed = 900;
+  for (int bits : {2, 4, 8}) {
+    // g128 with a partial last group; N: whole 16-column tiles + an 8-column tail (4 bits), the
+    // 8-bit N % 8 == 4 tail, whole tiles only (2 bits: N must pack 16 codes per zero word).
+    const size_t K = bits == 2 ? 304 : 296, N = bits == 2 ? 48 : bits == 4 ? 56 : 52, M = 13;
+    Made m = make(bits, 128, false, K, N, ++seed);
+    std::fill(m.qw.begin(), m.qw.end(), 0xFFFFFFFFu);  // every code = maxq
+    const QMatrix q = m.q();
+    std::vector<float> x(M * K);
+    for (size_t i = 0; i < M; ++i)
+      for (size_t k = 0; k < K; ++k) x[i * K + k] = i % 3 == 0 ? 1.0f : i % 3 == 1 ? -1.0f : ((k / 32) % 2 ? 1.0f : -1.0f);
+    std::vector<float> scratch(qgemmScratchFloats(m.f, M, QAct::kInt8)), one(qgemmScratchFloats(m.f, 1, QAct::kInt8));
+    std::vector<float> ref(M * N, NAN);
+    EXPECT_TRUE(qgemm(q, x.data(), DType::kF32, M, nullptr, ref.data(), scratch.data(), Isa::kScalar, QAct::kInt8) == Status::kOk);
+    for (size_t i = 0; i < M * N; ++i) EXPECT_TRUE(std::isfinite(ref[i]));
+    for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+      if (!qgemmKernelsFor(isa)) continue;
+      std::vector<float> y(M * N, NAN);
+      EXPECT_TRUE(qgemm(q, x.data(), DType::kF32, M, nullptr, y.data(), scratch.data(), isa, QAct::kInt8) == Status::kOk);
+      EXPECT_TRUE(std::memcmp(ref.data(), y.data(), y.size() * 4) == 0);
+      for (size_t i : {size_t(0), size_t(1), size_t(2), size_t(12)}) {
+        std::vector<float> y1(N, NAN);
+        EXPECT_TRUE(qgemm(q, x.data() + i * K, DType::kF32, 1, nullptr, y1.data(), one.data(), isa, QAct::kInt8) == Status::kOk);
+        EXPECT_TRUE(std::memcmp(y1.data(), ref.data() + i * N, N * 4) == 0);
+      }
+    }
+  }
+}
+
 // Split-K decode over several 2048-column blocks (the last partial) with bias, in one parallel
 // phase whose last task per block combines it: the same bits at every level and thread count,
 // and y in f16/bf16 equals the f32 result rounded once (f32ToF16 / f32ToBf16: RNE).
