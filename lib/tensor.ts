@@ -79,6 +79,9 @@ export function isDetached(buffer: ArrayBufferLike): boolean {
   }
 }
 
+/** Token of the constructor's unchecked path (module-private: only reshape and slice hold it). */
+const VIEW_OF_CHECKED: unique symbol = Symbol('view of a checked tensor');
+
 export class Tensor {
   readonly dtype: DType;
   readonly shape: readonly number[];
@@ -88,7 +91,18 @@ export class Tensor {
   readonly numel: number;
 
   /** Low-level constructor; prefer Tensor.from / zeros / random / fromBuffer. */
-  constructor(storage: Storage, dtype: DType, shape: readonly number[], byteOffset = 0) {
+  constructor(storage: Storage, dtype: DType, shape: readonly number[], byteOffset = 0, trusted?: typeof VIEW_OF_CHECKED) {
+    if (trusted === VIEW_OF_CHECKED) {
+      // reshape / slice of a checked tensor, with the shape and offset already checked against
+      // it: a decode step makes dozens of such views, and the full checks (an N-API accessor
+      // call for native storage among them) were a visible share of its JS time.
+      this.dtype = dtype;
+      this.numel = shape.reduce((a, d) => a * d, 1);
+      this.shape = Object.freeze(shape as number[]);
+      this.storage = storage;
+      this.byteOffset = byteOffset;
+      return;
+    }
     this.dtype = checkDType(dtype);
     this.numel = checkShape(shape as number[]);
     this.shape = Object.freeze([...shape]);
@@ -228,7 +242,7 @@ export class Tensor {
     const n = checkShape(dims, 'shape');
     if (n !== this.numel)
       throw new KvantError('KVANT_SHAPE', `Expected a shape with ${this.numel} elements for reshape but received ${JSON.stringify(shape)} (${n})`);
-    return new Tensor(this.storage, this.dtype, dims, this.byteOffset);
+    return new Tensor(this.storage, this.dtype, dims, this.byteOffset, VIEW_OF_CHECKED);
   }
 
   /** Rows [start, end) along the first dimension, sharing storage. */
@@ -238,7 +252,7 @@ export class Tensor {
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > rows || start > end)
       throw new KvantError('KVANT_RANGE', `Expected 0 <= start <= end <= ${rows} for slice but received ${start}, ${end}`);
     const rowBytes = rows === 0 ? 0 : this.byteLength / rows;
-    return new Tensor(this.storage, this.dtype, [end - start, ...this.shape.slice(1)], this.byteOffset + start * rowBytes);
+    return new Tensor(this.storage, this.dtype, [end - start, ...this.shape.slice(1)], this.byteOffset + start * rowBytes, VIEW_OF_CHECKED);
   }
 
   /** A typed-array view of the elements (no copy); f16/bf16 as 16-bit patterns. */

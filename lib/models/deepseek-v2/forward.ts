@@ -78,7 +78,7 @@ export class StepBuffers {
   /** The buffer of `role` for this shape (f32 unless the role is i32; a role keeps one dtype). */
   get(role: string, shape: readonly number[], dtype: 'f32' | 'i32' = 'f32'): Tensor {
     const view = this.views.get(role);
-    if (view && view.ndim === shape.length && view.shape.every((d, i) => d === shape[i])) return view;
+    if (view && sameShape(view.shape, shape)) return view;
     const numel = shape.reduce((a, d) => a * d, 1);
     let store = this.stores.get(role);
     if (!store || store.numel < numel) {
@@ -89,6 +89,12 @@ export class StepBuffers {
     this.views.set(role, fresh);
     return fresh;
   }
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** The decode buffer of `role`, or undefined (the op allocates) outside decode. */
