@@ -1,4 +1,5 @@
-// A/B of the attention cases (FlashAttention prefill, paged / MLA decode): a before addon vs this checkout's, one process.
+// A/B of the attention cases (FlashAttention prefill, paged / MLA decode): a before addon vs this checkout's, one process
+// (supersedes the attnspeed branch's driver, which covered the decode cases only).
 // Each case's cache is built once per addon (native memory is tagged by the addon that made it):
 // the binding object's functions are swapped wholesale to the addon in use (the TS layer is the
 // branch's, identical on both sides for the decode path). Rounds alternate
