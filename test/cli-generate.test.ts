@@ -88,6 +88,8 @@ describe('kvant generate', () => {
       [['generate', '--model', dir, '--tokens', '1,two'], 'KVANT_RANGE'],
       [['generate', '--model', dir, '--tokens', '1', '--max-tokens', '0'], 'KVANT_RANGE'],
       [['generate', '--model', dir, '--tokens', '1', '--kv-cache', 'q5'], 'KVANT_RANGE'],
+      [['generate', '--model', dir, '--tokens', '1', '--activations', 'int4'], 'KVANT_RANGE'],
+      [['logits', '--model', dir, '--tokens', '1', '--activations', 'f16', '--json'], 'KVANT_RANGE'],
       [['generate', '--model', dir, '--tokens', '99999', '--json'], 'KVANT_RANGE'],
       [['generate', '--model', path.join(dir, 'missing'), '--tokens', '1'], 'KVANT_IO'],
       [['logits', '--model', dir, '--tokens', '1', '--mode', 'both', '--json'], 'KVANT_RANGE'],

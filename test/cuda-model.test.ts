@@ -325,6 +325,7 @@ describe('device forward ops: bad input ends in the documented codes', () => {
       dev.dispose();
     }
     expect(await codeOf(() => DeviceDeepSeekV2Model.load(floatModel('f32'), { kvCache: 'q5' as never }))).toBe('KVANT_RANGE');
+    expect(await codeOf(() => DeviceDeepSeekV2Model.load(floatModel('f32'), { activations: 'int8' }))).toBe('KVANT_BACKEND');
   }, 60_000);
 });
 

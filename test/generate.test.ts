@@ -254,6 +254,7 @@ describe('loadModel / Model over the worker', () => {
     expect((await b.generate([1], { maxTokens: 2, ignoreEos: true })).text).toBeUndefined();
     expect(await code(loadModel(path.join(dir, 'nope')))).toBe('KVANT_IO');
     expect(await code(loadModel(dir, { kvCache: 'q5' as 'q4' }))).toBe('KVANT_RANGE');
+    expect(await code(loadModel(dir, { activations: 'int4' as 'int8' }))).toBe('KVANT_RANGE');
     expect(await code(loadModel(dir, { kvBudgetBytes: -1 }))).toBe('KVANT_RANGE');
     expect(await code(loadModel(dir, { implementation: { ...FAKE, export: 'BrokenModel' } }))).toBe('KVANT_FORMAT');
     const ctl = new AbortController();

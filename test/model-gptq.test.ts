@@ -24,11 +24,18 @@ import { referenceForward } from './helpers/reference-forward';
 
 const T = 9;
 const BOUND = 1e-4;
+// int8 activations (per block of 32 inputs, d = max|x|/127, round to nearest): each quantized
+// linear's output gets an extra relative error of about 0.5% RMS (docs/qgemm.md, measured on
+// 2048x1408 matrices; bound per output Σ|W|·d/2), independent from one linear to the next. The
+// tiny model chains ~6 quantized linears per layer over 4 layers plus lm_head; with gain <= ~1
+// per layer (as in test/model.test.ts) the logits' relative error stays within ~sqrt(25)·0.5% ≈
+// 2.5%: bound 3e-2.
+const INT8_BOUND = 3e-2;
 
-function check(dir: string): number[] {
+function check(dir: string, activations: 'f32' | 'int8' = 'f32'): number[] {
   const w = loadWeights(dir);
   const cfg = w.config;
-  const k = forwardConsts(cfg);
+  const k = { ...forwardConsts(cfg), activations };
   const V = cfg.vocabSize;
   const width = cfg.kvLoraRank + cfg.qkRopeHeadDim;
   const tokens = randomTokens(T, V, 21);
@@ -85,6 +92,35 @@ describe('GPTQ checkpoints', () => {
     const errs = check(out);
     console.log(`gptq 3-bit act-order: max error ${Math.max(...errs).toExponential(2)}`);
     for (const e of errs) expect(e).toBeLessThanOrEqual(BOUND);
+  });
+
+  it(`int8 activations: prefill and decode vs the dequantized reference <= ${INT8_BOUND}; a decode batch of 9 equals each row alone`, () => {
+    const errs = check(all, 'int8');
+    console.log(`gptq 4-bit all, int8 activations: max error ${Math.max(...errs).toExponential(2)}`);
+    for (const e of errs) expect(e).toBeLessThanOrEqual(INT8_BOUND);
+    // Not the f32 path: the activation rounding shows (the f32 path is at ~1e-6 here).
+    expect(Math.max(...errs)).toBeGreaterThan(BOUND);
+    // Batch invariance: 9 rows take the GEMM path (M > 8), one row the GEMV; int8 blocks are the
+    // same per row either way, so every row's logits match bit for bit.
+    const m = DeepSeekV2Model.load(all, { activations: 'int8' });
+    const seqs = Array.from({ length: 9 }, (_, i) => {
+      const s = m.cache.open(4);
+      m.prefill(s, randomTokens(2, m.vocabSize, 40 + i));
+      return s;
+    });
+    const next = randomTokens(9, m.vocabSize, 50);
+    const batch = m.decode(seqs, next);
+    seqs.forEach((s) => m.cache.truncate(s, 2));
+    seqs.forEach((s, i) => expect(Buffer.compare(Buffer.from(m.decode([s], [next[i]])[0].buffer), Buffer.from(batch[i].buffer))).toBe(0));
+    // The load option reaches the forward: the same prompt through an f32-activation model differs.
+    const mf = DeepSeekV2Model.load(all);
+    const p = randomTokens(3, m.vocabSize, 60);
+    const a = m.prefill(m.cache.open(3), p);
+    const b = mf.prefill(mf.cache.open(3), p);
+    expect(relErr(a, b)).toBeGreaterThan(BOUND);
+    mf.dispose();
+    m.dispose();
+    expect(code(() => DeepSeekV2Model.load(all, { activations: 'int4' as 'int8' })).code).toBe('KVANT_RANGE');
   });
 
   it('the quantized model is smaller and its logits stay near the float model', () => {

@@ -33,6 +33,8 @@ export interface ModelCase {
   /** Whether lm_head is quantized too (quantized weights only). */
   lmHeadQuantized: boolean;
   kvCache: KvCacheType;
+  /** Activation precision of the quantized linears (default 'f32'). */
+  activations?: 'f32' | 'int8';
 }
 
 /** Options of {@link runModelBench} (defaults there). */
@@ -65,6 +67,8 @@ export interface ModelBenchRow {
   group: number | null;
   lm_head: 'bf16' | 'quantized';
   kv_cache: KvCacheType;
+  /** Activation precision of the quantized linears. */
+  activations: 'f32' | 'int8';
   reps: number;
   pp_tokens: number;
   pp_tokens_per_s: number;
@@ -104,13 +108,15 @@ export function defaultModelCases(quick: boolean): ModelCase[] {
   const out: ModelCase[] = [];
   for (const bits of [16, 8, 4, 3, 2] as const) for (const kv of ['f16', 'q4'] as const) out.push(q(bits, kv));
   out.push(q(4, 'f16', false), q(4, 'q4', false));
+  // The int8-activation path (DeepSeekV2Model's activations option) at 4 bits.
+  out.push({ ...q(4, 'f16'), activations: 'int8' });
   return out;
 }
 
 /** Row name of a case, e.g. "q4g128+lm_bf16 kv=f16". */
 export function caseName(c: ModelCase): string {
   const w = c.bits === 16 ? 'bf16' : `q${c.bits}g${c.group}${c.lmHeadQuantized ? '' : '+lm_bf16'}`;
-  return `${w} kv=${c.kvCache}`;
+  return `${w}${c.activations === 'int8' ? ' x-int8' : ''} kv=${c.kvCache}`;
 }
 
 const stats = (xs: number[]) => {
@@ -153,6 +159,7 @@ export function toRow(c: ModelCase, preset: string, layers: number, job: ChildJo
     group: c.bits === 16 ? null : c.group,
     lm_head: c.bits !== 16 && c.lmHeadQuantized ? 'quantized' : 'bf16',
     kv_cache: c.kvCache,
+    activations: c.activations ?? 'f32',
     reps: job.reps,
     pp_tokens: job.pp,
     pp_tokens_per_s: pp.mean,
@@ -191,7 +198,7 @@ export function runModelBench(machine: Pick<Machine, 'read_gbps'>, quick: boolea
   const rows: ModelBenchRow[] = [];
   for (const c of cases) {
     const dir = c.bits === 16 ? float : rtnCheckpoint(float, c.bits, c.group, c.lmHeadQuantized, log);
-    const job: ChildJob = { dir, kvCache: c.kvCache, ...base };
+    const job: ChildJob = { dir, kvCache: c.kvCache, activations: c.activations ?? 'f32', ...base };
     log(`running ${preset}-${layers} ${caseName(c)} pp${base.pp} tg${base.tg} x${base.reps}…`);
     const row = toRow(c, preset, layers, job, runChildProcess(job), machine);
     log(`  pp ${row.pp_tokens_per_s.toFixed(1)} tok/s, tg ${row.tg_tokens_per_s.toFixed(2)} tok/s, ${row.pct_read_bw.toFixed(1)}% of read bw, outside native ${row.outside_native_pct.toFixed(2)}%, RSS ratio ${row.rss_ratio.toFixed(3)}`);

@@ -18,6 +18,7 @@ import { native } from '../native';
 export interface ChildJob {
   dir: string;
   kvCache: KvCacheType;
+  activations?: 'f32' | 'int8';
   pp: number;
   tg: number;
   reps: number;
@@ -79,7 +80,7 @@ function instrumentNative(): { ms: () => number; calls: () => number; undo: () =
 export function runChild(job: ChildJob): ChildResult {
   const rssBefore = status('VmRSS');
   let t = performance.now();
-  const m = DeepSeekV2Model.load(job.dir, { kvCache: job.kvCache });
+  const m = DeepSeekV2Model.load(job.dir, { kvCache: job.kvCache, activations: job.activations });
   const loadMs = performance.now() - t;
   const V = m.vocabSize;
   // Warm-up: first touch of lazily initialised state and of the attention/MoE paths.

@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { KvantError } from '../errors';
 import { GenerationResult } from '../generate/scheduler';
 import { loadModel, Model, Prompt } from '../model';
-import { cliLoadOptions, quietEpipe, parseKvCache, parseNumber, parseTokenList } from './model-args';
+import { cliLoadOptions, quietEpipe, parseActivations, parseKvCache, parseNumber, parseTokenList } from './model-args';
 
 /** The --json output. */
 export interface GenerateJson {
@@ -52,6 +52,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
       stop: { type: 'string', multiple: true },
       'ignore-eos': { type: 'boolean' },
       'kv-cache': { type: 'string' },
+      activations: { type: 'string' },
       json: { type: 'boolean' },
     },
   });
@@ -69,8 +70,9 @@ export async function generateCommand(argv: string[]): Promise<number> {
     ignoreEos: values['ignore-eos'] ?? false,
   };
   const kvCache = parseKvCache(values['kv-cache']);
+  const activations = parseActivations(values.activations);
   quietEpipe();
-  const model: Model = await loadModel(values.model, { ...cliLoadOptions('loading'), kvCache });
+  const model: Model = await loadModel(values.model, { ...cliLoadOptions('loading'), kvCache, activations });
   try {
     const prompt: Prompt = tokens ?? (values.chat ? { messages: [{ role: 'user', content: values.prompt! }] } : values.prompt!);
     let result: GenerationResult;

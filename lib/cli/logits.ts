@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { KvantError } from '../errors';
 import { topKIndices } from '../generate/sampler';
 import { loadModel } from '../model';
-import { cliLoadOptions, quietEpipe, f32ToJson, parseKvCache, parseTokenList } from './model-args';
+import { cliLoadOptions, quietEpipe, f32ToJson, parseActivations, parseKvCache, parseTokenList } from './model-args';
 
 export async function logitsCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -17,6 +17,7 @@ export async function logitsCommand(argv: string[]): Promise<number> {
       tokens: { type: 'string' },
       mode: { type: 'string' },
       'kv-cache': { type: 'string' },
+      activations: { type: 'string' },
       json: { type: 'boolean' },
     },
   });
@@ -26,8 +27,9 @@ export async function logitsCommand(argv: string[]): Promise<number> {
   const mode = values.mode ?? 'prefill';
   if (mode !== 'prefill' && mode !== 'decode') throw new KvantError('KVANT_RANGE', `Expected --mode prefill or decode but received ${JSON.stringify(mode)}`);
   const kvCache = parseKvCache(values['kv-cache']);
+  const activations = parseActivations(values.activations);
   quietEpipe();
-  const model = await loadModel(values.model, { ...cliLoadOptions('loading'), kvCache });
+  const model = await loadModel(values.model, { ...cliLoadOptions('loading'), kvCache, activations });
   try {
     const rows = await model.logits(tokens, { mode });
     if (values.json) {

@@ -43,9 +43,9 @@ Commands:
                             the quality/size/cache/scheduler tables that settle DESIGN.md §8's claims
   generate --model DIR (--prompt TEXT [--chat] | --tokens 1,2,3) [--max-tokens N] [--temperature T]
            [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--ignore-eos]
-           [--kv-cache f16|bf16|q8|q6|q4] [--json]
+           [--kv-cache f16|bf16|q8|q6|q4] [--activations f32|int8] [--json]
                             generate text (streamed to stdout) or, with --json, one JSON result
-  logits --model DIR --tokens 1,2,3 [--mode prefill|decode] [--kv-cache TYPE] [--json]
+  logits --model DIR --tokens 1,2,3 [--mode prefill|decode] [--kv-cache TYPE] [--activations f32|int8] [--json]
                             logits at every position ({"logits": [[...], ...]} with --json)
   make-model --preset tiny|lite [--layers N] [--seed S] [--dtype f32|bf16] [--config-override JSON] --out DIR
                             write a random DeepSeek-V2 checkpoint in the real file layout

@@ -32,6 +32,13 @@ export function parseKvCache(s: string | undefined): KvCacheType | undefined {
   return s as KvCacheType;
 }
 
+/** --activations: f32 (default) or int8. */
+export function parseActivations(s: string | undefined): 'f32' | 'int8' | undefined {
+  if (s === undefined) return undefined;
+  if (s !== 'f32' && s !== 'int8') throw new KvantError('KVANT_RANGE', `Expected --activations f32 or int8 but received ${JSON.stringify(s)}`);
+  return s;
+}
+
 /**
  * Load options for a CLI command: progress on stderr. KVANT_TEST_MODEL_IMPL=<module>#<export>
  * swaps in a stand-in model class (used only by kvant's own tests).

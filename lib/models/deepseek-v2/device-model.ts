@@ -16,7 +16,7 @@ import { ForwardConsts, forwardConsts } from './forward';
 import { DeviceWeights, deviceForward, deviceForwardWith, deviceWeightBytes, freeWeights, uploadWeights } from './device-forward';
 import type { LoadOptions, PrefillOptions } from './model';
 import { loadWeights } from './weights';
-import { checkContextRoom, checkTokenIds, prefillInChunks } from './inputs';
+import { checkActivations, checkContextRoom, checkTokenIds, prefillInChunks } from './inputs';
 
 /** Tokens of KV cache the default device budget holds: this many full contexts (capped by free device memory). */
 const DEFAULT_CONTEXTS = 4;
@@ -53,6 +53,8 @@ export class DeviceDeepSeekV2Model {
     if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw expected('KVANT_DTYPE', 'a function', 'onProgress', o.onProgress);
     const type: KvCacheType = o.kvCache ?? 'bf16';
     if (!(type in KV_TYPE_CODE)) throw expected('KVANT_RANGE', "'f16', 'bf16', 'q8', 'q6' or 'q4'", 'kvCache', o.kvCache);
+    if (checkActivations(o.activations) !== 'f32')
+      throw new KvantError('KVANT_BACKEND', "Expected activations 'f32' for the cuda backend (int8 activations are CPU-only) but received 'int8'");
     cudaNative(); // KVANT_BACKEND with the reason before any file work
     const host = loadWeights(dir, o.onProgress);
     try {

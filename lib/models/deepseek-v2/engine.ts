@@ -24,6 +24,8 @@ export interface WorkerLoadOptions {
   kvBudgetBytes?: number;
   /** Prefill chunk size in tokens (the model's default when absent). */
   chunkSize?: number;
+  /** Activation precision of the quantized linears (the model's LoadOptions.activations). */
+  activations?: 'f32' | 'int8';
 }
 
 /** What the worker is told to load. */

@@ -16,7 +16,7 @@
  */
 import { linear, linearHeads } from '../../ops/linear';
 import { flashAttention } from '../../ops/attention';
-import { MlpWeights as KernelMlp, MlpSet, moeMlp } from '../../ops/qlinear';
+import { MlpWeights as KernelMlp, MlpSet, QActivations, moeMlp } from '../../ops/qlinear';
 import { axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate } from '../../ops/small';
 import { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
@@ -56,6 +56,8 @@ export interface ForwardConsts {
   profile?: ForwardProfile;
   /** Calibration hook (GPTQ): sees every Linear's input. Unset in normal inference. */
   observer?: ForwardObserver;
+  /** Activation precision of the quantized linears and experts (default 'f32'; see QActivations). */
+  activations?: QActivations;
   /**
    * Reusable activation buffers for decodeStep (set by the model): a warm decode step then
    * allocates no tensors. The logits decodeStep returns live in it too, so they are valid only
@@ -115,7 +117,7 @@ export interface ForwardObserver {
 /** applyLinear, shown to the observer first when one is set. */
 function lin(k: ForwardConsts, x: Tensor, w: LinearWeight, out?: Tensor): Tensor {
   k.observer?.linear?.(w, x);
-  return applyLinear(x, w, out);
+  return applyLinear(x, w, out, k.activations);
 }
 
 function timed<T>(k: ForwardConsts, part: ForwardComponent, bytes: number, fn: () => T): T {
@@ -315,7 +317,7 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
       routes.weight[i++] = wd[t * K + j];
     }
   }
-  return moeMlp(x, expertSet(m, x.shape[1]), routes, buf(k, 'ffn', x.shape));
+  return moeMlp(x, expertSet(m, x.shape[1]), routes, buf(k, 'ffn', x.shape), { activations: k.activations });
 }
 
 const mlpBytes = (m: MlpWeights): number => weightBytes(m.gate.w) + weightBytes(m.up.w) + weightBytes(m.down.w);

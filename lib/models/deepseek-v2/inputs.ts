@@ -3,6 +3,7 @@
  * take the same token ids and sequence positions and must reject bad ones with the same errors.
  */
 import { KvantError, expected } from '../../errors';
+import type { QActivations } from '../../ops/qlinear';
 
 /** Token ids as an Int32Array; KVANT_DTYPE for a non-array, KVANT_RANGE for an id outside 0..vocab-1. */
 export function checkTokenIds(tokens: readonly number[], vocab: number, name: string): Int32Array {
@@ -56,4 +57,11 @@ export function prefillInChunks(
     throw e;
   }
   return out;
+}
+
+/** The activations load option: 'f32' (the default when absent) or 'int8'; KVANT_RANGE otherwise. */
+export function checkActivations(a: unknown): QActivations {
+  if (a === undefined || a === 'f32') return 'f32';
+  if (a === 'int8') return 'int8';
+  throw expected('KVANT_RANGE', "'f32' or 'int8'", 'activations', a);
 }

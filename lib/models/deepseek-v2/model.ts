@@ -14,7 +14,8 @@ import type { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
 import { ForwardConsts, ForwardProfile, StepBuffers, decodeStep, emptyProfile, forwardConsts, prefillChunk } from './forward';
 import { LoadProgress, ModelWeights, loadWeights } from './weights';
-import { checkContextRoom, checkTokenIds, prefillInChunks } from './inputs';
+import { checkActivations, checkContextRoom, checkTokenIds, prefillInChunks } from './inputs';
+import type { QActivations } from '../../ops/qlinear';
 
 export interface LoadOptions {
   /** Latent cache storage type (default 'bf16'). */
@@ -25,6 +26,13 @@ export interface LoadOptions {
   kvBudgetBytes?: number;
   /** Called as loading proceeds (files mapped, layers checked). */
   onProgress?: (p: LoadProgress) => void;
+  /**
+   * Activation precision inside the quantized linears and MoE experts, in prefill and decode
+   * alike (so a row's result stays independent of the batch): 'f32' (default) or 'int8' (x
+   * quantized per block of 32 inputs, byte dot products; faster prefill, a small extra error;
+   * see QActivations). Float weights are unaffected. CPU only.
+   */
+  activations?: QActivations;
 }
 
 export interface PrefillOptions {
@@ -46,19 +54,20 @@ export class DeepSeekV2Model {
   private weights: ModelWeights | null;
   private readonly k: ForwardConsts;
 
-  private constructor(weights: ModelWeights, cache: MlaKVCache) {
+  private constructor(weights: ModelWeights, cache: MlaKVCache, activations: QActivations) {
     this.weights = weights;
     this.config = weights.config;
     this.cache = cache;
     this.vocabSize = weights.config.vocabSize;
     this.maxContext = weights.config.maxPositionEmbeddings;
-    this.k = { ...forwardConsts(weights.config), buffers: new StepBuffers() };
+    this.k = { ...forwardConsts(weights.config), buffers: new StepBuffers(), activations };
   }
 
   /** Opens a checkpoint folder (config.json + safetensors, optionally GPTQ) and creates the cache. */
   static load(dir: string, o: LoadOptions = {}): DeepSeekV2Model {
     if (typeof dir !== 'string' || dir.length === 0) throw expected('KVANT_IO', 'a checkpoint folder path', 'dir', dir);
     if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw expected('KVANT_DTYPE', 'a function', 'onProgress', o.onProgress);
+    const activations = checkActivations(o.activations);
     const w = loadWeights(dir, o.onProgress);
     try {
       const cfg = w.config;
@@ -70,7 +79,7 @@ export class DeepSeekV2Model {
         pageSize: o.pageSize,
         budgetBytes: o.kvBudgetBytes,
       });
-      return new DeepSeekV2Model(w, cache);
+      return new DeepSeekV2Model(w, cache, activations);
     } catch (e) {
       w.checkpoint.close();
       throw e;

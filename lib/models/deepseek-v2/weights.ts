@@ -8,7 +8,7 @@
 import { KvantError } from '../../errors';
 import { Checkpoint } from '../../io/checkpoint';
 import { linear } from '../../ops/linear';
-import { qlinear } from '../../ops/qlinear';
+import { QActivations, qlinear } from '../../ops/qlinear';
 import { QuantizeConfig, isQuantized, loadQTensor, readQuantizeConfig } from '../../quant/checkpoint';
 import { QTensor } from '../../quant/format';
 import { dequantize } from '../../quant/quantize';
@@ -31,9 +31,9 @@ export interface LinearWeight {
   w: Tensor | QTensor;
 }
 
-/** y [M, N] f32 = x [M, K] · Wᵀ. Rows are independent (batch-invariant kernels). */
-export function applyLinear(x: Tensor, w: LinearWeight, out?: Tensor): Tensor {
-  return w.w instanceof Tensor ? linear(x, w.w, { out }) : qlinear(x, w.w, { out });
+/** y [M, N] f32 = x [M, K] · Wᵀ (quantized W: activations as given, default f32). Rows are independent (batch-invariant kernels). */
+export function applyLinear(x: Tensor, w: LinearWeight, out?: Tensor, activations?: QActivations): Tensor {
+  return w.w instanceof Tensor ? linear(x, w.w, { out }) : qlinear(x, w.w, { out, activations });
 }
 
 /** Bytes a linear layer's weights occupy (packed codes, zeros, scales, g_idx for GPTQ). */
