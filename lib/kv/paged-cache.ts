@@ -37,6 +37,8 @@ export class PagedKVCache extends PagedCacheBase {
   private readonly kSegs: KvSegmentDesc[];
   private readonly vSegs: KvSegmentDesc[];
   private readonly headBytes: number;
+  // The decode layout (keys and values head-major in separate segments): fixed, so packed once.
+  private readonly layout: DecodeLayout;
 
   constructor(o: PagedCacheOptions) {
     if (typeof o !== 'object' || o === null) throw expected('KVANT_SHAPE', 'an options object', 'options', o);
@@ -61,6 +63,8 @@ export class PagedKVCache extends PagedCacheBase {
     this.kSegs = kSegs;
     this.vSegs = vSegs;
     this.headBytes = headBytes;
+    const none: KvSegmentDesc = { type: 'bf16', n: 0, hadamard: false, offset: 0, src: 0 };
+    this.layout = { k0: kSegs[0], k1: none, v: vSegs[0], headStride: headBlock, vFromKey: false };
   }
 
   private checkKv(t: Tensor, name: string): number {
@@ -103,9 +107,7 @@ export class PagedKVCache extends PagedCacheBase {
     const { pageTable, maxPages, seqLens } = this.seqs.batch(seqs, layer);
     const out = Tensor.zeros([B, Hq, this.headDim], 'f32');
     const lse = Tensor.zeros([B, Hq], 'f32');
-    const none: KvSegmentDesc = { type: 'bf16', n: 0, hadamard: false, offset: 0, src: 0 };
-    const layout: DecodeLayout = { k0: this.kSegs[0], k1: none, v: this.vSegs[0], headStride: this.pageSize * 2 * this.headBytes, vFromKey: false };
-    pagedDecodeRaw(q, out, lse, B, Hq, this.kvHeads, scale, this.pages(layer), pageTable, maxPages, seqLens, layout, this.isa);
+    pagedDecodeRaw(q, out, lse, B, Hq, this.kvHeads, scale, this.pages(layer), pageTable, maxPages, seqLens, this.layout, this.isa);
     return { out, lse };
   }
 
