@@ -338,6 +338,14 @@ export function checkTensor(value: unknown, name: string): Tensor {
   return value;
 }
 
+/** A caller-supplied output: a Tensor of `dtype` holding exactly the elements of `shape` (KVANT_SHAPE otherwise). */
+export function checkOutTensor(value: unknown, name: string, dtype: DType, shape: readonly number[]): Tensor {
+  const t = checkTensor(value, name);
+  const n = shape.reduce((a, d) => a * d, 1);
+  if (t.dtype !== dtype || t.numel !== n) throw expected('KVANT_SHAPE', `${dtype} with ${n} elements ([${shape.join(', ')}])`, name, `${t.dtype} [${t.shape.join(', ')}]`);
+  return t;
+}
+
 const ISA_CODES = { scalar: 0, avx2: 1, avx512: 2 } as const;
 
 function convertArgs(src: Tensor, dst: Tensor, isa: 'scalar' | 'avx2' | 'avx512' | undefined) {

@@ -7,7 +7,7 @@
  */
 import { KvantError, expected } from '../errors';
 import { IsaLevel } from '../ops/small';
-import { Tensor, checkTensor } from '../tensor';
+import { Tensor, checkOutTensor, checkTensor } from '../tensor';
 import { KV_DEFAULT_HADAMARD, KvCacheDescriptor, KvCacheType, KvSegmentDesc, checkKvType, isQuantized, segmentBytes } from './format';
 import { PagePool, SequenceCache, SequenceTable } from './pages';
 import { DecodeLayout, LayerPages, pagedDecodeRaw, readRows, writeRows } from './rows';
@@ -166,11 +166,8 @@ export class MlaKVCache extends PagedCacheBase {
     const { pageTable, maxPages, seqLens } = this.seqs.batch(seqs, layer);
     let out: Tensor, lse: Tensor;
     if (into) {
-      ({ out, lse } = into);
-      checkTensor(out, 'into.out');
-      checkTensor(lse, 'into.lse');
-      if (out.dtype !== 'f32' || out.numel !== B * H * this.latentDim) throw expected('KVANT_SHAPE', `f32 with ${B * H * this.latentDim} elements ([${B}, ${H}, ${this.latentDim}])`, 'into.out', out.shape);
-      if (lse.dtype !== 'f32' || lse.numel !== B * H) throw expected('KVANT_SHAPE', `f32 with ${B * H} elements ([${B}, ${H}])`, 'into.lse', lse.shape);
+      out = checkOutTensor(into.out, 'into.out', 'f32', [B, H, this.latentDim]);
+      lse = checkOutTensor(into.lse, 'into.lse', 'f32', [B, H]);
     } else {
       out = Tensor.zeros([B, H, this.latentDim], 'f32');
       lse = Tensor.zeros([B, H], 'f32');

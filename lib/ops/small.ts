@@ -6,7 +6,7 @@
 import { DType, dtypeCode } from '../dtype';
 import { KvantError, callNative, expected } from '../errors';
 import { RawStorage, native } from '../native';
-import { Tensor, checkTensor } from '../tensor';
+import { Tensor, checkOutTensor, checkTensor } from '../tensor';
 
 export type IsaLevel = 'scalar' | 'avx2' | 'avx512';
 const ISA = { scalar: 0, avx2: 1, avx512: 2 } as const;
@@ -143,11 +143,8 @@ export function routeTopK(logits: Tensor, o: RouteOptions, out?: { idx: Tensor; 
   if (!Number.isInteger(topkGroup) || topkGroup < 1 || topkGroup > nGroup) throw expected('KVANT_RANGE', `an integer in 1..${nGroup}`, 'topkGroup', topkGroup);
   let idx: Tensor, weights: Tensor;
   if (out) {
-    ({ idx, weights } = out);
-    checkTensor(idx, 'out.idx');
-    checkTensor(weights, 'out.weights');
-    if (idx.dtype !== 'i32' || idx.numel !== rows * o.k) throw expected('KVANT_SHAPE', `i32 with ${rows * o.k} elements ([${rows}, ${o.k}])`, 'out.idx', `${idx.dtype} [${idx.shape.join(', ')}]`);
-    if (weights.dtype !== 'f32' || weights.numel !== rows * o.k) throw expected('KVANT_SHAPE', `f32 with ${rows * o.k} elements ([${rows}, ${o.k}])`, 'out.weights', `${weights.dtype} [${weights.shape.join(', ')}]`);
+    idx = checkOutTensor(out.idx, 'out.idx', 'i32', [rows, o.k]);
+    weights = checkOutTensor(out.weights, 'out.weights', 'f32', [rows, o.k]);
   } else {
     idx = Tensor.zeros([rows, o.k], 'i32');
     weights = Tensor.zeros([rows, o.k], 'f32');
