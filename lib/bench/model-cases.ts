@@ -18,6 +18,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KvantError } from '../errors';
+import type { QActivations } from '../ops/qlinear';
 import { KvCacheType } from '../kv/format';
 import { PresetName } from '../models/deepseek-v2/presets';
 import { QuantBits } from '../quant/format';
@@ -34,7 +35,7 @@ export interface ModelCase {
   lmHeadQuantized: boolean;
   kvCache: KvCacheType;
   /** Activation precision of the quantized linears (default 'f32'). */
-  activations?: 'f32' | 'int8';
+  activations?: QActivations;
 }
 
 /** Options of {@link runModelBench} (defaults there). */
@@ -68,7 +69,7 @@ export interface ModelBenchRow {
   lm_head: 'bf16' | 'quantized';
   kv_cache: KvCacheType;
   /** Activation precision of the quantized linears. */
-  activations: 'f32' | 'int8';
+  activations: QActivations;
   reps: number;
   pp_tokens: number;
   pp_tokens_per_s: number;

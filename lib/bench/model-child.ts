@@ -13,12 +13,13 @@ import * as fs from 'node:fs';
 import { DeepSeekV2Model } from '../models/deepseek-v2/model';
 import { KvCacheType } from '../kv/format';
 import { native } from '../native';
+import type { QActivations } from '../ops/qlinear';
 
 /** What one child process runs (JSON in argv[2]). */
 export interface ChildJob {
   dir: string;
   kvCache: KvCacheType;
-  activations?: 'f32' | 'int8';
+  activations?: QActivations;
   pp: number;
   tg: number;
   reps: number;

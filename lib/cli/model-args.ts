@@ -2,6 +2,7 @@
 import { KvantError } from '../errors';
 import { KV_BYTES_PER_VALUE, KvCacheType } from '../models/deepseek-v2/plan';
 import type { LoadModelOptions } from '../model';
+import type { QActivations } from '../ops/qlinear';
 import { progressBar } from './progress';
 
 /** "1,2,3" -> [1, 2, 3]; anything else is a KVANT_RANGE error naming the flag. */
@@ -33,7 +34,7 @@ export function parseKvCache(s: string | undefined): KvCacheType | undefined {
 }
 
 /** --activations: f32 (default) or int8. */
-export function parseActivations(s: string | undefined): 'f32' | 'int8' | undefined {
+export function parseActivations(s: string | undefined): QActivations | undefined {
   if (s === undefined) return undefined;
   if (s !== 'f32' && s !== 'int8') throw new KvantError('KVANT_RANGE', `Expected --activations f32 or int8 but received ${JSON.stringify(s)}`);
   return s;

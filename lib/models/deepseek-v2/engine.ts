@@ -16,6 +16,7 @@ import { Admission, DecodeEngine } from '../../generate/scheduler';
 import type { SamplerState } from '../../generate/sampler';
 import { packageRoot } from '../../native';
 import type { KvCacheType } from './plan';
+import type { QActivations } from '../../ops/qlinear';
 
 /** Options the worker passes to the model's static load(). */
 export interface WorkerLoadOptions {
@@ -25,7 +26,7 @@ export interface WorkerLoadOptions {
   /** Prefill chunk size in tokens (the model's default when absent). */
   chunkSize?: number;
   /** Activation precision of the quantized linears (the model's LoadOptions.activations). */
-  activations?: 'f32' | 'int8';
+  activations?: QActivations;
 }
 
 /** What the worker is told to load. */
