@@ -31,7 +31,7 @@ afterAll(() => {
 const ROW_FIELDS: (keyof ModelBenchRow)[] = [
   'name', 'preset', 'layers', 'weights', 'bits', 'group', 'lm_head', 'kv_cache', 'reps', 'pp_tokens', 'pp_tokens_per_s', 'pp_sd',
   'tg_tokens', 'tg_tokens_per_s', 'tg_sd', 'active_bytes_per_token', 'eff_gbps', 'pct_read_bw', 'step_ms', 'step_native_ms',
-  'outside_native_pct', 'native_calls_per_step', 'components', 'weights_bytes', 'cache_bytes', 'rss_before_load', 'vm_hwm', 'rss_ratio', 'load_ms',
+  'outside_native_pct', 'outside_native_cold_pct', 'warm_steps', 'native_calls_per_step', 'components', 'weights_bytes', 'cache_bytes', 'rss_before_load', 'vm_hwm', 'rss_ratio', 'load_ms',
 ];
 
 // tiny preset shapes (lib/models/deepseek-v2/presets.ts): what the lm_head row must read per token.
@@ -41,7 +41,7 @@ const TINY_H = 256;
 describe('end-to-end model rows (tiny preset)', () => {
   it('runs bf16 and 4-bit (lm_head quantized) cases and reports every documented field with sane values', () => {
     const r = runModelBench({ read_gbps: 10 }, true, {
-      preset: 'tiny', layers: 2, pp: 8, tg: 4, reps: 2, profileSteps: 2,
+      preset: 'tiny', layers: 2, pp: 8, tg: 4, reps: 2, profileSteps: 2, warmSteps: 20,
       cases: [{ bits: 16, group: 128, lmHeadQuantized: false, kvCache: 'f16' }, { bits: 4, group: 128, lmHeadQuantized: true, kvCache: 'q4' }],
     });
     expect(r.rows).toHaveLength(2);
@@ -54,6 +54,10 @@ describe('end-to-end model rows (tiny preset)', () => {
       expect(Number.isFinite(row.tg_sd) && row.tg_sd >= 0).toBe(true);
       expect(row.outside_native_pct).toBeGreaterThanOrEqual(0);
       expect(row.outside_native_pct).toBeLessThanOrEqual(100);
+      expect(row.outside_native_cold_pct).toBeGreaterThanOrEqual(0);
+      expect(row.outside_native_cold_pct).toBeLessThanOrEqual(100);
+      // 1 warm-up + 2 cold + 2x4 tg steps = 11 < 20: the child runs the other 9 before the steady pass.
+      expect(row.warm_steps).toBe(20);
       expect(row.step_native_ms).toBeGreaterThan(0);
       expect(row.native_calls_per_step).toBeGreaterThan(0);
       // Bytes read per token: the four components, at most all the weights (MoE reads a subset).
