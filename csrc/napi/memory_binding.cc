@@ -33,11 +33,18 @@ Napi::Function NativeMemory::define(Napi::Env env) {
                       InstanceMethod<&NativeMemory::dispose>("dispose")});
 }
 
-NativeMemory* NativeMemory::unwrapOrNull(Napi::Env env, Napi::Value v) {
+// Every NativeMemory carries this type tag (set by its constructor), so an argument is
+// recognised by one tag check instead of an instanceof against the class: every kernel call
+// unwraps its storages this way (a grouped MoE call 84 of them), and the instanceof walk cost
+// ~0.45 us per storage, the tag check a few tens of ns. Unlike instanceof it cannot be fooled
+// by Object.setPrototypeOf / Object.create(NativeMemory.prototype) on a plain object.
+static const napi_type_tag kNativeMemoryTag = {0x6b76616e745f6e6dULL, 0x656d6f72795f7631ULL};  // "kvant_nm" "emory_v1"
+
+NativeMemory* NativeMemory::unwrapOrNull(Napi::Env, Napi::Value v) {
   if (!v.IsObject()) return nullptr;
-  AddonData& d = addonData(env);
-  if (d.nativeMemory.IsEmpty() || !v.As<Napi::Object>().InstanceOf(d.nativeMemory.Value())) return nullptr;
-  return NativeMemory::Unwrap(v.As<Napi::Object>());
+  Napi::Object o = v.As<Napi::Object>();
+  if (!o.CheckTypeTag(&kNativeMemoryTag)) return nullptr;
+  return NativeMemory::Unwrap(o);
 }
 
 MemoryBlock::~MemoryBlock() {
@@ -49,6 +56,7 @@ MemoryBlock::~MemoryBlock() {
 // new NativeMemory("alloc", bytes) | new NativeMemory("map", path)
 NativeMemory::NativeMemory(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeMemory>(info) {
   Napi::Env env = info.Env();
+  info.This().As<Napi::Object>().TypeTag(&kNativeMemoryTag);
   const std::string mode = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
   auto block = std::make_shared<MemoryBlock>();
   if (mode == "alloc") {
