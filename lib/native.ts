@@ -24,6 +24,11 @@ export interface CancelTokenHandle {
   readonly cancelled: boolean;
 }
 
+/** A native MLP set (lib/ops/qlinear.ts MlpSet): the members' weights checked once and referenced. */
+export interface MoeExpertSetHandle {
+  readonly size: number;
+}
+
 export interface CpuInfo {
   isa: 'scalar' | 'avx2' | 'avx512';
   bestIsa: 'scalar' | 'avx2' | 'avx512';
@@ -64,6 +69,8 @@ export interface NativeGptqStats {
 export interface NativeBinding {
   NativeMemory: new (mode: 'alloc' | 'map', arg: number | string) => NativeMemoryHandle;
   CancelToken: new () => CancelTokenHandle;
+  /** A fixed set of MLPs checked once (MlpSet): H, then 3 projections per MLP in moeMlp's encoding. */
+  MoeExpertSet: new (H: number, ...projections: (RawStorage | Uint8Array | number | null)[]) => MoeExpertSetHandle;
   cpuInfo(): CpuInfo;
   setThreads(n: number): void;
   /** V8's total of external memory reported through AdjustExternalMemory. */
@@ -153,6 +160,10 @@ export interface NativeBinding {
   moeMlp(x: RawStorage, xo: number, xb: number, M: number, H: number, E: number,
     mlp: RawStorage, mo: number, mb: number, row: RawStorage, ro: number, rb: number, weight: RawStorage, wo: number, wb: number,
     out: RawStorage, oo: number, ob: number, isa: number | undefined, activations: number, ...projections: (RawStorage | Uint8Array | number | null)[]): void;
+  /** moeMlp over a MoeExpertSet: routes.mlp names set members. */
+  moeMlpSet(x: RawStorage, xo: number, xb: number, M: number, set: MoeExpertSetHandle,
+    mlp: RawStorage, mo: number, mb: number, row: RawStorage, ro: number, rb: number, weight: RawStorage, wo: number, wb: number,
+    out: RawStorage, oo: number, ob: number, isa: number | undefined, activations: number): void;
   probeReadBandwidth(bytes: number, reps: number): Promise<ProbeResult>;
   /** Every streaming-read variant over one buffer (best rep of each), csrc/cpu/probe.h. */
   probeReadVariants(bytes: number, reps: number): Promise<(ProbeResult & { name: string })[]>;

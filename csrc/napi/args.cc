@@ -32,10 +32,12 @@ DType getDType(const Napi::CallbackInfo& info, size_t i, const char* name) {
 }
 
 Span getSpan(const Napi::CallbackInfo& info, size_t i, const char* name, size_t align) {
-  Napi::Env env = info.Env();
+  return spanOf(info.Env(), info[i], getSize(info, i + 1, name), getSize(info, i + 2, name), name, align);
+}
+
+Span spanOf(Napi::Env env, Napi::Value storage, uint64_t offset, uint64_t bytes, const char* name, size_t align) {
   uint8_t* base = nullptr;
   size_t limit = 0;
-  Napi::Value storage = info[i];
   if (storage.IsTypedArray() || storage.IsDataView()) {
     napi_value ab;
     void* data = nullptr;
@@ -63,8 +65,6 @@ Span getSpan(const Napi::CallbackInfo& info, size_t i, const char* name, size_t 
   } else {
     throwKvant(env, "KVANT_DTYPE", std::string("Expected a Tensor storage (TypedArray or NativeMemory) for ") + name);
   }
-  const uint64_t offset = getSize(info, i + 1, name);
-  const uint64_t bytes = getSize(info, i + 2, name);
   if (offset > limit || bytes > limit - offset)
     throwKvant(env, "KVANT_SHAPE",
                std::string("Expected ") + name + " to fit its storage: byteOffset " + std::to_string(offset) +

@@ -29,6 +29,8 @@ struct Span {
 // Checks: storage kind, not detached/disposed, integral non-negative offset and length,
 // range inside the storage, and alignment to `align` bytes.
 Span getSpan(const Napi::CallbackInfo& info, size_t i, const char* name, size_t align);
+// The same for a storage value held elsewhere (a kept reference) with its offset and length.
+Span spanOf(Napi::Env env, Napi::Value storage, uint64_t offset, uint64_t bytes, const char* name, size_t align);
 
 // Integral, non-negative, <= 2^53 number at info[i].
 uint64_t getSize(const Napi::CallbackInfo& info, size_t i, const char* name);

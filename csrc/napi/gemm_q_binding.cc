@@ -238,9 +238,162 @@ Napi::Value moeMlpB(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ---- MoeExpertSet: a fixed set of MLPs checked once (lib/ops/qlinear.ts MlpSet) --------------
+//
+// new MoeExpertSet(H, ...E*3 projections) checks every projection exactly as moeMlp does and
+// keeps a reference to each storage; moeMlpSet() then names members by index, so a decode step's
+// MoE call passes ~20 arguments instead of ~380 (17 per projection), and nothing is re-checked
+// but what can change: on every call the storages of the routed members are resolved again (a
+// disposed NativeMemory, a detached or shrunk ArrayBuffer is rejected, never read). The kernel
+// gets every member's descriptor; members no pair names have no rows, so none of their memory
+// is touched, and the result is that of moeMlp over exactly the routed members (a pair's output
+// depends on its MLP and row only, and out accumulates in pair order).
+class MoeExpertSet : public Napi::ObjectWrap<MoeExpertSet> {
+ public:
+  static Napi::Function define(Napi::Env env) {
+    return DefineClass(env, "MoeExpertSet", {InstanceAccessor<&MoeExpertSet::sizeB>("size")});
+  }
+  static MoeExpertSet* unwrapOrNull(Napi::Value v) {
+    if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&kTag)) return nullptr;
+    return Unwrap(v.As<Napi::Object>());
+  }
+
+  explicit MoeExpertSet(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MoeExpertSet>(info) {
+    Napi::Env env = info.Env();
+    info.This().As<Napi::Object>().TypeTag(&kTag);
+    H = size_t(getSize(info, 0, "H"));
+    if (H == 0 || info.Length() < 1 + kProjArgs * 3 || (info.Length() - 1) % (kProjArgs * 3) != 0)
+      throwKvant(env, "KVANT_SHAPE", "Expected H > 0 and whole MLPs (3 projections of " + std::to_string(kProjArgs) + " arguments each)");
+    const size_t E = (info.Length() - 1) / (kProjArgs * 3);
+    mlps.assign(E, MlpDesc{});
+    qm.assign(E * 3, QMatrix{});  // sized once: MlpProj::q points into it
+    held.resize(E * 3);
+    const char* which[3] = {"gate", "up", "down"};
+    for (size_t e = 0; e < E; ++e) {
+      for (int j = 0; j < 3; ++j) {
+        const size_t k = e * 3 + size_t(j), base = 1 + k * kProjArgs;
+        ProjArgs a = getProj(info, base, "mlps[" + std::to_string(e) + "]." + which[j]);
+        Held& h = held[k];
+        h.name = "mlps[" + std::to_string(e) + "]." + which[j];
+        if (a.q.q.qweight) {
+          qm[k] = a.q.q;
+          a.p.q = &qm[k];
+          // The storages of qweight, qzeros, scales and perm (GPTQ args 1, 4, 7, 10 after fmt).
+          const size_t at[4] = {base + 5, base + 8, base + 11, base + 14}, align[4] = {4, 4, 2, 4};
+          for (int t = 0; t < 4; ++t) hold(info, h, at[t], align[t]);
+        } else {
+          hold(info, h, base + 5, dtypeSize(a.p.denseType));
+        }
+        (j == 0 ? mlps[e].gate : j == 1 ? mlps[e].up : mlps[e].down) = a.p;
+      }
+      const MlpDesc& d = mlps[e];
+      const std::string n = "mlps[" + std::to_string(e) + "]";
+      if (d.gate.K != H || d.up.K != H || d.down.N != H)
+        throwKvant(env, "KVANT_SHAPE", "Expected " + n + ".gate/up to be [I, " + std::to_string(H) + "] and down [" + std::to_string(H) + ", I]");
+      if (d.gate.N != d.up.N || d.down.K != d.gate.N)
+        throwKvant(env, "KVANT_SHAPE", "Expected " + n + " gate and up to have the same I = down's K");
+    }
+  }
+
+  // Member e's storages resolved again: its pointers refreshed, its byte ranges appended.
+  void resolve(Napi::Env env, size_t e, std::vector<Span>& spans) {
+    for (int j = 0; j < 3; ++j) {
+      const size_t k = e * 3 + size_t(j);
+      Held& h = held[k];
+      Span r[4];
+      for (size_t t = 0; t < h.n; ++t) {
+        const Held::Ref& s = h.refs[t];
+        if (!s.storage.IsEmpty()) r[t] = spanOf(env, s.storage.Value(), s.offset, s.bytes, h.name.c_str(), s.align);
+        spans.push_back(r[t]);
+      }
+      MlpProj& p = j == 0 ? mlps[e].gate : j == 1 ? mlps[e].up : mlps[e].down;
+      if (p.q) {
+        qm[k].qweight = reinterpret_cast<const uint32_t*>(r[0].data);
+        qm[k].qzeros = reinterpret_cast<const uint32_t*>(r[1].data);
+        qm[k].scales = reinterpret_cast<const uint16_t*>(r[2].data);
+        qm[k].perm = reinterpret_cast<const int32_t*>(r[3].data);
+      } else {
+        p.dense = r[0].data;
+      }
+    }
+  }
+
+  size_t H = 0;
+  std::vector<MlpDesc> mlps;
+
+ private:
+  static constexpr napi_type_tag kTag = {0x6b76616e745f6d6fULL, 0x655f7365745f7631ULL};  // "kvant_mo" "e_set_v1"
+  // One projection's storages (up to 4: qweight, qzeros, scales, perm; a dense weight: 1).
+  struct Held {
+    struct Ref {
+      Napi::ObjectReference storage;  // empty: no tensor (perm null)
+      uint64_t offset = 0, bytes = 0;
+      size_t align = 1;
+    };
+    Ref refs[4];
+    size_t n = 0;
+    std::string name;
+  };
+
+  void hold(const Napi::CallbackInfo& info, Held& h, size_t i, size_t align) {
+    Held::Ref& r = h.refs[h.n++];
+    if (info[i].IsNull() || info[i].IsUndefined()) return;
+    r.storage = Napi::Persistent(info[i].As<Napi::Object>());  // getProj checked it is a storage
+    r.offset = getSize(info, i + 1, h.name.c_str());
+    r.bytes = getSize(info, i + 2, h.name.c_str());
+    r.align = align;
+  }
+
+  Napi::Value sizeB(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(mlps.size())); }
+
+  std::vector<QMatrix> qm;
+  std::vector<Held> held;
+};
+
+// moeMlpSet(x, xo, xb, M, set, mlp, mo, mb, row, ro, rb, weight, wo, wb, out, oo, ob, isa, act)
+Napi::Value moeMlpSetB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  MoeExpertSet* set = MoeExpertSet::unwrapOrNull(info[4]);
+  if (!set) throwKvant(env, "KVANT_DTYPE", "Expected a MoeExpertSet for set");
+  const size_t E = set->mlps.size(), H = set->H;
+  const uint64_t M = getSize(info, 3, "M");
+  if (M > (uint64_t(1) << 40) / H) throwKvant(env, "KVANT_SHAPE", "Expected M * H in range");
+  const Span x = getSpan(info, 0, "x", 4), mi = getSpan(info, 5, "routes.mlp", 4), ri = getSpan(info, 8, "routes.row", 4);
+  const Span wi = getSpan(info, 11, "routes.weight", 4), out = getSpan(info, 14, "out", 4);
+  need(env, x, M * H * 4, "x (f32 [M, H])");
+  need(env, out, M * H * 4, "out (f32 [M, H])");
+  const size_t P = mi.bytes / 4;
+  need(env, ri, P * 4, "routes.row (one per pair)");
+  need(env, wi, P * 4, "routes.weight (one per pair)");
+  const Isa isa = isaArg(info, 17);
+  const QAct act = actArg(info, 18);
+  const int32_t* mp = reinterpret_cast<const int32_t*>(mi.data);
+  const int32_t* rp = reinterpret_cast<const int32_t*>(ri.data);
+  std::vector<bool> used(E, false);
+  for (size_t i = 0; i < P; ++i) {
+    if (mp[i] < 0 || uint64_t(mp[i]) >= E) throwKvant(env, "KVANT_RANGE", "Expected routes.mlp[" + std::to_string(i) + "] in 0.." + std::to_string(E) + " (exclusive) but it is " + std::to_string(mp[i]));
+    if (rp[i] < 0 || uint64_t(rp[i]) >= M) throwKvant(env, "KVANT_RANGE", "Expected routes.row[" + std::to_string(i) + "] in 0.." + std::to_string(M) + " (exclusive) but it is " + std::to_string(rp[i]));
+    used[size_t(mp[i])] = true;
+  }
+  std::vector<Span> spans;
+  for (size_t e = 0; e < E; ++e)
+    if (used[e]) set->resolve(env, e, spans);
+  bool alias = overlaps(out, x) || overlaps(out, mi) || overlaps(out, ri) || overlaps(out, wi);
+  for (const Span& s : spans) alias = alias || overlaps(out, s);
+  if (alias) throwKvant(env, "KVANT_RANGE", "Expected out not to overlap x, the routes or any weight tensor");
+  const size_t scratchFloats = moeScratchFloats(set->mlps.data(), E, mp, P, H, act);
+  Scratch scratch = allocScratch(env, scratchFloats, tMoeScratch);
+  const Status s = moeMlp(reinterpret_cast<const float*>(x.data), size_t(M), H, set->mlps.data(), E, mp, rp,
+                          reinterpret_cast<const float*>(wi.data), P, reinterpret_cast<float*>(out.data), scratch.data, scratchFloats, isa, act);
+  if (s != Status::kOk) throwStatus(env, s, "moeMlp failed");
+  return env.Undefined();
+}
+
 void registerQGemm(Napi::Env env, Napi::Object exports) {
   exports.Set("qgemm", Napi::Function::New(env, qgemmB, "qgemm"));
   exports.Set("moeMlp", Napi::Function::New(env, moeMlpB, "moeMlp"));
+  exports.Set("moeMlpSet", Napi::Function::New(env, moeMlpSetB, "moeMlpSet"));
+  exports.Set("MoeExpertSet", MoeExpertSet::define(env));
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
  */
 import { dtypeCode } from '../dtype';
 import { KvantError, callNative, expected } from '../errors';
-import { RawStorage, native } from '../native';
+import { MoeExpertSetHandle, RawStorage, native } from '../native';
 import { QTensor, checkQuantFormat, encodeQuantFormat, effectiveGroup, groupCount, qweightRows, qzerosCols } from '../quant/format';
 import { Tensor, checkTensor } from '../tensor';
 import { IsaLevel, raw } from './small';
@@ -212,52 +212,32 @@ function mlpArgs(m: MlpWeights, e: number, H: number): ProjArgs {
 /**
  * A fixed set of MLPs of width H (a model's routed and shared experts), checked once, for
  * repeated grouped calls: `moeMlp(x, set, routes)` with routes.mlp naming MLPs by their index
- * in the set. A call passes the kernel only the MLPs its routes name, in ascending index order
- * (the same list, so the same bits, as passing exactly those MLPs as an array), from argument
- * lists built here: a decode step of an MoE model makes this call once per layer, and checking
- * and encoding every selected expert's weights on each call was most of the step's JS time.
- * The weights must not be replaced afterwards (the set keeps their storage); a disposed one is
- * still rejected by the kernel call (KVANT_RANGE), never read.
+ * in the set. The set is built natively once (every member's weights checked and referenced),
+ * so a call passes only x, the routes and the output: a decode step of an MoE model makes this
+ * call once per layer, and checking and encoding the selected experts' ~380 arguments on each
+ * call was the largest item of the step's JS and N-API time. The result equals moeMlp over
+ * exactly the routed members as an array, bit for bit. The weights must not be replaced
+ * afterwards (the set keeps their storage); a disposed one is rejected by the call that routes
+ * to it (KVANT_RANGE), never read.
  */
 export class MlpSet {
   /** Number of MLPs. */
   readonly size: number;
   /** Their input and output width. */
   readonly H: number;
-  private readonly args: ProjArgs[];
-  // Per-call scratch: the local index of each set member in the current call (-1: unused).
-  private readonly local: Int32Array;
+  /** @internal The native set the kernel call takes. */
+  readonly handle: MoeExpertSetHandle;
 
   constructor(mlps: readonly MlpWeights[], H: number) {
     if (!Array.isArray(mlps) || mlps.length === 0) throw expected('KVANT_SHAPE', 'a non-empty array of MLP weights', 'mlps', mlps);
     if (!Number.isInteger(H) || H <= 0) throw expected('KVANT_SHAPE', 'a positive integer width', 'H', H);
     this.size = mlps.length;
     this.H = H;
-    this.args = mlps.map((m, e) => mlpArgs(m, e, H));
-    this.local = new Int32Array(mlps.length).fill(-1);
-  }
-
-  /** The used members' argument lists in ascending order and routes.mlp remapped to them. */
-  select(mlp: Int32Array): { count: number; projections: ProjArgs; localMlp: Int32Array } {
-    const used: number[] = [];
-    for (let i = 0; i < mlp.length; i++) {
-      const e = mlp[i];
-      if (!(e >= 0 && e < this.size)) throw expected('KVANT_RANGE', `an MLP index in [0, ${this.size})`, `routes.mlp[${i}]`, e);
-      if (this.local[e] === -1) {
-        this.local[e] = 0;
-        used.push(e);
-      }
-    }
-    used.sort((a, b) => a - b);
-    const projections: ProjArgs = [];
-    used.forEach((e, j) => {
-      this.local[e] = j;
-      for (const v of this.args[e]) projections.push(v);
+    const args: ProjArgs = [];
+    mlps.forEach((m, e) => {
+      for (const v of mlpArgs(m, e, H)) args.push(v);
     });
-    const localMlp = new Int32Array(mlp.length);
-    for (let i = 0; i < mlp.length; i++) localMlp[i] = this.local[mlp[i]];
-    for (const e of used) this.local[e] = -1;
-    return { count: used.length, projections, localMlp };
+    this.handle = callNative(() => new (native().MoeExpertSet)(H, ...args));
   }
 }
 
@@ -286,7 +266,7 @@ export function moeMlp(
   if (isSet && mlps.H !== H) throw new KvantError('KVANT_SHAPE', `Expected x's last dimension to be the MLP set's width ${mlps.H} but x is [${M}, ${H}]`);
   if (routes === null || typeof routes !== 'object') throw expected('KVANT_DTYPE', 'an object { mlp, row, weight }', 'routes', routes);
   const { row, weight } = routes;
-  let mlp = routes.mlp;
+  const mlp = routes.mlp;
   if (!(mlp instanceof Int32Array)) throw expected('KVANT_DTYPE', 'an Int32Array', 'routes.mlp', mlp);
   if (!(row instanceof Int32Array)) throw expected('KVANT_DTYPE', 'an Int32Array', 'routes.row', row);
   if (!(weight instanceof Float32Array)) throw expected('KVANT_DTYPE', 'a Float32Array', 'routes.weight', weight);
@@ -297,27 +277,21 @@ export function moeMlp(
     if (!(mlp[i] >= 0 && mlp[i] < count)) throw expected('KVANT_RANGE', `an MLP index in [0, ${count})`, `routes.mlp[${i}]`, mlp[i]);
     if (!(row[i] >= 0 && row[i] < M)) throw expected('KVANT_RANGE', `a row index in [0, ${M})`, `routes.row[${i}]`, row[i]);
   }
-  let E: number;
-  let projections: ProjArgs;
-  if (isSet) {
-    const s = mlps.select(mlp);
-    if (s.count === 0) throw expected('KVANT_SHAPE', 'routes naming at least one MLP', 'routes.mlp', mlp);
-    E = s.count;
-    projections = s.projections;
-    mlp = s.localMlp;
-  } else {
-    E = mlps.length;
-    projections = [];
-    mlps.forEach((m, e) => {
-      for (const v of mlpArgs(m, e, H)) projections.push(v);
-    });
-  }
   const y = out ?? Tensor.zeros([M, H], 'f32');
   checkTensor(y, 'out');
   if (y.dtype !== 'f32' || y.numel !== M * H) throw new KvantError('KVANT_SHAPE', `Expected out to be f32 with ${M * H} elements but it is ${y.dtype} with ${y.numel}`);
   const view = (a: Int32Array | Float32Array): [Uint8Array, number, number] => [new Uint8Array(a.buffer, a.byteOffset, a.byteLength), 0, a.byteLength];
   const isa = isaCode(opts.isa);
   const act = actCode(opts.activations);
-  callNative(() => native().moeMlp(...raw(x), M, H, E, ...view(mlp), ...view(row), ...view(weight), ...raw(y), isa, act, ...projections));
+  if (isSet) {
+    const handle = mlps.handle;
+    callNative(() => native().moeMlpSet(...raw(x), M, handle, ...view(mlp), ...view(row), ...view(weight), ...raw(y), isa, act));
+    return y;
+  }
+  const projections: ProjArgs = [];
+  mlps.forEach((m, e) => {
+    for (const v of mlpArgs(m, e, H)) projections.push(v);
+  });
+  callNative(() => native().moeMlp(...raw(x), M, H, mlps.length, ...view(mlp), ...view(row), ...view(weight), ...raw(y), isa, act, ...projections));
   return y;
 }
