@@ -120,8 +120,8 @@ export class DeepSeekV2Model {
 
   /**
    * One decode step for a batch, one token per sequence (absorbed MLA over the latent cache).
-   * Each row's logits are independent of the other rows in the batch. The rows are views of one
-   * fresh buffer of B·V floats (row b at offset b·V), owned by the caller.
+   * Each row's logits are independent of the other rows in the batch; each row is a fresh
+   * Float32Array of its own.
    */
   decode(seqs: readonly number[], tokens: readonly number[]): Float32Array[] {
     const w = this.live();
@@ -141,11 +141,10 @@ export class DeepSeekV2Model {
       seqs.forEach((s, b) => cache.truncate(s, positions[b])); // all or nothing, as in prefill
       throw e;
     }
-    // One copy out of the step buffer (reused by the next step) for the whole batch; each row
-    // is a view of it, so a worker posts the copy as is (worker.ts pack) instead of copying again.
+    // Each row is its own copy out of the step buffer (reused by the next step).
     const V = this.vocabSize;
-    const all = (logits.data() as Float32Array).slice(0, seqs.length * V);
-    return seqs.map((_, b) => all.subarray(b * V, (b + 1) * V));
+    const all = logits.data() as Float32Array;
+    return seqs.map((_, b) => all.slice(b * V, (b + 1) * V));
   }
 
   /**

@@ -41,10 +41,9 @@ const post = (m: WorkerMessage, transfer?: ArrayBuffer[]) => port.postMessage(m,
 
 /** A fresh, whole-buffer copy of several rows, so it can be transferred (never a view of model memory). */
 function pack(parts: readonly Float32Array[], V: number): Float32Array {
-  // The CPU model returns its rows as consecutive views of one fresh buffer: post that buffer.
-  const b0 = parts[0]?.buffer;
-  if (b0 instanceof ArrayBuffer && b0.byteLength === parts.length * V * 4 && parts.every((p, i) => p.buffer === b0 && p.byteOffset === i * V * 4 && p.length === V))
-    return new Float32Array(b0);
+  // One row that owns its whole buffer (the CPU model's decode of one sequence): post it as is.
+  const p0 = parts[0];
+  if (parts.length === 1 && p0.length === V && p0.byteOffset === 0 && p0.buffer instanceof ArrayBuffer && p0.buffer.byteLength === V * 4) return p0;
   const out = new Float32Array(parts.length * V);
   parts.forEach((p, i) => {
     if (p.length !== V) throw new KvantError('KVANT_SHAPE', `Expected logits of length ${V} from the model but received ${p.length}`);
