@@ -63,6 +63,7 @@ export const {
   linearHeads,
   flashAttention,
   rmsNorm,
+  addRmsNorm,
   ropeInPlace,
   siluGate,
   softmaxInPlace,

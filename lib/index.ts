@@ -49,7 +49,7 @@ export { linear, linearHeads } from './ops/linear';
 export type { LinearOptions, LinearHeadsOptions } from './ops/linear';
 export { flashAttention } from './ops/attention';
 export type { FlashOptions } from './ops/attention';
-export { rmsNorm, ropeInPlace, siluGate, softmaxInPlace, routeTopK, embedding, argmax, axpyInPlace } from './ops/small';
+export { rmsNorm, addRmsNorm, ropeInPlace, siluGate, softmaxInPlace, routeTopK, embedding, argmax, axpyInPlace } from './ops/small';
 export type { IsaLevel, RopeOptions, RouteOptions } from './ops/small';
 export type { QLinearOptions, QActivations, MlpWeights, MoeRoutes, MoeMlpOptions } from './ops/qlinear';
 export type { QLinearOutDtype } from './ops/qlinear';

@@ -90,6 +90,8 @@ export interface NativeBinding {
   ): Promise<void>;
   rmsNorm(x: RawStorage, xo: number, xb: number, w: RawStorage, wo: number, wb: number, wDtype: number,
     y: RawStorage, yo: number, yb: number, rows: number, n: number, eps: number, isa?: number): void;
+  addRmsNorm(x: RawStorage, xo: number, xb: number, d: RawStorage, dOff: number, db: number, w: RawStorage, wo: number, wb: number, wDtype: number,
+    y: RawStorage, yo: number, yb: number, rows: number, n: number, eps: number, isa?: number): void;
   rope(x: RawStorage, xo: number, xb: number, rows: number, heads: number, stride: number, offset: number, pairs: number,
     pos: RawStorage, po: number, pb: number, invFreq: RawStorage, fo: number, fb: number, amp: number): void;
   siluGate(g: RawStorage, go: number, gb: number, u: RawStorage, uo: number, ub: number, inStride: number,

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { KvantError, Tensor, backendInfo, setThreads, getThreads } from '../lib';
-import { argmax, axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate, softmaxInPlace } from '../lib/ops/small';
+import { addRmsNorm, argmax, axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate, softmaxInPlace } from '../lib/ops/small';
 import { parseConfig } from '../lib/models/deepseek-v2/config';
 import { routeRef } from './helpers/reference-forward';
 import { LITE } from './helpers/configs';
@@ -42,6 +42,38 @@ describe.each(levels)('small ops at ISA level %s', (isa) => {
       }
       // f32 products of three factors: a few ulp (2^-24 each).
       expect(maxRelErr(y.data() as Float32Array, want)).toBeLessThan(1e-6);
+    }
+  });
+
+  it('addRmsNorm is axpy(1) then rmsNorm bit for bit, and matches f64', () => {
+    const bytes = (t: Tensor) => Buffer.from(t.toFloat32Array().buffer);
+    for (const n of [1, 7, 33, 191, 2048]) {
+      const rows = 3;
+      const x0 = rand([rows, n], 40 + n, 2);
+      const d = rand([rows, n], 50 + n);
+      for (const wd of ['f32', 'bf16'] as const) {
+        const w = Tensor.random([n], wd, { seed: n + 2, low: 0.5, high: 1.5 });
+        const x = Tensor.from(x0.toFloat32Array(), { shape: [rows, n] });
+        const y = addRmsNorm(x, d, w, 1e-6, poisoned([rows, n]), isa);
+        const xr = Tensor.from(x0.toFloat32Array(), { shape: [rows, n] });
+        axpyInPlace(1, d, xr, isa);
+        expect(bytes(x).equals(bytes(xr))).toBe(true);
+        expect(bytes(y).equals(bytes(rmsNorm(xr, w, 1e-6, undefined, isa)))).toBe(true);
+        // Against f64 from the f32 sum (one rounding, as the kernel's): the rmsNorm bound.
+        const xs = f64(xr);
+        const ws = f64(w);
+        const want = new Float64Array(rows * n);
+        for (let r = 0; r < rows; r++) {
+          let ss = 0;
+          for (let i = 0; i < n; i++) ss += xs[r * n + i] ** 2;
+          const inv = 1 / Math.sqrt(ss / n + 1e-6);
+          for (let i = 0; i < n; i++) want[r * n + i] = xs[r * n + i] * inv * ws[i];
+        }
+        expect(maxRelErr(y.data() as Float32Array, want)).toBeLessThan(1e-6);
+        const x64 = f64(x0);
+        const d64 = f64(d);
+        expect(maxRelErr(x.data() as Float32Array, x64.map((v, i) => v + d64[i]))).toBeLessThan(1e-7); // one f32 rounding
+      }
     }
   });
 
@@ -193,5 +225,12 @@ describe('small ops', () => {
     );
     expect(() => axpyInPlace(1, x, x.slice(0, 1))).toThrow(expect.objectContaining({ code: 'KVANT_SHAPE' }));
     expect(() => rmsNorm(x, rand([8], 2), 1e-6, undefined, 'neon' as 'scalar')).toThrow(expect.objectContaining({ code: 'KVANT_BACKEND' }));
+    const d = rand([2, 8], 3);
+    expect(() => addRmsNorm(x, rand([2, 7], 3), rand([8], 2), 1e-6)).toThrow(expect.objectContaining({ code: 'KVANT_SHAPE' }));
+    expect(() => addRmsNorm(x, d, rand([7], 2), 1e-6)).toThrow(expect.objectContaining({ code: 'KVANT_SHAPE' }));
+    expect(() => addRmsNorm(x, Tensor.zeros([2, 8], 'f16'), rand([8], 2), 1e-6)).toThrow(expect.objectContaining({ code: 'KVANT_DTYPE' }));
+    expect(() => addRmsNorm(x, d, rand([8], 2), -1)).toThrow(expect.objectContaining({ code: 'KVANT_RANGE' }));
+    expect(() => addRmsNorm(x, d, rand([8], 2), 1e-6, x)).toThrow(expect.objectContaining({ code: 'KVANT_RANGE' })); // out aliases x
+    expect(() => addRmsNorm(x, x, rand([8], 2), 1e-6)).toThrow(expect.objectContaining({ code: 'KVANT_RANGE' })); // delta aliases x
   });
 });

@@ -89,6 +89,21 @@ Status rmsNorm(const float* x, const void* w, DType wType, float eps, float* y, 
   return Status::kOk;
 }
 
+Status addRmsNorm(float* x, const float* d, const void* w, DType wType, float eps, float* y, size_t rows, size_t n, Isa isa) {
+  const SmallOpsKernels* k = smallOpsKernelsFor(isa);
+  if (!k) return Status::kBackend;
+  std::vector<float> wf;
+  if (!widen(w, wType, n, wf)) return Status::kDtype;
+  forRows(rows, n, [&](size_t r) {
+    float* xr = x + r * n;
+    k->axpy(1.0f, d + r * n, xr, n);  // elementwise, so the same bits as axpy's 64K-value chunks
+    const double ms = k->sumSquares(xr, n) / double(n);
+    const float inv = float(1.0 / std::sqrt(ms + double(eps)));
+    k->scaleMul(xr, wf.data(), inv, y + r * n, n);
+  });
+  return Status::kOk;
+}
+
 Status ropeInterleaved(float* x, size_t rows, size_t heads, size_t stride, size_t offset, size_t pairs,
                        const int32_t* pos, const float* invFreq, float amp) {
   if (offset + 2 * pairs > stride) return Status::kShape;

@@ -35,6 +35,11 @@ const SmallOpsKernels* smallOpsKernelsFor(Isa isa);  // nullptr if unsupported; 
 // y[t] = w * x[t] / sqrt(mean(x[t]^2) + eps); rows of n. y may equal x.
 Status rmsNorm(const float* x, const void* w, DType wType, float eps, float* y, size_t rows, size_t n, Isa isa = Isa(-1));
 
+// The residual add and the next norm of a decoder layer in one call: x[t] += d[t] (axpy with
+// a = 1), then y[t] = rmsNorm(x[t]). Bit for bit axpy(1, d, x) followed by rmsNorm(x, .., y): the
+// same per-element kernels in the same order. y must not overlap x or d; d must not overlap x.
+Status addRmsNorm(float* x, const float* d, const void* w, DType wType, float eps, float* y, size_t rows, size_t n, Isa isa = Isa(-1));
+
 // In-place rotary on x viewed as [rows, heads, stride]: dims [offset, offset + 2*pairs) of each
 // head are rotated as adjacent pairs (x[2i], x[2i+1]) by angle pos[row] * invFreq[i], with
 // amplitude `amp` on cos and sin. Angles are formed in f64 so large positions keep precision.

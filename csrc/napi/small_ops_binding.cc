@@ -40,6 +40,23 @@ Napi::Value rmsNormB(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// addRmsNorm(x, xo, xb, d, do, db, w, wo, wb, wDtype, y, yo, yb, rows, n, eps, isa)
+Napi::Value addRmsNormB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DType wt = getDType(info, 9, "w.dtype");
+  const Span x = getSpan(info, 0, "x", 4), d = getSpan(info, 3, "delta", 4), w = getSpan(info, 6, "w", dtypeSize(wt)), y = getSpan(info, 10, "y", 4);
+  const size_t rows = getSize(info, 13, "rows"), n = getSize(info, 14, "n");
+  need(env, x, rows * n * 4, "x");
+  need(env, d, rows * n * 4, "delta");
+  need(env, y, rows * n * 4, "y");
+  need(env, w, n * dtypeSize(wt), "w");
+  if (overlaps(y, w) || overlaps(y, x) || overlaps(y, d)) throwKvant(env, "KVANT_RANGE", "Expected y not to overlap x, delta or w");
+  if (overlaps(x, d) || overlaps(x, w)) throwKvant(env, "KVANT_RANGE", "Expected x (updated in place) not to overlap delta or w");
+  const float eps = info[15].As<Napi::Number>().FloatValue();
+  check(env, addRmsNorm(reinterpret_cast<float*>(x.data), reinterpret_cast<const float*>(d.data), w.data, wt, eps, reinterpret_cast<float*>(y.data), rows, n, isaArg(info, 16)), "addRmsNorm");
+  return env.Undefined();
+}
+
 // rope(x, xo, xb, rows, heads, stride, offset, pairs, pos, po, pb, invFreq, fo, fb, amp)
 Napi::Value ropeB(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -146,6 +163,7 @@ Napi::Value axpyB(const Napi::CallbackInfo& info) {
 
 void registerSmallOps(Napi::Env env, Napi::Object exports) {
   exports.Set("rmsNorm", Napi::Function::New(env, rmsNormB, "rmsNorm"));
+  exports.Set("addRmsNorm", Napi::Function::New(env, addRmsNormB, "addRmsNorm"));
   exports.Set("rope", Napi::Function::New(env, ropeB, "rope"));
   exports.Set("siluGate", Napi::Function::New(env, siluGateB, "siluGate"));
   exports.Set("softmax", Napi::Function::New(env, softmaxB, "softmax"));

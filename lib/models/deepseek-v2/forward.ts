@@ -17,7 +17,7 @@
 import { linear, linearHeads } from '../../ops/linear';
 import { flashAttention } from '../../ops/attention';
 import { MlpWeights as KernelMlp, MlpSet, QActivations, moeMlp } from '../../ops/qlinear';
-import { axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate } from '../../ops/small';
+import { addRmsNorm, axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate } from '../../ops/small';
 import { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
 import { ropeAmplitude, ropeInvFreq, softmaxScale } from './rope';
@@ -322,16 +322,20 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
 
 const mlpBytes = (m: MlpWeights): number => weightBytes(m.gate.w) + weightBytes(m.up.w) + weightBytes(m.down.w);
 
-function ffn(layer: LayerWeights, k: ForwardConsts, x: Tensor): Tensor {
-  const xn = rmsNorm(x, layer.postNorm, k.cfg.rmsNormEps, buf(k, 'xn', x.shape));
+/** The layer's FFN (MoE or dense MLP) on xn, its post-attention-normalized rows [T, H]. */
+function ffn(layer: LayerWeights, k: ForwardConsts, xn: Tensor): Tensor {
   const moe = layer.moe;
   if (moe) return timed(k, 'experts', k.profile ? weightBytes(moe.router) + (moe.shared ? mlpBytes(moe.shared) : 0) : 0, () => moeForward(moe, k, xn));
   return timed(k, 'dense_mlp', k.profile ? mlpBytes(layer.mlp!) : 0, () => mlpForward(layer.mlp!, k, xn));
 }
 
-/** Final norm and lm_head on rows x [n, H] -> logits [n, V]. */
-function head(w: ModelWeights, k: ForwardConsts, x: Tensor): Tensor {
-  const xn = rmsNorm(x, w.finalNorm, k.cfg.rmsNormEps, buf(k, 'xn', x.shape));
+/**
+ * Final norm and lm_head on rows x [n, H] -> logits [n, V]. `pending`: the last layer's FFN
+ * output, added to x here (x += pending, fused with the norm) rather than by the layer.
+ */
+function head(w: ModelWeights, k: ForwardConsts, x: Tensor, pending?: Tensor): Tensor {
+  const eps = k.cfg.rmsNormEps;
+  const xn = pending ? addRmsNorm(x, pending, w.finalNorm, eps, buf(k, 'xn', x.shape)) : rmsNorm(x, w.finalNorm, eps, buf(k, 'xn', x.shape));
   return timed(k, 'lm_head', weightBytes(w.lmHead.w), () => lin(k, xn, w.lmHead, buf(k, 'logits', [x.shape[0], w.lmHead.N])));
 }
 
@@ -383,8 +387,8 @@ export function prefillLayer(layer: LayerWeights, l: number, k: ForwardConsts, x
     io.append(l, latentRows(a, k, xn, positions));
     return attendExplicit(a, k, q, io.rows(l));
   });
-  axpyInPlace(1, o, x);
-  axpyInPlace(1, ffn(layer, k, x), x);
+  // x += o and the post-attention norm in one call, then x += ffn (x is the layer's output).
+  axpyInPlace(1, ffn(layer, k, addRmsNorm(x, o, layer.postNorm, k.cfg.rmsNormEps)), x);
 }
 
 /** What a decode step needs from the cache, per layer. */
@@ -405,9 +409,14 @@ export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array
     const B = tokens.length;
     const x = embedding(w.embed, tokens, buf(k, 'x', [B, cfg.hiddenSize]));
     const into = k.buffers ? { out: k.buffers.get('o_lat', [B, cfg.numHeads, cfg.kvLoraRank]), lse: k.buffers.get('lse', [B, cfg.numHeads]) } : undefined;
+    const eps = cfg.rmsNormEps;
+    // Each residual add is fused with the norm that follows it (addRmsNorm): x += attention
+    // with the post-attention norm, and x += the FFN output (`pending`) with the next layer's
+    // input norm, or the final norm. The same ops in the same order as separate calls.
+    let pending: Tensor | undefined;
     w.layers.forEach((layer, l) => {
       const a = layer.attn;
-      const xn = rmsNorm(x, layer.inputNorm, k.cfg.rmsNormEps, buf(k, 'xn', x.shape));
+      const xn = pending ? addRmsNorm(x, pending, layer.inputNorm, eps, buf(k, 'xn', x.shape)) : rmsNorm(x, layer.inputNorm, eps, buf(k, 'xn', x.shape));
       const bytes = k.profile ? attnCommonBytes(a) + a.wUkT.byteLength + (a.wUv.byteLength * k.cfg.vHeadDim) / a.wUv.shape[1] : 0;
       const o = timed(k, 'attention', bytes, () => {
         const q = queries(a, k, xn, positions);
@@ -415,9 +424,9 @@ export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array
         const oLat = io.attend(l, absorbQuery(a, k, q), k.scale, into);
         return lin(k, expandValues(a, k, oLat), a.oProj, buf(k, 'attn_out', x.shape));
       });
-      axpyInPlace(1, o, x);
-      axpyInPlace(1, ffn(layer, k, x), x);
+      // 'xn' is free again: the input norm's rows were last read by the q and kv_a projections.
+      pending = ffn(layer, k, addRmsNorm(x, o, layer.postNorm, eps, buf(k, 'xn', x.shape)));
     });
-    return head(w, k, x);
+    return head(w, k, x, pending);
   });
 }
