@@ -115,8 +115,8 @@ export function defaultModelCases(quick: boolean): ModelCase[] {
   const out: ModelCase[] = [];
   for (const bits of [16, 8, 4, 3, 2] as const) for (const kv of ['f16', 'q4'] as const) out.push(q(bits, kv));
   out.push(q(4, 'f16', false), q(4, 'q4', false));
-  // The int8-activation path (DeepSeekV2Model's activations option) at 4 bits.
-  out.push({ ...q(4, 'f16'), activations: 'int8' });
+  // The int8-activation path (DeepSeekV2Model's activations option) at every bit width.
+  for (const bits of [8, 4, 3, 2] as const) out.push({ ...q(bits, 'f16'), activations: 'int8' });
   return out;
 }
 
