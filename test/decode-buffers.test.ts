@@ -63,6 +63,12 @@ describe('MlpSet', () => {
     expect(code(() => moeMlp(x, set, { ...routes, mlp: Int32Array.of(-1) }))).toBe('KVANT_RANGE');
     expect(code(() => moeMlp(x, set, { ...routes, row: Int32Array.of(2) }))).toBe('KVANT_RANGE');
     expect(code(() => moeMlp(Tensor.random([2, H + 8], 'f32', { seed: 1 }), set, routes))).toBe('KVANT_SHAPE');
+    expect(code(() => moeMlp(x, set, routes, x))).toBe('KVANT_RANGE'); // out aliases x
+    // out over a routed member's weight (member 0's dense gate, f32 [I, H]) is rejected, not written.
+    const g = mlps[0].gate as Tensor;
+    if (g.storage.kind !== 'js') throw new Error('expected a JS-heap tensor');
+    const overGate = Tensor.fromBuffer(g.storage.bytes.buffer as ArrayBuffer, 'f32', [2, H], g.storage.bytes.byteOffset);
+    expect(code(() => moeMlp(x, set, { mlp: Int32Array.of(0), row: Int32Array.of(0), weight: Float32Array.of(1) }, overGate))).toBe('KVANT_RANGE');
     // A weight disposed after the set was built is rejected by the kernel call, not read.
     const own = { gate: mk(H, I, 4, 71), up: mk(H, I, 4, 72), down: mk(I, H, 4, 73) };
     const q = own.gate.qweight;

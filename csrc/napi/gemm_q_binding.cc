@@ -183,19 +183,67 @@ ProjArgs getProj(const Napi::CallbackInfo& info, size_t i, const std::string& na
   return r;
 }
 
+// Every MLP is gate, up [I, H] and down [H, I].
+void checkMlpShapes(Napi::Env env, const std::vector<MlpDesc>& mlps, size_t H) {
+  for (size_t e = 0; e < mlps.size(); ++e) {
+    const MlpDesc& d = mlps[e];
+    const std::string n = "mlps[" + std::to_string(e) + "]";
+    if (d.gate.K != H || d.up.K != H || d.down.N != H)
+      throwKvant(env, "KVANT_SHAPE", "Expected " + n + ".gate/up to be [I, " + std::to_string(H) + "] and down [" + std::to_string(H) + ", I]");
+    if (d.gate.N != d.up.N || d.down.K != d.gate.N)
+      throwKvant(env, "KVANT_SHAPE", "Expected " + n + " gate and up to have the same I = down's K but got " + std::to_string(d.gate.N) + ", " +
+                                         std::to_string(d.up.N) + ", " + std::to_string(d.down.K));
+  }
+}
+
+// x, the routes and out of a grouped MoE call: x at info[0..2], routes.mlp / row / weight at
+// info[r..r+8], out at info[r+9..r+11]; sizes checked against M, H and the pair count.
+struct MoeIO {
+  Span x, mlp, row, weight, out;
+  size_t P = 0;
+};
+
+MoeIO getMoeIO(const Napi::CallbackInfo& info, size_t r, uint64_t M, uint64_t H) {
+  Napi::Env env = info.Env();
+  MoeIO io;
+  io.x = getSpan(info, 0, "x", 4);
+  io.mlp = getSpan(info, r, "routes.mlp", 4);
+  io.row = getSpan(info, r + 3, "routes.row", 4);
+  io.weight = getSpan(info, r + 6, "routes.weight", 4);
+  io.out = getSpan(info, r + 9, "out", 4);
+  need(env, io.x, M * H * 4, "x (f32 [M, H])");
+  need(env, io.out, M * H * 4, "out (f32 [M, H])");
+  io.P = io.mlp.bytes / 4;
+  need(env, io.row, io.P * 4, "routes.row (one per pair)");
+  need(env, io.weight, io.P * 4, "routes.weight (one per pair)");
+  return io;
+}
+
+// Every pair names an MLP in [0, E) and a row in [0, M); `used` (if given, size E) marks the MLPs.
+void checkRoutes(Napi::Env env, const MoeIO& io, uint64_t E, uint64_t M, std::vector<bool>* used) {
+  const int32_t* mp = reinterpret_cast<const int32_t*>(io.mlp.data);
+  const int32_t* rp = reinterpret_cast<const int32_t*>(io.row.data);
+  for (size_t i = 0; i < io.P; ++i) {
+    if (mp[i] < 0 || uint64_t(mp[i]) >= E) throwKvant(env, "KVANT_RANGE", "Expected routes.mlp[" + std::to_string(i) + "] in 0.." + std::to_string(E) + " (exclusive) but it is " + std::to_string(mp[i]));
+    if (rp[i] < 0 || uint64_t(rp[i]) >= M) throwKvant(env, "KVANT_RANGE", "Expected routes.row[" + std::to_string(i) + "] in 0.." + std::to_string(M) + " (exclusive) but it is " + std::to_string(rp[i]));
+    if (used) (*used)[size_t(mp[i])] = true;
+  }
+}
+
+// out overlaps x, the routes or one of `weights`.
+bool outAliases(const MoeIO& io, const std::vector<Span>& weights) {
+  bool alias = overlaps(io.out, io.x) || overlaps(io.out, io.mlp) || overlaps(io.out, io.row) || overlaps(io.out, io.weight);
+  for (const Span& s : weights) alias = alias || overlaps(io.out, s);
+  return alias;
+}
+
 // moeMlp(x, xo, xb, M, H, E, mlp, mo, mb, row, ro, rb, weight, wo, wb, out, oo, ob, isa, act, ...E*3 projections)
 Napi::Value moeMlpB(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const uint64_t M = getSize(info, 3, "M"), H = getSize(info, 4, "H"), E = getSize(info, 5, "E");
   if (E == 0 || E > (uint64_t(1) << 20) || info.Length() < 20 + E * 3 * kProjArgs) throwKvant(env, "KVANT_SHAPE", "Expected " + std::to_string(E * 3) + " projections");
   if (H == 0 || M > (uint64_t(1) << 40) / H) throwKvant(env, "KVANT_SHAPE", "Expected H > 0 and M * H in range");
-  const Span x = getSpan(info, 0, "x", 4), mi = getSpan(info, 6, "routes.mlp", 4), ri = getSpan(info, 9, "routes.row", 4);
-  const Span wi = getSpan(info, 12, "routes.weight", 4), out = getSpan(info, 15, "out", 4);
-  need(env, x, M * H * 4, "x (f32 [M, H])");
-  need(env, out, M * H * 4, "out (f32 [M, H])");
-  const size_t P = mi.bytes / 4;
-  need(env, ri, P * 4, "routes.row (one per pair)");
-  need(env, wi, P * 4, "routes.weight (one per pair)");
+  const MoeIO io = getMoeIO(info, 6, M, H);
   const Isa isa = isaArg(info, 18);
   const QAct act = actArg(info, 19);
   std::vector<ProjArgs> projs;
@@ -209,31 +257,21 @@ Napi::Value moeMlpB(const Napi::CallbackInfo& info) {
       if (projs.back().q.q.qweight) p.q = &projs.back().q.q;
       (j == 0 ? mlps[e].gate : j == 1 ? mlps[e].up : mlps[e].down) = p;
     }
-  for (size_t e = 0; e < size_t(E); ++e) {
-    const MlpDesc& d = mlps[e];
-    const std::string n = "mlps[" + std::to_string(e) + "]";
-    if (d.gate.K != H || d.up.K != H || d.down.N != H)
-      throwKvant(env, "KVANT_SHAPE", "Expected " + n + ".gate/up to be [I, " + std::to_string(H) + "] and down [" + std::to_string(H) + ", I]");
-    if (d.gate.N != d.up.N || d.down.K != d.gate.N)
-      throwKvant(env, "KVANT_SHAPE", "Expected " + n + " gate and up to have the same I = down's K but got " + std::to_string(d.gate.N) + ", " +
-                                         std::to_string(d.up.N) + ", " + std::to_string(d.down.K));
-  }
-  const int32_t* mp = reinterpret_cast<const int32_t*>(mi.data);
-  const int32_t* rp = reinterpret_cast<const int32_t*>(ri.data);
-  for (size_t i = 0; i < P; ++i) {
-    if (mp[i] < 0 || uint64_t(mp[i]) >= E) throwKvant(env, "KVANT_RANGE", "Expected routes.mlp[" + std::to_string(i) + "] in 0.." + std::to_string(E) + " (exclusive) but it is " + std::to_string(mp[i]));
-    if (rp[i] < 0 || uint64_t(rp[i]) >= M) throwKvant(env, "KVANT_RANGE", "Expected routes.row[" + std::to_string(i) + "] in 0.." + std::to_string(M) + " (exclusive) but it is " + std::to_string(rp[i]));
-  }
-  bool alias = overlaps(out, x) || overlaps(out, mi) || overlaps(out, ri) || overlaps(out, wi);
+  checkMlpShapes(env, mlps, size_t(H));
+  checkRoutes(env, io, E, M, nullptr);
+  std::vector<Span> weights;
   for (const ProjArgs& p : projs) {
-    alias = alias || overlaps(out, p.dense);
-    for (const Span& s : p.q.spans) alias = alias || overlaps(out, s);
+    weights.push_back(p.dense);
+    for (const Span& sp : p.q.spans) weights.push_back(sp);
   }
-  if (alias) throwKvant(env, "KVANT_RANGE", "Expected out not to overlap x, the routes or any weight tensor");
+  if (outAliases(io, weights)) throwKvant(env, "KVANT_RANGE", "Expected out not to overlap x, the routes or any weight tensor");
+  const int32_t* mp = reinterpret_cast<const int32_t*>(io.mlp.data);
+  const int32_t* rp = reinterpret_cast<const int32_t*>(io.row.data);
+  const size_t P = io.P;
   const size_t scratchFloats = moeScratchFloats(mlps.data(), size_t(E), mp, P, size_t(H), act);
   Scratch scratch = allocScratch(env, scratchFloats, tMoeScratch);
-  const Status s = moeMlp(reinterpret_cast<const float*>(x.data), size_t(M), size_t(H), mlps.data(), size_t(E), mp, rp,
-                          reinterpret_cast<const float*>(wi.data), P, reinterpret_cast<float*>(out.data), scratch.data, scratchFloats, isa, act);
+  const Status s = moeMlp(reinterpret_cast<const float*>(io.x.data), size_t(M), size_t(H), mlps.data(), size_t(E), mp, rp,
+                          reinterpret_cast<const float*>(io.weight.data), P, reinterpret_cast<float*>(io.out.data), scratch.data, scratchFloats, isa, act);
   if (s != Status::kOk) throwStatus(env, s, "moeMlp failed");
   return env.Undefined();
 }
@@ -286,13 +324,8 @@ class MoeExpertSet : public Napi::ObjectWrap<MoeExpertSet> {
         }
         (j == 0 ? mlps[e].gate : j == 1 ? mlps[e].up : mlps[e].down) = a.p;
       }
-      const MlpDesc& d = mlps[e];
-      const std::string n = "mlps[" + std::to_string(e) + "]";
-      if (d.gate.K != H || d.up.K != H || d.down.N != H)
-        throwKvant(env, "KVANT_SHAPE", "Expected " + n + ".gate/up to be [I, " + std::to_string(H) + "] and down [" + std::to_string(H) + ", I]");
-      if (d.gate.N != d.up.N || d.down.K != d.gate.N)
-        throwKvant(env, "KVANT_SHAPE", "Expected " + n + " gate and up to have the same I = down's K");
     }
+    checkMlpShapes(env, mlps, H);
   }
 
   // Member e's storages resolved again: its pointers refreshed, its byte ranges appended.
@@ -358,33 +391,22 @@ Napi::Value moeMlpSetB(const Napi::CallbackInfo& info) {
   const size_t E = set->mlps.size(), H = set->H;
   const uint64_t M = getSize(info, 3, "M");
   if (M > (uint64_t(1) << 40) / H) throwKvant(env, "KVANT_SHAPE", "Expected M * H in range");
-  const Span x = getSpan(info, 0, "x", 4), mi = getSpan(info, 5, "routes.mlp", 4), ri = getSpan(info, 8, "routes.row", 4);
-  const Span wi = getSpan(info, 11, "routes.weight", 4), out = getSpan(info, 14, "out", 4);
-  need(env, x, M * H * 4, "x (f32 [M, H])");
-  need(env, out, M * H * 4, "out (f32 [M, H])");
-  const size_t P = mi.bytes / 4;
-  need(env, ri, P * 4, "routes.row (one per pair)");
-  need(env, wi, P * 4, "routes.weight (one per pair)");
+  const MoeIO io = getMoeIO(info, 5, M, H);
   const Isa isa = isaArg(info, 17);
   const QAct act = actArg(info, 18);
-  const int32_t* mp = reinterpret_cast<const int32_t*>(mi.data);
-  const int32_t* rp = reinterpret_cast<const int32_t*>(ri.data);
   std::vector<bool> used(E, false);
-  for (size_t i = 0; i < P; ++i) {
-    if (mp[i] < 0 || uint64_t(mp[i]) >= E) throwKvant(env, "KVANT_RANGE", "Expected routes.mlp[" + std::to_string(i) + "] in 0.." + std::to_string(E) + " (exclusive) but it is " + std::to_string(mp[i]));
-    if (rp[i] < 0 || uint64_t(rp[i]) >= M) throwKvant(env, "KVANT_RANGE", "Expected routes.row[" + std::to_string(i) + "] in 0.." + std::to_string(M) + " (exclusive) but it is " + std::to_string(rp[i]));
-    used[size_t(mp[i])] = true;
-  }
-  std::vector<Span> spans;
+  checkRoutes(env, io, E, M, &used);
+  std::vector<Span> weights;
   for (size_t e = 0; e < E; ++e)
-    if (used[e]) set->resolve(env, e, spans);
-  bool alias = overlaps(out, x) || overlaps(out, mi) || overlaps(out, ri) || overlaps(out, wi);
-  for (const Span& s : spans) alias = alias || overlaps(out, s);
-  if (alias) throwKvant(env, "KVANT_RANGE", "Expected out not to overlap x, the routes or any weight tensor");
+    if (used[e]) set->resolve(env, e, weights);
+  if (outAliases(io, weights)) throwKvant(env, "KVANT_RANGE", "Expected out not to overlap x, the routes or any weight tensor");
+  const int32_t* mp = reinterpret_cast<const int32_t*>(io.mlp.data);
+  const int32_t* rp = reinterpret_cast<const int32_t*>(io.row.data);
+  const size_t P = io.P;
   const size_t scratchFloats = moeScratchFloats(set->mlps.data(), E, mp, P, H, act);
   Scratch scratch = allocScratch(env, scratchFloats, tMoeScratch);
-  const Status s = moeMlp(reinterpret_cast<const float*>(x.data), size_t(M), H, set->mlps.data(), E, mp, rp,
-                          reinterpret_cast<const float*>(wi.data), P, reinterpret_cast<float*>(out.data), scratch.data, scratchFloats, isa, act);
+  const Status s = moeMlp(reinterpret_cast<const float*>(io.x.data), size_t(M), H, set->mlps.data(), E, mp, rp,
+                          reinterpret_cast<const float*>(io.weight.data), P, reinterpret_cast<float*>(io.out.data), scratch.data, scratchFloats, isa, act);
   if (s != Status::kOk) throwStatus(env, s, "moeMlp failed");
   return env.Undefined();
 }
