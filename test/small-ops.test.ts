@@ -23,6 +23,18 @@ function maxRelErr(got: Float32Array, want: Float64Array): number {
   return num / Math.max(den, 1e-30);
 }
 
+/** RMSNorm in f64 of rows [rows, n]: x · w / sqrt(mean(x²) + eps). */
+function rmsNormF64(xs: Float64Array, ws: Float64Array, rows: number, n: number, eps: number): Float64Array {
+  const want = new Float64Array(rows * n);
+  for (let r = 0; r < rows; r++) {
+    let ss = 0;
+    for (let i = 0; i < n; i++) ss += xs[r * n + i] ** 2;
+    const inv = 1 / Math.sqrt(ss / n + eps);
+    for (let i = 0; i < n; i++) want[r * n + i] = xs[r * n + i] * inv * ws[i];
+  }
+  return want;
+}
+
 describe.each(levels)('small ops at ISA level %s', (isa) => {
   it('rmsNorm matches f64 on awkward widths (relative error < 1e-6)', () => {
     for (const n of [1, 7, 33, 191, 2048]) {
@@ -31,15 +43,7 @@ describe.each(levels)('small ops at ISA level %s', (isa) => {
       const w = Tensor.random([n], 'bf16', { seed: n + 1, low: 0.5, high: 1.5 });
       const y = poisoned([rows, n]);
       rmsNorm(x, w, 1e-6, y, isa);
-      const xs = f64(x);
-      const ws = f64(w);
-      const want = new Float64Array(rows * n);
-      for (let r = 0; r < rows; r++) {
-        let ss = 0;
-        for (let i = 0; i < n; i++) ss += xs[r * n + i] ** 2;
-        const inv = 1 / Math.sqrt(ss / n + 1e-6);
-        for (let i = 0; i < n; i++) want[r * n + i] = xs[r * n + i] * inv * ws[i];
-      }
+      const want = rmsNormF64(f64(x), f64(w), rows, n, 1e-6);
       // f32 products of three factors: a few ulp (2^-24 each).
       expect(maxRelErr(y.data() as Float32Array, want)).toBeLessThan(1e-6);
     }
@@ -60,16 +64,7 @@ describe.each(levels)('small ops at ISA level %s', (isa) => {
         expect(bytes(x).equals(bytes(xr))).toBe(true);
         expect(bytes(y).equals(bytes(rmsNorm(xr, w, 1e-6, undefined, isa)))).toBe(true);
         // Against f64 from the f32 sum (one rounding, as the kernel's): the rmsNorm bound.
-        const xs = f64(xr);
-        const ws = f64(w);
-        const want = new Float64Array(rows * n);
-        for (let r = 0; r < rows; r++) {
-          let ss = 0;
-          for (let i = 0; i < n; i++) ss += xs[r * n + i] ** 2;
-          const inv = 1 / Math.sqrt(ss / n + 1e-6);
-          for (let i = 0; i < n; i++) want[r * n + i] = xs[r * n + i] * inv * ws[i];
-        }
-        expect(maxRelErr(y.data() as Float32Array, want)).toBeLessThan(1e-6);
+        expect(maxRelErr(y.data() as Float32Array, rmsNormF64(f64(xr), f64(w), rows, n, 1e-6))).toBeLessThan(1e-6);
         const x64 = f64(x0);
         const d64 = f64(d);
         expect(maxRelErr(x.data() as Float32Array, x64.map((v, i) => v + d64[i]))).toBeLessThan(1e-7); // one f32 rounding

@@ -35,7 +35,8 @@ function lastDim(t: Tensor, name: string): number {
 }
 
 /** y = w ⊙ x / sqrt(mean(x²) + eps) over the last dimension (y may be x). */
-export function rmsNorm(x: Tensor, w: Tensor, eps: number, out?: Tensor, isa?: IsaLevel): Tensor {
+/** The checks rmsNorm and addRmsNorm share; returns the output and the normalized width. */
+function normArgs(x: Tensor, w: Tensor, eps: number, out: Tensor | undefined): { y: Tensor; n: number } {
   f32(x, 'x');
   checkTensor(w, 'w');
   const n = lastDim(x, 'x');
@@ -45,6 +46,11 @@ export function rmsNorm(x: Tensor, w: Tensor, eps: number, out?: Tensor, isa?: I
   const y = out ?? Tensor.zeros(x.shape, 'f32');
   f32(y, 'out');
   if (y.numel !== x.numel) throw new KvantError('KVANT_SHAPE', `Expected out to have ${x.numel} elements but it has ${y.numel}`);
+  return { y, n };
+}
+
+export function rmsNorm(x: Tensor, w: Tensor, eps: number, out?: Tensor, isa?: IsaLevel): Tensor {
+  const { y, n } = normArgs(x, w, eps, out);
   callNative(() => native().rmsNorm(...raw(x), ...raw(w), dtypeCode(w.dtype as DType), ...raw(y), x.numel / Math.max(1, n), n, eps, isaCode(isa)));
   return y;
 }
@@ -55,17 +61,9 @@ export function rmsNorm(x: Tensor, w: Tensor, eps: number, out?: Tensor, isa?: I
  * out must not overlap x or delta (it is written, x updated).
  */
 export function addRmsNorm(x: Tensor, delta: Tensor, w: Tensor, eps: number, out?: Tensor, isa?: IsaLevel): Tensor {
-  f32(x, 'x');
   f32(delta, 'delta');
-  checkTensor(w, 'w');
-  const n = lastDim(x, 'x');
+  const { y, n } = normArgs(x, w, eps, out);
   if (delta.numel !== x.numel) throw new KvantError('KVANT_SHAPE', `Expected delta to have ${x.numel} elements like x but it has ${delta.numel}`);
-  if (w.numel !== n) throw new KvantError('KVANT_SHAPE', `Expected w to have ${n} elements (x's last dimension) but it has ${w.numel}`);
-  if (!['f32', 'f16', 'bf16'].includes(w.dtype)) throw expected('KVANT_DTYPE', 'an f32, f16 or bf16 weight', 'w.dtype', w.dtype);
-  if (!(eps >= 0)) throw expected('KVANT_RANGE', 'eps >= 0', 'eps', eps);
-  const y = out ?? Tensor.zeros(x.shape, 'f32');
-  f32(y, 'out');
-  if (y.numel !== x.numel) throw new KvantError('KVANT_SHAPE', `Expected out to have ${x.numel} elements but it has ${y.numel}`);
   callNative(() => native().addRmsNorm(...raw(x), ...raw(delta), ...raw(w), dtypeCode(w.dtype as DType), ...raw(y), x.numel / Math.max(1, n), n, eps, isaCode(isa)));
   return y;
 }
