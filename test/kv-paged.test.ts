@@ -200,6 +200,27 @@ describe('PagedKVCache invariances and round trips', () => {
     cache.dispose();
   });
 
+  it.each(KV_CACHE_TYPES.map((t) => [t]))('%s: the fused path (one query head per kv head) is thread-count and batch invariant', (type) => {
+    // Head dim 128: f16 / bf16 / q8 rows take 8-row softmax steps, q6 / q4 16-row steps; 1100
+    // rows = two full splits and a 76-row tail (not a multiple of either step).
+    const Dh = 128;
+    const cache = new PagedKVCache({ layers: 1, kvHeads: 3, headDim: Dh, type: type as KvCacheType, pageSize: 32 });
+    const a = cache.open(0);
+    const b = cache.open(0);
+    cache.append(a, 0, Tensor.random([1100, 3, Dh], 'f32', { seed: 41, dist: 'normal' }), Tensor.random([1100, 3, Dh], 'f32', { seed: 42, dist: 'normal' }));
+    cache.append(b, 0, Tensor.random([37, 3, Dh], 'f32', { seed: 43, dist: 'normal' }), Tensor.random([37, 3, Dh], 'f32', { seed: 44, dist: 'normal' }));
+    const q = Tensor.random([2, 3, Dh], 'f32', { seed: 45, dist: 'normal' });
+    setThreads(1);
+    const one = cache.decode(0, [a, b], q);
+    setThreads(2);
+    const two = cache.decode(0, [a, b], q);
+    const alone = cache.decode(0, [a], q.slice(0, 1));
+    expect(Buffer.from(one.out.byteView()).equals(Buffer.from(two.out.byteView()))).toBe(true);
+    expect(Buffer.from(one.lse.byteView()).equals(Buffer.from(two.lse.byteView()))).toBe(true);
+    expect(Array.from(alone.out.toFloat32Array())).toEqual(Array.from(one.out.toFloat32Array().subarray(0, 3 * Dh)));
+    cache.dispose();
+  });
+
   it('bytes per token: 32 heads x 128 per layer', () => {
     const sizes = Object.fromEntries(KV_CACHE_TYPES.map((t) => [t, new PagedKVCache({ layers: 1, kvHeads: 32, headDim: 128, type: t }).bytesPerToken]));
     expect(sizes).toEqual({ f16: 16384, bf16: 16384, q8: 8704, q6: 6656, q4: 4608 });

@@ -321,7 +321,19 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
   // query head of the kv head uses them. 48 rather than 24: pvT loads, rescales and stores
   // its accumulator tiles once per panel (36 of every 24·12 + 36 vector ops at 24 rows), and
   // the prefetch of the next panel goes out twice as far ahead.
-  constexpr size_t kRows = 16, kPanel = 48;
+  //
+  // Fused-path rows per step: 8 when a head's K + V row is >= 256 bytes (f16 / bf16 / q8 at
+  // head dim 128: 4 KB of K/V per step), else 16 (q6 / q4: 3.3 / 2.3 KB). The next step's
+  // rows are prefetched as one burst; with 16 f16 rows (8 KB, 128 lines) the burst outran the
+  // miss buffers and the prefetch instructions themselves stalled (~8 % of the samples sat on
+  // prefetchnta). Measured in one process, 1 thread, 32k tokens (speed pass 5, under load):
+  // f16 / bf16 1.15-1.4x and q8 ~1.1x faster at 8 rows than at 16; q4 ~10 % slower at 8
+  // (its rows cost more compute per byte, so 16 of them cover the latency); 32 or 64 rows
+  // were slower for every type. A function of the cache type and head dim alone, so the
+  // bits still do not depend on the thread count or the batch.
+  constexpr size_t kRowsMax = 16, kPanel = 48;
+  const size_t headRowBytes = kvSegmentBytes(a.k0.type, a.k0.n) + kvSegmentBytes(a.v.type, a.v.n);
+  const size_t kRows = headRowBytes >= 256 ? 8 : kRowsMax;
   auto runSplit = [&](size_t task) {
     const size_t sidx = task / a.Hkv, hk = task % a.Hkv;
     size_t b = 0;
@@ -329,7 +341,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     const size_t len = size_t(a.seqLens[b]);
     const size_t t0 = (sidx - splitStart[b]) * kDecodeSplit, t1 = std::min(len, t0 + kDecodeSplit);
     thread_local std::vector<float> qbuf, kbuf, vbuf, sbuf;
-    qbuf.resize(group * Dk), kbuf.resize(kPanel * Dk), vbuf.resize(kPanel * Dv), sbuf.resize(kRows);
+    qbuf.resize(group * Dk), kbuf.resize(kPanel * Dk), vbuf.resize(kPanel * Dv), sbuf.resize(kRowsMax);
     // The query heads of this kv head, with the rotated part of the key pre-transformed:
     // q·x = (H·q)·y / 32 where y = H·x is what the cache stores (1/32 is exact).
     for (size_t j = 0; j < group; ++j) {
@@ -369,8 +381,8 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
     // head's run of rows is contiguous only within a page (pages are scattered), and the
     // kernel is a pure stream otherwise.
     const size_t step = fused ? kRows : kPanel;
-    const uint8_t* cur[kPanel > kRows ? kPanel : kRows];
-    const uint8_t* nxt[kPanel > kRows ? kPanel : kRows];
+    const uint8_t* cur[kPanel > kRowsMax ? kPanel : kRowsMax];
+    const uint8_t* nxt[kPanel > kRowsMax ? kPanel : kRowsMax];
     if (t0 < t1) rowsAt(t0, std::min(step, t1 - t0), cur);
     auto nextRows = [&](size_t c0, size_t n) {  // the rows of the step after [c0, c0 + n)
       const size_t nn = c0 + n < t1 ? std::min(step, t1 - c0 - n) : 0;
@@ -398,7 +410,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
       for (size_t c0 = t0; c0 < t1; c0 += kRows) {
         const size_t n = std::min(kRows, t1 - c0);
         const size_t nn = nextRows(c0, n);
-        const uint8_t* rp[kRows];
+        const uint8_t* rp[kRowsMax];
         float bm = kNegInf;
         for (size_t r = 0; r < n; ++r) {
           rp[r] = cur[r] + hk * a.headStride;
@@ -420,7 +432,7 @@ Status pagedDecode(const PagedDecodeArgs& a, Isa isa) {
         // burst filled the miss buffers and stalled the score loads (measured ~10% slower).
         for (size_t r = 0; r < nn; ++r) prefetchRow(nxt[r]);
         kv->axpyRows(a.v.type, rp, a.v.offset, n, s, acc, Dv);
-        std::copy_n(nxt, nn, cur);
+        for (size_t r = 0; r < nn; ++r) cur[r] = nxt[r];  // (std::copy_n became rep movsq: ~30 cycles to start)
       }
       return;
     }

@@ -533,8 +533,47 @@ inline void q4Pairs(const int8_t* q8, size_t pairs, Q4Pairs& qp) {
     qp.corr[p] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(eights, qp.lo[p]), _mm256_maddubs_epi16(eights, qp.hi[p])), ones);
   }
 }
+// The group weights qd[g]·d(r, g) of one row for its first 2·pairs <= 8 groups as one vector
+// (lane g): the f16 scales inserted into one register (a 16-bit load-insert each), converted
+// by one vcvtph2ps and multiplied by one vmulps, where a scalar conversion, product and
+// broadcast per group cost ~5 ops. The same IEEE products as qd[g] * scaleOf(block).
+inline __m256 q4RowScales(const uint8_t* row, const __m256 qdv, size_t groups) {
+  __m128i h = _mm_setzero_si128();
+  auto at = [&](size_t g) {
+    uint16_t v;
+    std::memcpy(&v, row + g * sizeof(KvBlockQ4), 2);
+    return int(v);
+  };
+  h = _mm_insert_epi16(h, at(0), 0), h = _mm_insert_epi16(h, at(1), 1);
+  if (groups > 2) h = _mm_insert_epi16(h, at(2), 2), h = _mm_insert_epi16(h, at(3), 3);
+  if (groups > 4) h = _mm_insert_epi16(h, at(4), 4), h = _mm_insert_epi16(h, at(5), 5);
+  if (groups > 6) h = _mm_insert_epi16(h, at(6), 6), h = _mm_insert_epi16(h, at(7), 7);
+  return _mm256_mul_ps(qdv, _mm256_cvtph_ps(h));
+}
+
 inline void q4PairLanes4(const uint8_t* const src[4], const Q4Pairs& qp, const float* qd, size_t pairs, __m256 acc[4]) {
   const __m256i ones = _mm256_set1_epi16(1), m15 = _mm256_set1_epi8(15);
+  if (pairs == 0) return;
+  if (pairs <= 4) {  // head dims up to 256: the rows' scales once per row, one lane permute per pair
+    alignas(32) float qdp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (size_t g = 0; g < 2 * pairs; ++g) qdp[g] = qd[g];
+    const __m256 qdv = _mm256_load_ps(qdp);
+    __m256 rs[4];
+    for (int r = 0; r < 4; ++r) rs[r] = q4RowScales(src[r], qdv, 2 * pairs);
+    for (size_t p = 0, o = 0; p < pairs; ++p, o += 2 * sizeof(KvBlockQ4)) {
+      const __m256i idx = _mm256_setr_epi32(int(2 * p), int(2 * p), int(2 * p), int(2 * p), int(2 * p + 1), int(2 * p + 1), int(2 * p + 1), int(2 * p + 1));
+      for (int r = 0; r < 4; ++r) {
+        const uint8_t* blk = src[r] + o;
+        const __m256i raw = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + sizeof(KvBlockQ4) + 2)),
+                                             _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+        const __m256i lo = _mm256_and_si256(raw, m15), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m15);
+        const __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qp.lo[p]), _mm256_maddubs_epi16(hi, qp.hi[p]));
+        const __m256i prod = _mm256_sub_epi32(_mm256_madd_epi16(sum16, ones), qp.corr[p]);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_permutevar8x32_ps(rs[r], idx), acc[r]);
+      }
+    }
+    return;
+  }
   for (size_t p = 0, o = 0; p < pairs; ++p, o += 2 * sizeof(KvBlockQ4)) {
     for (int r = 0; r < 4; ++r) {
       const uint8_t* blk = src[r] + o;

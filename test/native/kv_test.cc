@@ -218,13 +218,15 @@ TEST(kv_row_axpy_equals_row_by_row_axpy_every_type) {
 // Row-batched scores (dotRows) vs f64 over the decoded rows, for every type, 11 rows (one
 // full batch of 8 and a padded tail of 3): float path within γ_(n+2) of Σ|q·y| (any order of
 // the n products' sums, as dot's bound), integer path within dotI8's bound; nothing written
-// past out[nrows - 1].
+// past out[nrows - 1]. Head dims of 1, 5, 9 and 16 groups: q4's pair path with no pair, with
+// pairs and an odd last group, at its per-row scale vector's limit (4 pairs) and beyond it.
 TEST(kv_row_batched_scores_match_f64) {
   for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
     const KvKernels* k = kvKernelsFor(isa);
     if (!k) continue;
-    for (KvType t : {KvType::kF16, KvType::kBf16, KvType::kQ8, KvType::kQ6, KvType::kQ4}) {
-      const size_t n = 160, rows = 11, rb = kvSegmentBytes(t, n);
+    for (KvType t : {KvType::kF16, KvType::kBf16, KvType::kQ8, KvType::kQ6, KvType::kQ4})
+    for (size_t n : {size_t(32), size_t(160), size_t(288), size_t(512)}) {
+      const size_t rows = 11, rb = kvSegmentBytes(t, n);
       std::vector<uint8_t> enc(rows * rb + 7);  // + 7: row offset 7 (unaligned)
       std::vector<const uint8_t*> rp(rows);
       std::vector<float> y(rows * n);
