@@ -208,6 +208,38 @@ describe('MlaKVCache pages: append / fork / truncate / close', () => {
     cache.dispose();
   });
 
+  it('appendBatch stores row b at the end of sequence b, as B single-row appends do (a fork copy-on-write included)', () => {
+    for (const type of ['bf16', 'q4'] as const) {
+      const a = new MlaKVCache({ layers: 2, latentDim: 64, ropeDim: 16, type, pageSize: 16 });
+      const b = new MlaKVCache({ layers: 2, latentDim: 64, ropeDim: 16, type, pageSize: 16 });
+      // Three sequences of different lengths (one ends on a page boundary), the third a fork of the first.
+      const lens = [15, 16, 15];
+      const ids = [a, b].map((c) => {
+        const s0 = c.open(0);
+        c.append(s0, 1, makeRows(lens[0], 64, 16, 1));
+        const s1 = c.open(0);
+        c.append(s1, 1, makeRows(lens[1], 64, 16, 2));
+        return [s0, s1, c.fork(s0)];
+      });
+      const rows = makeRows(3, 64, 16, 9);
+      a.appendBatch(ids[0], 1, rows);
+      ids[1].forEach((s, i) => b.append(s, 1, rows.slice(i, i + 1)));
+      ids[0].forEach((s, i) => {
+        expect(a.length(s, 1)).toBe(lens[i] + 1);
+        expect(a.length(s, 0)).toBe(0);
+        expect(Buffer.from(a.gather(s, 1, 0, lens[i] + 1).toFloat32Array().buffer).equals(Buffer.from(b.gather(ids[1][i], 1, 0, lens[i] + 1).toFloat32Array().buffer))).toBe(true);
+      });
+      expect(a.usedBytes()).toBe(b.usedBytes());
+      expect(code(() => a.appendBatch([ids[0][0], ids[0][0]], 1, makeRows(2, 64, 16, 3)))).toBe('KVANT_RANGE'); // ids repeat
+      expect(code(() => a.appendBatch(ids[0], 1, makeRows(2, 64, 16, 3)))).toBe('KVANT_SHAPE'); // one row per sequence
+      expect(code(() => a.appendBatch([ids[0][0], 999], 1, makeRows(2, 64, 16, 3)))).toBe('KVANT_RANGE'); // unknown id
+      expect(code(() => a.appendBatch(ids[0], 2, rows))).toBe('KVANT_RANGE'); // layer
+      expect(a.length(ids[0][0], 1)).toBe(lens[0] + 1); // the rejected calls stored nothing
+      a.dispose();
+      b.dispose();
+    }
+  });
+
   it('empty sequences decode to 0 with lse +inf; admission follows the budget', () => {
     const cache = new MlaKVCache({ layers: 1, latentDim: 32, ropeDim: 0, type: 'q8', pageSize: 16, budgetBytes: 4 * 16 * 34 });
     expect(cache.bytesPerToken).toBe(34);

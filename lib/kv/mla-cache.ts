@@ -150,6 +150,27 @@ export class MlaKVCache extends PagedCacheBase {
   }
 
   /**
+   * One new row per sequence, in one write: rows f32 [B, latentDim + ropeDim], row b at position
+   * length(seqs[b], layer) of sequence seqs[b] (distinct ids). The same as B appends of one row
+   * each (what a batched decode step stores per layer), in one native call instead of B.
+   */
+  appendBatch(seqs: readonly number[], layer: number, rows: Tensor): void {
+    this.seqs.layer(layer);
+    checkTensor(rows, 'rows');
+    if (rows.dtype !== 'f32') throw expected('KVANT_DTYPE', 'f32 rows', 'rows.dtype', rows.dtype);
+    if (!Array.isArray(seqs) || rows.ndim !== 2 || rows.shape[0] !== seqs.length || rows.shape[1] !== this.width)
+      throw expected('KVANT_SHAPE', `rows of shape [${Array.isArray(seqs) ? seqs.length : 'B'}, ${this.width}] (one per sequence)`, 'rows.shape', rows.shape);
+    if (new Set(seqs).size !== seqs.length) throw expected('KVANT_RANGE', 'distinct sequence ids', 'seqs', seqs);
+    const states = seqs.map((q) => this.seqs.get(q));
+    if (seqs.length === 0) return;
+    // Every slot is reserved (pages allocated) before any row is written or any length moves.
+    const slots = new Int32Array(seqs.length);
+    seqs.forEach((q, b) => (slots[b] = this.seqs.slotsForAppend(q, layer, 1)[0]));
+    writeRows(this.pages(layer), this.segs, rows, this.width, slots, this.isa);
+    for (const s of states) s.lengths[layer] += 1;
+  }
+
+  /**
    * Absorbed decode for a batch: q f32 [B, H, L+R]; each seqs[b] attends over all rows of `layer`.
    * out f32 [B, H, L] = Σ softmax(scale·q·row)·c, lse f32 [B, H] (natural log; +inf for an empty sequence).
    * `into`: f32 tensors of those shapes to write (overwritten) instead of allocating them.

@@ -134,7 +134,7 @@ export class DeepSeekV2Model {
     let logits: Tensor;
     try {
       logits = decodeStep(w, this.k, ids, positions, {
-        append: (layer, rows) => (seqs.length === 1 ? cache.append(seqs[0], layer, rows) : seqs.forEach((s, b) => cache.append(s, layer, rows.slice(b, b + 1)))),
+        append: (layer, rows) => (seqs.length === 1 ? cache.append(seqs[0], layer, rows) : cache.appendBatch(seqs, layer, rows)),
         attend: (layer, q, scale, into) => cache.decode(layer, seqs, q, scale, into).out,
       });
     } catch (e) {
