@@ -25,7 +25,7 @@ function poisoned(M: number, N: number): Tensor {
  * <= n_g·u·Σ|x c|), X = Σ x (n_g adds; times z: <= z·n_g·u·Σ|x|), t = A − z·X (one rounding,
  * <= u·Σ|x|(c+z)), then y = Σ_g fma(s_g, t_g, y) (ng roundings, <= ng·u·Σ|s t|), then + bias:
  *   |y − y64| <= (G + ng + 3)·u·Σ_k |x_k|·|s|·(c_k + z) + u·|y64|      (first order, u = 2^-24).
- * activations 'int8' (2/4/8 bits): x̂ = d_b·q with q = round(x·fl(127/m_b)), d_b = fl(m_b/127),
+ * activations 'int8' (every width): x̂ = d_b·q with q = round(x·fl(127/m_b)), d_b = fl(m_b/127),
  * m_b = max|x| over the block of 32 kernel rows, so |x − x̂| <= d_b/2·(1+2u) + 4u·|x|; the
  * integer block sums are exact, then bpg roundings per group and ng in the combine:
  *   |y − y64| <= Σ_k |W_k|·(d_b/2·(1+2u) + 4u|x_k|) + (bpg + ng + 3)·u·Σ_k |s|(c+z)(|x_k| + d_b) + u·|y64|.
@@ -36,7 +36,7 @@ function poisoned(M: number, N: number): Tensor {
  */
 function check(y: Float32Array, x: Float32Array, q: MadeQuant, M: number, bias?: Float32Array, activations: 'f32' | 'int8' = 'f32'): void {
   const { K, N } = q.w.format;
-  const int8 = activations === 'int8' && q.w.format.bits !== 3;
+  const int8 = activations === 'int8';
   const perm = q.w.perm;
   const bpg = Math.ceil(q.G / 32);
   const d = new Float64Array(K); // block scale of each input channel (int8 mode)
@@ -139,7 +139,7 @@ describe.each(levels)('qlinear at ISA level %s', (isa) => {
       }
   });
 
-  it.each([2, 4, 8] as const)("%i bits with int8 activations: groups 32/64/128/-1, M in 1..9 and 37, against f64 and the scalar reference", (bits) => {
+  it.each([2, 3, 4, 8] as const)("%i bits with int8 activations: groups 32/64/128/-1, M in 1..9 and 37, against f64 and the scalar reference", (bits) => {
     const [K, N] = SIZES[bits];
     let seed = bits * 2000;
     for (const groupSize of [32, 64, 128, -1])
@@ -158,22 +158,21 @@ describe.each(levels)('qlinear at ISA level %s', (isa) => {
       }
   });
 
-  it('int8 activations: act-order, batch invariance (M = 1 vs 37), and 3 bits keep f32', () => {
-    const q = makeQuant({ K: 296, N: 104, bits: 4, groupSize: 64, sym: false, v2: false, seed: 31, actOrder: true });
-    const x = randX(37, 296, 6);
-    const all = qlinear(x, q.w, { isa, activations: 'int8' }).data() as Float32Array;
-    check(all, x.toFloat32Array(), q, 37, undefined, 'int8');
-    for (const r of [0, 7, 36]) {
-      const one = qlinear(x.slice(r, r + 1), q.w, { isa, activations: 'int8' }).data() as Float32Array;
-      expect(bytes(one).equals(bytes(all.subarray(r * 104, (r + 1) * 104)))).toBe(true);
-    }
-    for (const bits of [3] as const) {
-      const [K, N] = SIZES[bits];
-      const q3 = makeQuant({ K, N, bits, groupSize: 32, sym: true, v2: false, seed: 5 });
-      const x3 = randX(3, K, 2);
-      const a = qlinear(x3, q3.w, { isa, activations: 'int8' }).data() as Float32Array;
-      const b = qlinear(x3, q3.w, { isa }).data() as Float32Array;
-      expect(bytes(a).equals(bytes(b))).toBe(true);
+  it('int8 activations: act-order (4 and 3 bits), batch invariance (M = 1 vs 37)', () => {
+    for (const [bits, K, N, G] of [[4, 296, 104, 64], [3, 352, 96, 32]] as const) {
+      // 3 bits: K = 352 with g32 gives 11 groups (split-K at M = 1, the byte panel at M = 37).
+      const q = makeQuant({ K, N, bits, groupSize: G, sym: false, v2: false, seed: 31 + bits, actOrder: true });
+      const x = randX(37, K, 6);
+      const all = qlinear(x, q.w, { isa, activations: 'int8' }).data() as Float32Array;
+      check(all, x.toFloat32Array(), q, 37, undefined, 'int8');
+      for (const r of [0, 7, 36]) {
+        const one = qlinear(x.slice(r, r + 1), q.w, { isa, activations: 'int8' }).data() as Float32Array;
+        expect(bytes(one).equals(bytes(all.subarray(r * N, (r + 1) * N)))).toBe(true);
+      }
+      if (isa !== 'scalar') {
+        const ref = qlinear(x, q.w, { isa: 'scalar', activations: 'int8' }).data() as Float32Array;
+        expect(bytes(all).equals(bytes(ref))).toBe(true);
+      }
     }
   });
 
@@ -240,7 +239,7 @@ describe('qlinear', () => {
       const q = makeQuant({ K, N, bits, groupSize: 128, sym: false, v2: bits === 8, seed: 500 + bits }); // ng = 5 (partial last group)
       const bias = Tensor.random([N], 'f32', { seed: 3 });
       const x = randX(11, K, 40 + bits);
-      for (const activations of bits === 3 ? (['f32'] as const) : (['f32', 'int8'] as const)) {
+      for (const activations of ['f32', 'int8'] as const) {
         const ref = qlinear(x.slice(0, 2), q.w, { bias, isa: 'scalar', activations }).data() as Float32Array;
         check(ref, x.slice(0, 2).toFloat32Array(), q, 2, bias.toFloat32Array(), activations);
         const batch = qlinear(x, q.w, { bias, activations }).data() as Float32Array; // M = 11: the panel GEMM
@@ -302,7 +301,7 @@ describe('qlinear', () => {
           for (const M of [1, 3, 37]) {
             const x = randX(M, K, M + bits);
             const y32 = qlinear(x, w.w, { bias, activations }).data() as Float32Array;
-            check(y32, x.toFloat32Array(), w, M, bias.toFloat32Array(), bits === 3 ? 'f32' : activations);
+            check(y32, x.toFloat32Array(), w, M, bias.toFloat32Array(), activations);
             for (const dt of ['f16', 'bf16'] as const) {
               const want = Tensor.from(y32, { shape: [M, N] }).to(dt);
               for (const lvl of levels) {
