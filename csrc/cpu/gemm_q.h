@@ -58,9 +58,12 @@ constexpr size_t kQ8Block = 32;
 // a whole code at bits [8p + o, 8p + o + 3): quad o (0..5) is the byte blend of w0/w1/w2 with
 // that pattern (three patterns, o and o + 3 share one), shifted right by o and masked with 7
 // per byte. The 8 codes at byte offsets 6 and 7 span two bytes (2, 5, 13, 18, 26, 29) or two
-// words (10: w0 bits 30-31 + w1 bit 0; 21: w1 bit 31 + w2 bits 0-1): quads 6 and 7 blend the
-// three words each shifted right by 6 (resp. 7), plus w1 << 26 (w2 << 25) for the bit from the
-// next word. Every kernel (AVX2, AVX-512, GEMV and GEMM panel) unpacks in this order.
+// words (10: w0 bits 30-31 + w1 bit 0; 21: w1 bit 31 + w2 bits 0-1): quad 6 takes its low
+// two bits from blend 0 >> 6 and its third bit from blend 1 rotated right by 6, quad 7 bit 0
+// from blend 1 >> 7 and bits 1-2 from blend 2 rotated right by 7 (the rotation brings the next
+// byte's, or the next word's, low bits under the code). Every kernel (AVX2, AVX-512, GEMV and
+// GEMM panel) unpacks in this order; only the order of the activation bytes is shared, so any
+// exact unpack would give the same bits.
 constexpr uint8_t kQ3Quads[8][4] = {{0, 24, 16, 8},  {11, 3, 27, 19}, {22, 14, 6, 30}, {1, 25, 17, 9},
                                     {12, 4, 28, 20}, {23, 15, 7, 31}, {2, 26, 18, 10}, {13, 5, 29, 21}};
 

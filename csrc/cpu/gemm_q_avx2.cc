@@ -219,34 +219,38 @@ struct Q8Dot {
 
 // 3 bits: one 32-row block is one 96-bit unit (3 qweight rows), unpacked into the 8 quads of
 // kQ3Quads (gemm_q.h: byte blends of the three words, a shift and a mask of 7 per byte; quads
-// 6 and 7 blend the words shifted by 6 and 7 and OR in the bit(s) of codes 10 and 21 from the
-// next word). About 33 instructions per unit and 8 columns against ~100 for the f32-activation
-// unit (and, convert, FMA per code). Codes <= 7: each maddubs pair <= 2·7·127 = 1778, the
+// 6 and 7 combine two of the blends, see q3Unpack). About 31 instructions per unit and 8
+// columns against ~100 for the f32-activation unit (and, convert, FMA per code). Codes <= 7: each maddubs pair <= 2·7·127 = 1778, the
 // block's 8 maddubs sum to <= 14224 < 32767 in i16, widened once per block: I_b exact.
-// out.quad(v) receives quads 0..7 in order, each still to be masked with 7 per byte.
+// out.quad(v) receives quads 0..7 in order, exact (every byte a code 0..7).
+inline __m256i ror32(__m256i v, int s) { return _mm256_or_si256(_mm256_srli_epi32(v, s), _mm256_slli_epi32(v, 32 - s)); }
 template <class Sink>
 inline void q3Unpack(__m256i w0, __m256i w1, __m256i w2, Sink& out) {
-  const __m256i b1 = _mm256_set1_epi32(0x0000ff00), b2 = _mm256_set1_epi32(0x00ff0000);
+  const __m256i b1 = _mm256_set1_epi32(0x0000ff00), b2 = _mm256_set1_epi32(0x00ff0000), m7 = _mm256_set1_epi8(7);
   // Byte p from word (2p + o) mod 3: bytes 0 and 3 from the first argument, 1 and 2 from the others.
   auto blend = [&](__m256i a03, __m256i a1, __m256i a2) { return _mm256_blendv_epi8(_mm256_blendv_epi8(a03, a1, b1), a2, b2); };
   const __m256i v0 = blend(w0, w2, w1), v1 = blend(w1, w0, w2), v2 = blend(w2, w1, w0);
-  out.quad(v0);
-  out.quad(_mm256_srli_epi32(v1, 1));
-  out.quad(_mm256_srli_epi32(v2, 2));
-  out.quad(_mm256_srli_epi32(v0, 3));
-  out.quad(_mm256_srli_epi32(v1, 4));
-  out.quad(_mm256_srli_epi32(v2, 5));
-  // Codes 2, 26, 18 and 10 (its third bit: w1 bit 0 to bit 26), then 13, 5, 29 and 21 (its
-  // upper bits: w2 bits 0-1 to bits 25-26). The shifts fill zeros, so nothing else leaks in.
-  out.quad(_mm256_or_si256(blend(_mm256_srli_epi32(w0, 6), _mm256_srli_epi32(w2, 6), _mm256_srli_epi32(w1, 6)), _mm256_slli_epi32(w1, 26)));
-  out.quad(_mm256_or_si256(blend(_mm256_srli_epi32(w1, 7), _mm256_srli_epi32(w0, 7), _mm256_srli_epi32(w2, 7)), _mm256_slli_epi32(w2, 25)));
+  out.quad(_mm256_and_si256(v0, m7));
+  out.quad(_mm256_and_si256(_mm256_srli_epi32(v1, 1), m7));
+  out.quad(_mm256_and_si256(_mm256_srli_epi32(v2, 2), m7));
+  out.quad(_mm256_and_si256(_mm256_srli_epi32(v0, 3), m7));
+  out.quad(_mm256_and_si256(_mm256_srli_epi32(v1, 4), m7));
+  out.quad(_mm256_and_si256(_mm256_srli_epi32(v2, 5), m7));
+  // The two-byte codes. Quad 6 (codes 2, 26, 18, 10): byte p's low two bits are bits 8p+6..7
+  // of v0 (the right word), its third bit is bit 8(p+1) mod 32 of v1, whose bytes 1, 2, 3 are
+  // w0, w2, w1 (the same words) and whose byte 0 is w1 (code 10's third bit, w1 bit 0):
+  // v1 rotated right by 6 puts those bits at 8p + 2. Quad 7 (codes 13, 5, 29, 21) likewise:
+  // bit 0 from v1 >> 7, bits 1-2 from v2 rotated right by 7 (bytes 1, 2, 3 = w1, w0, w2; byte
+  // 0 = w2 bits 0-1, code 21's upper bits).
+  out.quad(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(v0, 6), _mm256_set1_epi8(3)), _mm256_and_si256(ror32(v1, 6), _mm256_set1_epi8(4))));
+  out.quad(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(v1, 7), _mm256_set1_epi8(1)), _mm256_and_si256(ror32(v2, 7), _mm256_set1_epi8(6))));
 }
 
 struct Q8Dot3 {
   __m256i s = _mm256_setzero_si256();
   const __m256i* xr = nullptr;  // the 8 broadcast activation quads of the block
   int j = 0;
-  inline void quad(__m256i v) { s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(v, _mm256_set1_epi8(7)), xr[j++])); }
+  inline void quad(__m256i v) { s = _mm256_add_epi16(s, _mm256_maddubs_epi16(v, xr[j++])); }
   inline __m256 result(__m256) const { return _mm256_cvtepi32_ps(_mm256_madd_epi16(s, _mm256_set1_epi16(1))); }
 };
 
@@ -684,7 +688,7 @@ void fillPanelQ8(const QMatrix& w, size_t k0, size_t k1, size_t n, int nv, uint8
     struct Store {
       uint8_t* dst;
       int v, j = 0;
-      inline void quad(__m256i q) { _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (j++) * 64 + 32 * v), _mm256_and_si256(q, _mm256_set1_epi8(7))); }
+      inline void quad(__m256i q) { _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (j++) * 64 + 32 * v), q); }
     };
     for (size_t u = k0 / 32; u < k1 / 32; ++u) {
       const uint32_t* p = w.qweight + u * 3 * N + n;
