@@ -16,7 +16,7 @@
 // GEMM (M > 8, compute-bound): the codes of a group × 16..64-column panel are converted once
 // per row block into an L1/L2-resident buffer and reused by every 6-row tile of x (packed
 // k-major by qgemmPrepare) through a 6x16 register-tiled micro-kernel: f32 FMAs (12
-// accumulators + 2 panel vectors + broadcasts = 16 ymm), or, for int8 activations at 2/4
+// accumulators + 2 panel vectors + broadcasts = 16 ymm), or, for int8 activations at 2/3/4
 // bits, maddubs byte dot products on a byte panel (32 multiply-adds per instruction).
 #include <immintrin.h>
 
@@ -162,7 +162,7 @@ void gemvColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
   if (n < n1) scalar::kQGemmKernels.columns(w, a, n, n1, y, ldy);  // 8-bit N % 8 == 4 tail: same math
 }
 
-// ---- GEMV with int8 activations (QAct::kInt8, 2, 4 and 8 bits) ------------------------
+// ---- GEMV with int8 activations (QAct::kInt8, 2, 3, 4 and 8 bits; 3 bits: Q8Dot3 below) ----
 //
 // One packed word holds 32/BITS codes of one column along K. Shifting the 8-column vector
 // right by BITS·j and masking every byte with maxq leaves, in byte i of each column's lane,
@@ -213,10 +213,12 @@ struct Q8Dot {
 // 3 bits: one 32-row block is one 96-bit unit (3 qweight rows), unpacked into the 8 quads of
 // kQ3Quads (gemm_q.h: byte blends of the three words, a shift and a mask of 7 per byte; quads
 // 6 and 7 combine two of the blends, see q3Unpack). About 31 instructions per unit and 8
-// columns against ~100 for the f32-activation unit (and, convert, FMA per code). Codes <= 7: each maddubs pair <= 2·7·127 = 1778, the
-// block's 8 maddubs sum to <= 14224 < 32767 in i16, widened once per block: I_b exact.
-// out.quad(v) receives quads 0..7 in order, exact (every byte a code 0..7).
+// columns against ~100 for the f32-activation unit (and, convert, FMA per code). Codes <= 7:
+// each maddubs pair <= 2·7·127 = 1778, the block's 8 maddubs sum to <= 14224 < 32767 in i16,
+// widened once per block: I_b exact.
 inline __m256i ror32(__m256i v, int s) { return _mm256_or_si256(_mm256_srli_epi32(v, s), _mm256_slli_epi32(v, 32 - s)); }
+
+// out.quad(v) receives quads 0..7 in kQ3Quads order, exact (every byte a code 0..7).
 template <class Sink>
 inline void q3Unpack(__m256i w0, __m256i w1, __m256i w2, Sink& out) {
   const __m256i b1 = _mm256_set1_epi32(0x0000ff00), b2 = _mm256_set1_epi32(0x00ff0000), m7 = _mm256_set1_epi8(7);
