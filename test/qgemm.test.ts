@@ -25,7 +25,7 @@ function poisoned(M: number, N: number): Tensor {
  * <= n_g·u·Σ|x c|), X = Σ x (n_g adds; times z: <= z·n_g·u·Σ|x|), t = A − z·X (one rounding,
  * <= u·Σ|x|(c+z)), then y = Σ_g fma(s_g, t_g, y) (ng roundings, <= ng·u·Σ|s t|), then + bias:
  *   |y − y64| <= (G + ng + 3)·u·Σ_k |x_k|·|s|·(c_k + z) + u·|y64|      (first order, u = 2^-24).
- * activations 'int8' (2/4/8 bits): x̂ = d_b·q with q = round(x·fl(127/m_b)), d_b = fl(m_b/127),
+ * activations 'int8' (every width): x̂ = d_b·q with q = round(x·fl(127/m_b)), d_b = fl(m_b/127),
  * m_b = max|x| over the block of 32 kernel rows, so |x − x̂| <= d_b/2·(1+2u) + 4u·|x|; the
  * integer block sums are exact, then bpg roundings per group and ng in the combine:
  *   |y − y64| <= Σ_k |W_k|·(d_b/2·(1+2u) + 4u|x_k|) + (bpg + ng + 3)·u·Σ_k |s|(c+z)(|x_k| + d_b) + u·|y64|.
@@ -36,7 +36,7 @@ function poisoned(M: number, N: number): Tensor {
  */
 function check(y: Float32Array, x: Float32Array, q: MadeQuant, M: number, bias?: Float32Array, activations: 'f32' | 'int8' = 'f32'): void {
   const { K, N } = q.w.format;
-  const int8 = activations === 'int8' && q.w.format.bits !== 3;
+  const int8 = activations === 'int8';
   const perm = q.w.perm;
   const bpg = Math.ceil(q.G / 32);
   const d = new Float64Array(K); // block scale of each input channel (int8 mode)
@@ -139,7 +139,7 @@ describe.each(levels)('qlinear at ISA level %s', (isa) => {
       }
   });
 
-  it.each([2, 4, 8] as const)("%i bits with int8 activations: groups 32/64/128/-1, M in 1..9 and 37, against f64 and the scalar reference", (bits) => {
+  it.each([2, 3, 4, 8] as const)("%i bits with int8 activations: groups 32/64/128/-1, M in 1..9 and 37, against f64 and the scalar reference", (bits) => {
     const [K, N] = SIZES[bits];
     let seed = bits * 2000;
     for (const groupSize of [32, 64, 128, -1])
@@ -158,22 +158,21 @@ describe.each(levels)('qlinear at ISA level %s', (isa) => {
       }
   });
 
-  it('int8 activations: act-order, batch invariance (M = 1 vs 37), and 3 bits keep f32', () => {
-    const q = makeQuant({ K: 296, N: 104, bits: 4, groupSize: 64, sym: false, v2: false, seed: 31, actOrder: true });
-    const x = randX(37, 296, 6);
-    const all = qlinear(x, q.w, { isa, activations: 'int8' }).data() as Float32Array;
-    check(all, x.toFloat32Array(), q, 37, undefined, 'int8');
-    for (const r of [0, 7, 36]) {
-      const one = qlinear(x.slice(r, r + 1), q.w, { isa, activations: 'int8' }).data() as Float32Array;
-      expect(bytes(one).equals(bytes(all.subarray(r * 104, (r + 1) * 104)))).toBe(true);
-    }
-    for (const bits of [3] as const) {
-      const [K, N] = SIZES[bits];
-      const q3 = makeQuant({ K, N, bits, groupSize: 32, sym: true, v2: false, seed: 5 });
-      const x3 = randX(3, K, 2);
-      const a = qlinear(x3, q3.w, { isa, activations: 'int8' }).data() as Float32Array;
-      const b = qlinear(x3, q3.w, { isa }).data() as Float32Array;
-      expect(bytes(a).equals(bytes(b))).toBe(true);
+  it('int8 activations: act-order (4 and 3 bits), batch invariance (M = 1 vs 37)', () => {
+    for (const [bits, K, N, G] of [[4, 296, 104, 64], [3, 352, 96, 32]] as const) {
+      // 3 bits: K = 352 with g32 gives 11 groups (split-K at M = 1, the byte panel at M = 37).
+      const q = makeQuant({ K, N, bits, groupSize: G, sym: false, v2: false, seed: 31 + bits, actOrder: true });
+      const x = randX(37, K, 6);
+      const all = qlinear(x, q.w, { isa, activations: 'int8' }).data() as Float32Array;
+      check(all, x.toFloat32Array(), q, 37, undefined, 'int8');
+      for (const r of [0, 7, 36]) {
+        const one = qlinear(x.slice(r, r + 1), q.w, { isa, activations: 'int8' }).data() as Float32Array;
+        expect(bytes(one).equals(bytes(all.subarray(r * N, (r + 1) * N)))).toBe(true);
+      }
+      if (isa !== 'scalar') {
+        const ref = qlinear(x, q.w, { isa: 'scalar', activations: 'int8' }).data() as Float32Array;
+        expect(bytes(all).equals(bytes(ref))).toBe(true);
+      }
     }
   });
 
@@ -240,7 +239,7 @@ describe('qlinear', () => {
       const q = makeQuant({ K, N, bits, groupSize: 128, sym: false, v2: bits === 8, seed: 500 + bits }); // ng = 5 (partial last group)
       const bias = Tensor.random([N], 'f32', { seed: 3 });
       const x = randX(11, K, 40 + bits);
-      for (const activations of bits === 3 ? (['f32'] as const) : (['f32', 'int8'] as const)) {
+      for (const activations of ['f32', 'int8'] as const) {
         const ref = qlinear(x.slice(0, 2), q.w, { bias, isa: 'scalar', activations }).data() as Float32Array;
         check(ref, x.slice(0, 2).toFloat32Array(), q, 2, bias.toFloat32Array(), activations);
         const batch = qlinear(x, q.w, { bias, activations }).data() as Float32Array; // M = 11: the panel GEMM
@@ -302,7 +301,7 @@ describe('qlinear', () => {
           for (const M of [1, 3, 37]) {
             const x = randX(M, K, M + bits);
             const y32 = qlinear(x, w.w, { bias, activations }).data() as Float32Array;
-            check(y32, x.toFloat32Array(), w, M, bias.toFloat32Array(), bits === 3 ? 'f32' : activations);
+            check(y32, x.toFloat32Array(), w, M, bias.toFloat32Array(), activations);
             for (const dt of ['f16', 'bf16'] as const) {
               const want = Tensor.from(y32, { shape: [M, N] }).to(dt);
               for (const lvl of levels) {
@@ -493,6 +492,113 @@ describe.each(levels)('moeMlp at ISA level %s', (isa) => {
       const a = moeMlp(x, mlps, qr, undefined, { isa }).data() as Float32Array;
       const ref = moeMlp(x, mlps, qr, undefined, { isa: 'scalar' }).data() as Float32Array;
       expect(bytes(ref).equals(bytes(a))).toBe(true);
+    }
+  });
+});
+
+describe.each(levels)('moeMlp with int8 activations at ISA level %s', (isa) => {
+  it('3- and 4-bit experts: f64 within the propagated int8 bound, scalar bits, batch and thread invariance', () => {
+    const H = 128;
+    const I = 96;
+    // MLP 0: 3-bit g32 asym v1, MLP 1: 4-bit g32 asym v2, MLP 2: 3-bit g32 v2 (the "shared"
+    // expert). g32 gives 4 groups along H, 3 along I: a row alone takes split-K for gate/up
+    // (>= 4 groups) and the column GEMV for down; the 10 rows of the batch take the byte panel.
+    const qs = [3, 4, 3].map((bits, e) => {
+      const mk = (K: number, N: number, s: number) => makeQuant({ K, N, bits: bits as QuantBits, groupSize: 32, sym: false, v2: e > 0, seed: 300 + 10 * e + s });
+      return { gate: mk(H, I, 1), up: mk(H, I, 2), down: mk(I, H, 3) };
+    });
+    const mlps = qs.map((m) => ({ gate: m.gate.w, up: m.up.w, down: m.down.w }));
+    const M = 10;
+    const x = randX(M, H, 8);
+    const mlp: number[] = [];
+    const row: number[] = [];
+    const weight: number[] = [];
+    for (let r = 0; r < M; r++)
+      for (const e of r % 2 ? [1, 0, 2] : [0, 1, 2]) {
+        mlp.push(e);
+        row.push(r);
+        weight.push(e === 2 ? 1 : 0.3 + 0.1 * e + 0.01 * r);
+      }
+    const routes = { mlp: Int32Array.from(mlp), row: Int32Array.from(row), weight: Float32Array.from(weight) };
+    const out = poisoned(M, H);
+    moeMlp(x, mlps, routes, out, { isa, activations: 'int8' });
+    const y = out.data() as Float32Array;
+    // One projection on (v, dv), |v_kernel − v| <= dv: the kernel's block scale is at most
+    // dm = max_b(|v| + dv)/127·(1+u); its own error is check()'s int8 bound with |x| <= |v| + dv
+    // and d_b <= dm, plus the input error through |W|.
+    const apply = (p: MadeQuant, v: Float64Array, dv: Float64Array, K: number, N: number) => {
+      const dm = new Float64Array(K);
+      for (let b0 = 0; b0 < K; b0 += 32) {
+        let mx = 0;
+        for (let k = b0; k < b0 + 32; k++) mx = Math.max(mx, Math.abs(v[k]) + dv[k]);
+        for (let k = b0; k < b0 + 32; k++) dm[k] = (mx / 127) * (1 + U);
+      }
+      const o = new Float64Array(N);
+      const d = new Float64Array(N);
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        let mag = 0;
+        let qerr = 0;
+        let prop = 0;
+        for (let k = 0; k < K; k++) {
+          const wv = p.W[n * K + k];
+          const ax = Math.abs(v[k]) + dv[k];
+          s += v[k] * wv;
+          mag += (ax + dm[k]) * p.mag[n * K + k];
+          qerr += Math.abs(wv) * (0.5 * dm[k] * (1 + 2 * U) + 4 * U * ax);
+          prop += dv[k] * Math.abs(wv);
+        }
+        o[n] = s;
+        d[n] = qerr + (Math.ceil(p.G / 32) + p.ng + 3) * U * mag + U * Math.abs(s) + prop * 1.0001;
+      }
+      return { o, d };
+    };
+    const xs = x.toFloat32Array();
+    for (let r = 0; r < M; r++) {
+      const want = new Float64Array(H);
+      const bound = new Float64Array(H);
+      for (let i = 0; i < mlp.length; i++) {
+        if (row[i] !== r) continue;
+        const q = qs[mlp[i]];
+        const xv = Float64Array.from(xs.subarray(r * H, (r + 1) * H));
+        const zero = new Float64Array(H);
+        const g = apply(q.gate, xv, zero, H, I);
+        const u = apply(q.up, xv, zero, H, I);
+        const h = new Float64Array(I);
+        const dh = new Float64Array(I);
+        for (let k = 0; k < I; k++) {
+          h[k] = silu(g.o[k]) * u.o[k];
+          dh[k] = 1.1 * g.d[k] * (Math.abs(u.o[k]) + u.d[k]) + Math.abs(silu(g.o[k])) * u.d[k] + 4 * U * Math.abs(h[k]) + 1e-30;
+        }
+        const d = apply(q.down, h, dh, I, H);
+        for (let c = 0; c < H; c++) {
+          want[c] += weight[i] * d.o[c];
+          bound[c] += Math.abs(weight[i]) * d.d[c] + 3 * U * Math.abs(weight[i] * d.o[c]);
+        }
+      }
+      for (let c = 0; c < H; c++) {
+        const got = y[r * H + c];
+        if (!(Math.abs(got - want[c]) <= bound[c] + 1e-30)) throw new Error(`out[${r}, ${c}] = ${got} vs f64 ${want[c]} (bound ${bound[c]})`);
+      }
+    }
+    // The int8 path really ran: it differs from the f32 one (by the activation rounding).
+    const f32 = moeMlp(x, mlps, routes, undefined, { isa }).data() as Float32Array;
+    expect(bytes(f32).equals(bytes(y))).toBe(false);
+    for (const r0 of [0, 5]) {
+      const sel = mlp.map((_, i) => i).filter((i) => row[i] === r0);
+      const one = moeMlp(x.slice(r0, r0 + 1), mlps, { mlp: Int32Array.from(sel.map((i) => mlp[i])), row: new Int32Array(sel.length), weight: Float32Array.from(sel.map((i) => weight[i])) }, undefined, { isa, activations: 'int8' });
+      expect(bytes(one.data() as Float32Array).equals(bytes(y.subarray(r0 * H, (r0 + 1) * H)))).toBe(true);
+    }
+    const ref = moeMlp(x, mlps, routes, undefined, { isa: 'scalar', activations: 'int8' }).data() as Float32Array;
+    expect(bytes(ref).equals(bytes(y))).toBe(true);
+    const before = getThreads();
+    try {
+      for (const t of [1, 3]) {
+        setThreads(t);
+        expect(bytes(moeMlp(x, mlps, routes, undefined, { isa, activations: 'int8' }).data() as Float32Array).equals(bytes(y))).toBe(true);
+      }
+    } finally {
+      setThreads(before);
     }
   });
 });

@@ -224,8 +224,17 @@ void prepareRange(const QMatrix& w, const void* x, DType xType, size_t ldx, cons
       int8_t* qx = const_cast<int8_t*>(a.qx) + m * K;
       float* dx = const_cast<float*>(a.dx) + m * a.nbt;
       float* qs = const_cast<float*>(a.qsum) + m * a.nbt;
-      const size_t perByte = size_t(8 / bits);  // codes per byte of a packed word
-      const unsigned perByteLog2 = bits == 2 ? 2 : bits == 4 ? 1 : 0;
+      // Byte position of each code of a packing unit in the unit's word-order activations:
+      // 2/4/8 bits, code jj = (8/bits)·i + j (byte i after the shift by bits·j) goes to 4j + i;
+      // 3 bits, the quads of kQ3Quads (gemm_q.h). A table, so the loop has no divisions.
+      uint8_t ord[32];
+      if (bits == 3) {
+        for (int j = 0; j < 8; ++j)
+          for (int p = 0; p < 4; ++p) ord[kQ3Quads[j][p]] = uint8_t(4 * j + p);
+      } else {
+        const size_t perByte = size_t(8 / bits);  // codes per byte of a packed word
+        for (size_t jj = 0; jj < U; ++jj) ord[jj] = uint8_t(((jj % perByte) << 2) + jj / perByte);
+      }
       for (size_t g = 0; g < ng; ++g) {
         const size_t k1 = (g + 1) * G < K ? (g + 1) * G : K;
         for (size_t b = 0, kb = g * G; kb < k1; ++b, kb += kQ8Block) {
@@ -244,8 +253,8 @@ void prepareRange(const QMatrix& w, const void* x, DType xType, size_t ldx, cons
             const float q = roundQ8(xr[k] * inv);
             xr[k] = q;
             sum += int32_t(q);
-            const size_t jj = k & (U - 1);  // U and perByte are powers of two: masks and shifts, no divisions
-            qx[(k - jj) + ((jj & (perByte - 1)) << 2) + (jj >> perByteLog2)] = int8_t(q);
+            const size_t jj = k & (U - 1);  // U is a power of two (4, 16, 32)
+            qx[(k - jj) + ord[jj]] = int8_t(q);
           }
           dx[g * a.bpg + b] = d;
           qs[g * a.bpg + b] = float(sum);

@@ -36,22 +36,43 @@
 
 namespace kvant {
 
-// Activation precision. kF32: the math above. kInt8 (2-, 4- and 8-bit weights; 3 bits, whose
-// codes cross words, keeps kF32): x is quantized per block of 32 consecutive kernel rows inside a group,
+// Activation precision. kF32: the math above. kInt8 (every width: 2, 3, 4 and 8 bits): x is
+// quantized per block of 32 consecutive kernel rows inside a group,
 // q = round(x / d) in [−127, 127], d = max|x| / 127 (llama.cpp's Q8 blocks), and
 //   I_b = Σ_{k∈b} q_k · c_k,  Q_b = Σ_{k∈b} q_k   (exact integers)
 //   J_b = I_b − z · Q_b (exact), A_g = Σ_b fma(J_b, d_b, ·), y = Σ_g fma(s_g, A_g, ·)
-// which lets the GEMV use byte dot products (maddubs): about 3x fewer instructions per
+// which lets the GEMV use byte dot products (maddubs): about 2-3x fewer instructions per
 // weight. Every path computes I_b exactly, so kInt8 is as batch- and thread-invariant as kF32.
 enum class QAct : int { kF32 = 0, kInt8 = 1 };
-inline QAct qActFor(int bits, QAct requested) { return requested == QAct::kInt8 && (bits == 2 || bits == 4 || bits == 8) ? QAct::kInt8 : QAct::kF32; }
+inline QAct qActFor(int bits, QAct requested) {
+  return requested == QAct::kInt8 && (bits == 2 || bits == 3 || bits == 4 || bits == 8) ? QAct::kInt8 : QAct::kF32;
+}
 constexpr size_t kQ8Block = 32;
+
+// 3-bit int8 byte order. A 96-bit unit (words w0, w1, w2 of one column; code i at bits
+// [3i, 3i + 3) of the concatenation) is unpacked into 8 "quads", 32-bit lanes of 4 code
+// bytes each; the activations of the unit are stored quad by quad in the same order
+// (qx[unit·32 + 4j + p] = q of code kQ3Quads[j][p]), so one broadcast 32-bit activation word per
+// quad lines up with the codes of every column lane. Word r holds the codes whose position
+// in it is ≡ r (mod 3), so at a byte offset o (0..5) byte p of word r = (2p + o) mod 3 holds
+// a whole code at bits [8p + o, 8p + o + 3): quad o (0..5) is the byte blend of w0/w1/w2 with
+// that pattern (three patterns, o and o + 3 share one), shifted right by o and masked with 7
+// per byte. The 8 codes at byte offsets 6 and 7 span two bytes (2, 5, 13, 18, 26, 29) or two
+// words (10: w0 bits 30-31 + w1 bit 0; 21: w1 bit 31 + w2 bits 0-1): quad 6 takes its low
+// two bits from blend 0 >> 6 and its third bit from blend 1 rotated right by 6, quad 7 bit 0
+// from blend 1 >> 7 and bits 1-2 from blend 2 rotated right by 7 (the rotation brings the next
+// byte's, or the next word's, low bits under the code). Every kernel (AVX2, AVX-512, GEMV and
+// GEMM panel) unpacks in this order; only the order of the activation bytes is shared, so any
+// exact unpack would give the same bits.
+constexpr uint8_t kQ3Quads[8][4] = {{0, 24, 16, 8},  {11, 3, 27, 19}, {22, 14, 6, 30}, {1, 25, 17, 9},
+                                    {12, 4, 28, 20}, {23, 15, 7, 31}, {2, 26, 18, 10}, {13, 5, 29, 21}};
 
 // Prepared activations (views into the caller's scratch).
 //   kF32:  xs [M, K] (permuted, pre-scaled), xsum [M, ng] (X above).
-//   kInt8: xs [M, K] = float(q) (natural order, for the GEMM panel kernel), qx [M, K] int8 in
-//          "word order" (per packed word, the bytes in the order the kernel's shifts extract
-//          codes: for shift j, byte i holds code (8/bits)·i + j), d and Q per block [M, nbt].
+//   kInt8: xs [M, K] = float(q) (natural order, for the scalar reference), qx [M, K] int8 in
+//          "word order" (per packing unit, the bytes in the order the kernels' unpack yields
+//          codes, 4 per 32-bit lane: 2/4/8 bits, for shift j, byte i holds code (8/bits)·i + j;
+//          3 bits, kQ3Quads below), d and Q per block [M, nbt].
 //   GEMM (M > kQSplitMaxM, both precisions): xp, the same floats as xs packed for the panel
 //          micro-kernel, group-major: group g's slice (rows [k0, k1)) starts at xp + k0·Mp, and
 //          holds Mp / kQGemmTileRows row tiles of (k1 − k0) × kQGemmTileRows floats, k-major:

@@ -16,7 +16,7 @@
 // GEMM (M > 8, compute-bound): the codes of a group × 16..64-column panel are converted once
 // per row block into an L1/L2-resident buffer and reused by every 6-row tile of x (packed
 // k-major by qgemmPrepare) through a 6x16 register-tiled micro-kernel: f32 FMAs (12
-// accumulators + 2 panel vectors + broadcasts = 16 ymm), or, for int8 activations at 2/4
+// accumulators + 2 panel vectors + broadcasts = 16 ymm), or, for int8 activations at 2/3/4
 // bits, maddubs byte dot products on a byte panel (32 multiply-adds per instruction).
 #include <immintrin.h>
 
@@ -56,38 +56,31 @@ inline __m256i codeInPlace(const __m256i* w) {
 }
 
 // Zero points of columns n..n+7 of group g as floats. Column c's code starts at bit bits·c of
-// the qzeros row in every layout (2/4/8 bits and the 96-bit 3-bit units alike). 2/4/8 bits:
-// one or two words and a variable shift; 3 bits: two gathers (the words holding each code's
-// low and high bit), as codes may cross words.
+// the qzeros row in every layout (2/4/8 bits and the 96-bit 3-bit units alike), so the 8 codes
+// are 8·bits consecutive bits from bit bits·n: one word (2/4 bits; n is a multiple of 8), two
+// (8 bits), or at most two for 3 bits (24 bits from a bit offset 3n mod 32 in {0, 8, 16, 24};
+// the second word is read only when the codes reach into it, so nothing past the row is
+// touched). The 3-bit form used two gathers before; perf put ~18% of a hot 3-bit int8 GEMV's
+// samples on them (once per group and column vector).
 inline __m256 zerosOf(const QMatrix& w, size_t g, size_t n) {
   const int bits = w.fmt.bits;
   const uint32_t maxq = (1u << bits) - 1;
   const uint32_t* row = w.qzeros + g * size_t(qZeroCols(w.fmt));
   const size_t gp0 = size_t(bits) * n;
   const __m256i mq = _mm256_set1_epi32(int(maxq));
-  if (bits != 3) {
-    // 2/4 bits: the 8 codes sit in one word (n is a multiple of 8); 8 bits: in two words.
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256i v;
-    if (bits == 8) {
-      v = _mm256_srlv_epi32(_mm256_setr_epi32(int(row[n / 4]), int(row[n / 4]), int(row[n / 4]), int(row[n / 4]), int(row[n / 4 + 1]),
-                                              int(row[n / 4 + 1]), int(row[n / 4 + 1]), int(row[n / 4 + 1])),
-                            _mm256_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24));
-    } else {
-      v = _mm256_srlv_epi32(_mm256_set1_epi32(int(row[gp0 / 32])),
-                            _mm256_add_epi32(_mm256_set1_epi32(int(gp0 % 32)), _mm256_mullo_epi32(_mm256_set1_epi32(bits), lane)));
-    }
-    v = _mm256_and_si256(v, mq);
-    if (w.fmt.zeroFormat == int32_t(ZeroFormat::kGptqV1)) v = _mm256_and_si256(_mm256_add_epi32(v, _mm256_set1_epi32(1)), mq);
-    return _mm256_cvtepi32_ps(v);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256i v;
+  if (bits == 8) {
+    v = _mm256_srlv_epi32(_mm256_setr_epi32(int(row[n / 4]), int(row[n / 4]), int(row[n / 4]), int(row[n / 4]), int(row[n / 4 + 1]),
+                                            int(row[n / 4 + 1]), int(row[n / 4 + 1]), int(row[n / 4 + 1])),
+                          _mm256_setr_epi32(0, 8, 16, 24, 0, 8, 16, 24));
+  } else {
+    const size_t w0 = gp0 / 32;
+    const unsigned off = unsigned(gp0 % 32);
+    uint64_t u = row[w0];
+    if (off + 8u * unsigned(bits) > 32) u |= uint64_t(row[w0 + 1]) << 32;  // 3 bits only
+    v = _mm256_srlv_epi32(_mm256_set1_epi32(int(uint32_t(u >> off))), _mm256_mullo_epi32(_mm256_set1_epi32(bits), lane));
   }
-  const int* base = reinterpret_cast<const int*>(row + gp0 / 32);
-  const __m256i bp = _mm256_add_epi32(_mm256_set1_epi32(int(gp0 % 32)), _mm256_mullo_epi32(_mm256_set1_epi32(bits), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-  const __m256i lo = _mm256_srli_epi32(bp, 5), hi = _mm256_srli_epi32(_mm256_add_epi32(bp, _mm256_set1_epi32(bits - 1)), 5);
-  const __m256i s = _mm256_and_si256(bp, _mm256_set1_epi32(31));
-  const __m256i wl = _mm256_i32gather_epi32(base, lo, 4), wh = _mm256_i32gather_epi32(base, hi, 4);
-  // sllv by 32 (s = 0) yields 0, as needed when the code does not cross a word.
-  __m256i v = _mm256_or_si256(_mm256_srlv_epi32(wl, s), _mm256_sllv_epi32(wh, _mm256_sub_epi32(_mm256_set1_epi32(32), s)));
   v = _mm256_and_si256(v, mq);
   if (w.fmt.zeroFormat == int32_t(ZeroFormat::kGptqV1)) v = _mm256_and_si256(_mm256_add_epi32(v, _mm256_set1_epi32(1)), mq);
   return _mm256_cvtepi32_ps(v);
@@ -169,7 +162,7 @@ void gemvColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
   if (n < n1) scalar::kQGemmKernels.columns(w, a, n, n1, y, ldy);  // 8-bit N % 8 == 4 tail: same math
 }
 
-// ---- GEMV with int8 activations (QAct::kInt8, 2, 4 and 8 bits) ------------------------
+// ---- GEMV with int8 activations (QAct::kInt8, 2, 3, 4 and 8 bits; 3 bits: Q8Dot3 below) ----
 //
 // One packed word holds 32/BITS codes of one column along K. Shifting the 8-column vector
 // right by BITS·j and masking every byte with maxq leaves, in byte i of each column's lane,
@@ -217,10 +210,91 @@ struct Q8Dot {
   }
 };
 
+// 3 bits: one 32-row block is one 96-bit unit (3 qweight rows), unpacked into the 8 quads of
+// kQ3Quads (gemm_q.h: byte blends of the three words, a shift and a mask of 7 per byte; quads
+// 6 and 7 combine two of the blends, see q3Unpack). About 31 instructions per unit and 8
+// columns against ~100 for the f32-activation unit (and, convert, FMA per code). Codes <= 7:
+// each maddubs pair <= 2·7·127 = 1778, the block's 8 maddubs sum to <= 14224 < 32767 in i16,
+// widened once per block: I_b exact.
+inline __m256i ror32(__m256i v, int s) { return _mm256_or_si256(_mm256_srli_epi32(v, s), _mm256_slli_epi32(v, 32 - s)); }
+
+// out.quad(v) receives quads 0..7 in kQ3Quads order, exact (every byte a code 0..7).
+template <class Sink>
+inline void q3Unpack(__m256i w0, __m256i w1, __m256i w2, Sink& out) {
+  const __m256i b1 = _mm256_set1_epi32(0x0000ff00), b2 = _mm256_set1_epi32(0x00ff0000), m7 = _mm256_set1_epi8(7);
+  // Byte p from word (2p + o) mod 3: bytes 0 and 3 from the first argument, 1 and 2 from the others.
+  auto blend = [&](__m256i a03, __m256i a1, __m256i a2) { return _mm256_blendv_epi8(_mm256_blendv_epi8(a03, a1, b1), a2, b2); };
+  const __m256i v0 = blend(w0, w2, w1), v1 = blend(w1, w0, w2), v2 = blend(w2, w1, w0);
+  out.quad(_mm256_and_si256(v0, m7));
+  out.quad(_mm256_and_si256(_mm256_srli_epi32(v1, 1), m7));
+  out.quad(_mm256_and_si256(_mm256_srli_epi32(v2, 2), m7));
+  out.quad(_mm256_and_si256(_mm256_srli_epi32(v0, 3), m7));
+  out.quad(_mm256_and_si256(_mm256_srli_epi32(v1, 4), m7));
+  out.quad(_mm256_and_si256(_mm256_srli_epi32(v2, 5), m7));
+  // The two-byte codes. Quad 6 (codes 2, 26, 18, 10): byte p's low two bits are bits 8p+6..7
+  // of v0 (the right word), its third bit is bit 8(p+1) mod 32 of v1, whose bytes 1, 2, 3 are
+  // w0, w2, w1 (the same words) and whose byte 0 is w1 (code 10's third bit, w1 bit 0):
+  // v1 rotated right by 6 puts those bits at 8p + 2. Quad 7 (codes 13, 5, 29, 21) likewise:
+  // bit 0 from v1 >> 7, bits 1-2 from v2 rotated right by 7 (bytes 1, 2, 3 = w1, w0, w2; byte
+  // 0 = w2 bits 0-1, code 21's upper bits).
+  out.quad(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(v0, 6), _mm256_set1_epi8(3)), _mm256_and_si256(ror32(v1, 6), _mm256_set1_epi8(4))));
+  out.quad(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(v1, 7), _mm256_set1_epi8(1)), _mm256_and_si256(ror32(v2, 7), _mm256_set1_epi8(6))));
+}
+
+struct Q8Dot3 {
+  __m256i s = _mm256_setzero_si256();
+  const __m256i* xr = nullptr;  // the 8 broadcast activation quads of the block
+  int j = 0;
+  inline void quad(__m256i v) { s = _mm256_add_epi16(s, _mm256_maddubs_epi16(v, xr[j++])); }
+  inline __m256 result(__m256) const { return _mm256_cvtepi32_ps(_mm256_madd_epi16(s, _mm256_set1_epi16(1))); }
+};
+
+// Codes per packing unit, activation quads per unit, units per 32-row block (int8 kernels).
+template <int BITS>
+struct Q8Shape {
+  static constexpr int U = unitCodes(BITS), W = unitWords(BITS), SH = BITS == 3 ? 8 : 8 / BITS, ROWS = int(kQ8Block) / U;
+};
+
+// I_b of one column vector over the `rows` units of a block starting at p (its first qweight
+// row at the vector's columns), xv: the block's broadcast activation quads.
+template <int BITS>
+inline __m256 blockDot(const uint32_t* p, size_t N, size_t rows, const __m256i (*xv)[Q8Shape<BITS>::SH], __m256 q) {
+  using S = Q8Shape<BITS>;
+  auto ld = [&](size_t r) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N)); };
+  if constexpr (BITS == 3) {
+    (void)rows;  // a block is exactly one unit (G and K are multiples of 32)
+    Q8Dot3 dot;
+    dot.xr = xv[0];
+    q3Unpack(ld(0), ld(1), ld(2), dot);
+    return dot.result(q);
+  } else {
+    Q8Dot<BITS> dot;
+    if (rows == size_t(S::ROWS)) {
+      for (int r = 0; r < S::ROWS; ++r) dot.row(ld(size_t(r)), xv[r]);
+    } else {
+      for (size_t r = 0; r < rows; ++r) dot.row(ld(r), xv[r]);
+    }
+    return dot.result(q);
+  }
+}
+
+// The broadcast activation quads of the `rows` units from unit u0 (qx: the row's word order).
+template <int BITS>
+inline void blockActs(const int8_t* qx, size_t u0, size_t rows, __m256i (*xv)[Q8Shape<BITS>::SH]) {
+  using S = Q8Shape<BITS>;
+  for (size_t r = 0; r < rows; ++r)
+    for (int j = 0; j < S::SH; ++j) {
+      int32_t v;
+      std::memcpy(&v, qx + (u0 + r) * S::U + 4 * j, 4);
+      xv[r][j] = _mm256_set1_epi32(v);
+    }
+}
+
 template <int BITS>
 void gemvQ8Strip(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t nv, float* y, size_t ldy) {
-  constexpr int U = 32 / BITS, SH = 8 / BITS, ROWS = int(kQ8Block) / U;
-  const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt)), units = K / U;
+  using S = Q8Shape<BITS>;
+  constexpr int U = S::U, W = S::W;
+  const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt)), qrows = K / U * W;
   const uint32_t* qw = w.qweight + n0;
   const int8_t* qx = a.qx + m * K;
   const float* dx = a.dx + m * a.nbt;
@@ -232,29 +306,18 @@ void gemvQ8Strip(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t n
     for (size_t c = 0; c < nv; ++c) A[c] = _mm256_setzero_ps(), Z[c] = zerosOf(w, g, n0 + 8 * c);
     for (size_t b = 0, kb = k0; kb < k1; ++b, kb += kQ8Block) {
       const size_t u0 = kb / U, rows = ((kb + kQ8Block < k1 ? kb + kQ8Block : k1) - kb) / U;
-      if (u0 + rows + kPrefetchUnitsQ8 <= units)
-        for (size_t r = 0; r < rows; ++r) {
-          const char* pf = reinterpret_cast<const char*>(qw + (u0 + r + kPrefetchUnitsQ8) * N);
+      const size_t r0 = u0 * W, nr = rows * W;  // the block's qweight rows
+      if (r0 + nr + kPrefetchUnitsQ8 <= qrows)
+        for (size_t r = 0; r < nr; ++r) {
+          const char* pf = reinterpret_cast<const char*>(qw + (r0 + r + kPrefetchUnitsQ8) * N);
           for (size_t o = 0; o < nv * 32; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
         }
-      __m256i xv[ROWS][SH];
-      for (size_t r = 0; r < rows; ++r)
-        for (int j = 0; j < SH; ++j) {
-          int32_t v;
-          std::memcpy(&v, qx + (u0 + r) * U + 4 * j, 4);
-          xv[r][j] = _mm256_set1_epi32(v);
-        }
+      __m256i xv[S::ROWS][S::SH];
+      blockActs<BITS>(qx, u0, rows, xv);
       const __m256 q = _mm256_broadcast_ss(qs + g * a.bpg + b), d = _mm256_broadcast_ss(dx + g * a.bpg + b);
-      const uint32_t* p = qw + u0 * N;
+      const uint32_t* p = qw + r0 * N;
       for (size_t c = 0; c < nv; ++c) {
-        Q8Dot<BITS> dot;
-        auto row = [&](size_t r) { dot.row(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c)), xv[r]); };
-        if (rows == size_t(ROWS)) {
-          for (int r = 0; r < ROWS; ++r) row(size_t(r));
-        } else {
-          for (size_t r = 0; r < rows; ++r) row(r);
-        }
-        const __m256 I = dot.result(q);
+        const __m256 I = blockDot<BITS>(p + 8 * c, N, rows, xv, q);
         A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(Z[c], q, I), d, A[c]);
       }
     }
@@ -346,7 +409,8 @@ void termsF32(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, s
 
 template <int BITS>
 void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t nv, float* T) {
-  constexpr int U = 32 / BITS, SH = 8 / BITS, ROWS = int(kQ8Block) / U;
+  using S = Q8Shape<BITS>;
+  constexpr int U = S::U, W = S::W;
   const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt));
   const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K;
   const int8_t* qx = a.qx + m * K;
@@ -354,37 +418,25 @@ void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, si
   __m256 A[kSplitVectors], Z[kSplitVectors];
   for (size_t c = 0; c < nv; ++c) A[c] = _mm256_setzero_ps(), Z[c] = zerosOf(w, g, n0 + 8 * c);
   for (size_t b = 0, kb = k0; kb < k1; ++b, kb += kQ8Block) {
-    const size_t u0 = kb / U, rows = ((kb + kQ8Block < k1 ? kb + kQ8Block : k1) - kb) / U;
-    __m256i xv[ROWS][SH];
-    for (size_t r = 0; r < rows; ++r)
-      for (int j = 0; j < SH; ++j) {
-        int32_t v;
-        std::memcpy(&v, qx + (u0 + r) * U + 4 * j, 4);
-        xv[r][j] = _mm256_set1_epi32(v);
-      }
+    const size_t u0 = kb / U, rows = ((kb + kQ8Block < k1 ? kb + kQ8Block : k1) - kb) / U, nr = rows * W;
+    __m256i xv[S::ROWS][S::SH];
+    blockActs<BITS>(qx, u0, rows, xv);
     const size_t bi = m * a.nbt + g * a.bpg + b;
     const __m256 q = _mm256_broadcast_ss(a.qsum + bi), d = _mm256_broadcast_ss(a.dx + bi);
-    const uint32_t* p = w.qweight + u0 * N + n0;
+    const uint32_t* p = w.qweight + u0 * W * N + n0;
     for (size_t c = 0; c < nv; ++c) {
-      // Software prefetch (2 and 4 bits), one line per row per column pair: the same columns
-      // of the next block's rows (after a group's last block, the next group's first rows),
-      // a whole block pass (16-32 KB) ahead, into L2. Walking 2-4 rows N·4 bytes apart, the
-      // hardware prefetcher loses each stream at every 4 KB page; the software prefetch
-      // crosses pages. Measured side by side from DRAM (1 thread, CPU time, under load):
-      // 4 bits +10-25% GB per CPU-second; 8 bits (8 rows per block) -10%, so it has none.
+      // Software prefetch (2, 3 and 4 bits), one line per qweight row per column pair: the
+      // same columns of the next block's rows (after a group's last block, the next group's
+      // first rows), a whole block pass (16-32 KB) ahead, into L2. Walking 2-4 rows N·4 bytes
+      // apart, the hardware prefetcher loses each stream at every 4 KB page; the software
+      // prefetch crosses pages. Measured side by side from DRAM (1 thread, CPU time, under
+      // load): 4 bits +10-25% GB per CPU-second; 8 bits (8 rows per block) -10%, so it has none.
       if (BITS != 8 && c % 2 == 0)
-        for (size_t r = 0; r < rows; ++r) {
-          const uintptr_t pf = reinterpret_cast<uintptr_t>(p + (r + rows) * N + 8 * c);
+        for (size_t r = 0; r < nr; ++r) {
+          const uintptr_t pf = reinterpret_cast<uintptr_t>(p + (r + nr) * N + 8 * c);
           if (pf < end) _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T1);
         }
-      Q8Dot<BITS> dot;
-      auto row = [&](size_t r) { dot.row(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * c)), xv[r]); };
-      if (rows == size_t(ROWS)) {
-        for (int r = 0; r < ROWS; ++r) row(size_t(r));
-      } else {
-        for (size_t r = 0; r < rows; ++r) row(r);
-      }
-      const __m256 I = dot.result(q);
+      const __m256 I = blockDot<BITS>(p + 8 * c, N, rows, xv, q);
       A[c] = _mm256_fmadd_ps(_mm256_fnmadd_ps(Z[c], q, I), d, A[c]);
     }
   }
@@ -398,13 +450,8 @@ void groupTermsFor(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t
   for (size_t m = 0; m < a.M; ++m)
     for (size_t n = n0; n < n8; n += kQSplitCols) {
       const size_t nv = ((n8 - n < kQSplitCols ? n8 - n : kQSplitCols)) / 8;
-      if constexpr (BITS != 3) {
-        if (a.act == QAct::kInt8) {
-          termsQ8<BITS>(w, a, m, g, n, nv, T);
-          continue;
-        }
-      }
-      termsF32<BITS>(w, a, m, g, n, nv, T);
+      if (a.act == QAct::kInt8) termsQ8<BITS>(w, a, m, g, n, nv, T);
+      else termsF32<BITS>(w, a, m, g, n, nv, T);
     }
   if (n8 < n1) scalar::kQGemmKernels.groupTerms(w, a, g, n8, n1, T);  // 8-bit N % 8 == 4 tail
 }
@@ -611,16 +658,17 @@ void microTileQ8(const QActs& a, const float* xt, size_t kn, const float* panel,
     }
 }
 
-// ---- GEMM with int8 activations on byte dot products (2 and 4 bits) ---------------------
+// ---- GEMM with int8 activations on byte dot products (2, 3 and 4 bits) ------------------
 //
 // The GEMV's maddubs arithmetic (Q8Dot) with the panel reuse of the f32 GEMM above. The panel
 // holds, per group, the codes as the GEMV extracts them: for packing unit u and shift j, the
 // 8-column vector (qweight row u >> bits·j) & maxq per byte, i.e. byte b of column c's lane is
-// code (8/bits)·b + j of that word; the activations in word order (qgemmPrepare) put the 4
+// code (8/bits)·b + j of that word (3 bits: the unit's 8 quads of q3Unpack, kQ3Quads); the
+// activations in word order (qgemmPrepare) put the 4
 // matching q values in one 4-byte quad, broadcast to every lane. One maddubs is then 32
 // multiply-adds (4 k × 8 columns) against 8 for an FMA, and a 32-row block is 8 quads
 // summed in i16 (bound as in Q8Dot: 8 maddubs per block, |pair| <= 2·maxq·127, 4 bits 30480,
-// 2 bits 6096 < 32767) and widened once per block with madd(·, 1). I_b is exact, so the
+// 3 bits 14224, 2 bits 6096 < 32767) and widened once per block with madd(·, 1). I_b is exact, so the
 // result equals the f32-FMA panel path, the GEMV and the scalar reference bit for bit; the
 // combine A += (I − z·Q)·d, y = fma(s, A, y) is the same code as theirs.
 // 8 bits would saturate maddubs (2·255·127 > 32767) and keep the f32-FMA panel path.
@@ -629,16 +677,33 @@ void microTileQ8(const QActs& a, const float* xt, size_t kn, const float* panel,
 
 template <int BITS>
 void fillPanelQ8(const QMatrix& w, size_t k0, size_t k1, size_t n, int nv, uint8_t* panel) {
-  constexpr int U = 32 / BITS, SH = 8 / BITS;
   const size_t N = size_t(w.fmt.N);
-  const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1));
-  for (size_t u = k0 / U; u < k1 / U; ++u) {
-    const uint32_t* p = w.qweight + u * N + n;
-    uint8_t* dst = panel + (u * U - k0) / 4 * 64;
-    for (int v = 0; v < nv; ++v) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8 * v));
-      for (int j = 0; j < SH; ++j)
-        _mm256_store_si256(reinterpret_cast<__m256i*>(dst + j * 64 + 32 * v), _mm256_and_si256(_mm256_srli_epi32(wv, BITS * j), mask));
+  if constexpr (BITS == 3) {
+    // The GEMV's unpack (Q8Dot3), quads stored instead of multiplied: unit u's 8 quads.
+    struct Store {
+      uint8_t* dst;
+      int v, j = 0;
+      inline void quad(__m256i q) { _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (j++) * 64 + 32 * v), q); }
+    };
+    for (size_t u = k0 / 32; u < k1 / 32; ++u) {
+      const uint32_t* p = w.qweight + u * 3 * N + n;
+      for (int v = 0; v < nv; ++v) {
+        auto ld = [&](int r) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * N + 8 * v)); };
+        Store st{panel + (u * 32 - k0) / 4 * 64, v};
+        q3Unpack(ld(0), ld(1), ld(2), st);
+      }
+    }
+  } else {
+    constexpr int U = 32 / BITS, SH = 8 / BITS;
+    const __m256i mask = _mm256_set1_epi8(char((1 << BITS) - 1));
+    for (size_t u = k0 / U; u < k1 / U; ++u) {
+      const uint32_t* p = w.qweight + u * N + n;
+      uint8_t* dst = panel + (u * U - k0) / 4 * 64;
+      for (int v = 0; v < nv; ++v) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8 * v));
+        for (int j = 0; j < SH; ++j)
+          _mm256_store_si256(reinterpret_cast<__m256i*>(dst + j * 64 + 32 * v), _mm256_and_si256(_mm256_srli_epi32(wv, BITS * j), mask));
+      }
     }
   }
 }
@@ -744,7 +809,7 @@ void microTileQ8B(const QActs& a, const int8_t* xt, size_t kn, const uint8_t* pa
 // None of this changes a result: each output keeps its one FMA chain per group over
 // ascending k and the combine in group order; the y block only holds the running y exactly.
 // MODE 0: f32 activations; 1: int8 activations with the f32-FMA panel (8 bits); 2: int8
-// activations on maddubs (2 and 4 bits).
+// activations on maddubs (2, 3 and 4 bits).
 //
 // Row block: the panel tiles are converted again for every block, so a larger block converts
 // less often but holds a larger y block (192 x 64 floats = 48 KB, L2). Side by side (2
@@ -833,12 +898,10 @@ void gemmColumns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* 
 template <int BITS>
 void columnsFor(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
   // M <= 8 streams the weights once per row pair; beyond that the panel kernel's reuse wins.
-  if constexpr (BITS != 3) {
-    if (a.act == QAct::kInt8) {
-      if (a.M <= 8) gemvQ8Columns<BITS>(w, a, n0, n1, y, ldy);
-      else gemmColumns<BITS, BITS == 8 ? 1 : 2>(w, a, n0, n1, y, ldy);
-      return;
-    }
+  if (a.act == QAct::kInt8) {
+    if (a.M <= 8) gemvQ8Columns<BITS>(w, a, n0, n1, y, ldy);
+    else gemmColumns<BITS, BITS == 8 ? 1 : 2>(w, a, n0, n1, y, ldy);
+    return;
   }
   if (a.M <= 8) gemvColumns<BITS>(w, a, n0, n1, y, ldy);
   else gemmColumns<BITS, 0>(w, a, n0, n1, y, ldy);

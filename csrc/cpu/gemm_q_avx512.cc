@@ -432,13 +432,11 @@ namespace {
 template <int BITS, bool VNNI>
 void columnsFor(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
   // M <= 8 streams the weights once per row pair; beyond that the panel kernel's reuse wins.
-  if constexpr (BITS != 3) {
-    if (a.act == QAct::kInt8) {
-      const QColumnsFn q8 = VNNI ? q8vnni::q8Columns : q8mad::q8Columns;
-      if (a.M <= 8) q8(w, a, n0, n1, y, ldy);
-      else gemmColumns<BITS, true>(w, a, n0, n1, y, ldy, q8);
-      return;
-    }
+  if (a.act == QAct::kInt8) {
+    const QColumnsFn q8 = VNNI ? q8vnni::q8Columns : q8mad::q8Columns;
+    if (a.M <= 8) q8(w, a, n0, n1, y, ldy);
+    else gemmColumns<BITS, true>(w, a, n0, n1, y, ldy, q8);
+    return;
   }
   if (a.M <= 8) gemvColumns<BITS>(w, a, n0, n1, y, ldy);
   else gemmColumns<BITS, false>(w, a, n0, n1, y, ldy, gemvColumns<BITS>);
@@ -460,7 +458,7 @@ void groupTerms(const QMatrix& w, const QActs& a, size_t g, size_t n0, size_t n1
   for (size_t m = 0; m < a.M; ++m)
     for (size_t n = n0; n < n1; n += kQSplitCols) {
       const size_t e = n + kQSplitCols < n1 ? n + kQSplitCols : n1;
-      if (a.act == QAct::kInt8 && w.fmt.bits != 3) {
+      if (a.act == QAct::kInt8) {
         (VNNI ? q8vnni::q8Terms : q8mad::q8Terms)(w, a, m, g, n, e, T);
         continue;
       }

@@ -1,4 +1,4 @@
-// The int8-activation GEMV kernels of the AVX-512 qgemm level (QAct::kInt8, 2/4/8-bit weights),
+// The int8-activation GEMV kernels of the AVX-512 qgemm level (QAct::kInt8, 2/3/4/8-bit weights),
 // written once and included twice by gemm_q_avx512.cc: once as namespace q8mad (VPMADDUBSW,
 // any AVX-512BW CPU) and once as q8vnni (VPDPBUSD) inside a `#pragma GCC target("avx512vnni")`
 // region, so VNNI instructions exist only in functions reached when CPUID reports VNNI. No
@@ -17,7 +17,52 @@
 //    1). 8 bits: recentred codes c' = c − 128 as |c'| (u8 <= 128) times the activation carrying
 //    c's sign (AVX-512 has no VPSIGNB: the activation is negated under the mask of c' < 0),
 //    widened every row, I = Σ q·c' + 128·Q (exact integers below 2^24).
+// 3 bits: a 32-row block is one 96-bit unit (three qweight rows), unpacked into the 8 quads
+// of kQ3Quads (gemm_q.h) exactly as the AVX2 level's q3Unpack does, byte blends under k-masks
+// instead of VPBLENDVB; maddubs: 8 per block, <= 8·2·7·127 = 14224 per i16 lane, widened once.
 namespace KV_Q8_NS {
+
+// Codes per packing unit, qweight rows per unit, activation quads per unit, units per block.
+template <int BITS>
+struct Shape {
+  static constexpr int U = unitCodes(BITS), W = unitWords(BITS), SH = BITS == 3 ? 8 : 8 / BITS, ROWS = int(kQ8Block) / U;
+};
+
+// The 3-bit unit of 16 columns (words w0, w1, w2) against its 8 broadcast activation quads.
+struct Dot3 {
+  __m512i s = _mm512_setzero_si512();
+  inline void quad(__m512i v, __m512i x) {  // v: 4 codes 0..7 per lane
+#if KV_Q8_VNNI
+    s = _mm512_dpbusd_epi32(s, v, x);
+#else
+    s = _mm512_add_epi16(s, _mm512_maddubs_epi16(v, x));
+#endif
+  }
+  inline void unit(__m512i w0, __m512i w1, __m512i w2, const __m512i* xr) {
+    // Byte p of each lane from word (2p + o) mod 3: bytes 0 and 3 from a03, byte 1 from a1, byte 2 from a2.
+    const __mmask64 b1 = 0x2222222222222222ull, b2 = 0x4444444444444444ull;
+    auto blend = [&](__m512i a03, __m512i a1, __m512i a2) { return _mm512_mask_blend_epi8(b2, _mm512_mask_blend_epi8(b1, a03, a1), a2); };
+    const __m512i m7 = _mm512_set1_epi8(7);
+    const __m512i v0 = blend(w0, w2, w1), v1 = blend(w1, w0, w2), v2 = blend(w2, w1, w0);
+    quad(_mm512_and_si512(v0, m7), xr[0]);
+    quad(_mm512_and_si512(_mm512_srli_epi32(v1, 1), m7), xr[1]);
+    quad(_mm512_and_si512(_mm512_srli_epi32(v2, 2), m7), xr[2]);
+    quad(_mm512_and_si512(_mm512_srli_epi32(v0, 3), m7), xr[3]);
+    quad(_mm512_and_si512(_mm512_srli_epi32(v1, 4), m7), xr[4]);
+    quad(_mm512_and_si512(_mm512_srli_epi32(v2, 5), m7), xr[5]);
+    // The two-byte codes (see the AVX2 level's q3Unpack): low bits from v0 >> 6 (v1 >> 7),
+    // the rest from v1 (v2) rotated right by 6 (7).
+    quad(_mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(v0, 6), _mm512_set1_epi8(3)), _mm512_and_si512(_mm512_ror_epi32(v1, 6), _mm512_set1_epi8(4))), xr[6]);
+    quad(_mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(v1, 7), _mm512_set1_epi8(1)), _mm512_and_si512(_mm512_ror_epi32(v2, 7), _mm512_set1_epi8(6))), xr[7]);
+  }
+  inline __m512 result(__m512) const {
+#if KV_Q8_VNNI
+    return _mm512_cvtepi32_ps(s);
+#else
+    return _mm512_cvtepi32_ps(_mm512_madd_epi16(s, _mm512_set1_epi16(1)));
+#endif
+  }
+};
 
 template <int BITS>
 struct Dot {
@@ -55,33 +100,42 @@ struct Dot {
   }
 };
 
-// The 32-bit activation words of one 32-row block: xv[r][j] = bytes 4j..4j+3 of packed row r.
+// The 32-bit activation words of one 32-row block: xv[r][j] = bytes 4j..4j+3 of packing unit u0 + r.
 template <int BITS>
-inline void blockActs(const int8_t* qx, size_t u0, size_t rows, __m512i (*xv)[8 / BITS]) {
-  constexpr int U = 32 / BITS;
+inline void blockActs(const int8_t* qx, size_t u0, size_t rows, __m512i (*xv)[Shape<BITS>::SH]) {
+  using S = Shape<BITS>;
   for (size_t r = 0; r < rows; ++r)
-    for (int j = 0; j < 8 / BITS; ++j) {
+    for (int j = 0; j < S::SH; ++j) {
       int32_t v;
-      std::memcpy(&v, qx + (u0 + r) * U + 4 * j, 4);
+      std::memcpy(&v, qx + (u0 + r) * S::U + 4 * j, 4);
       xv[r][j] = _mm512_set1_epi32(v);
     }
 }
 
-// A += (I − z·Q)·d for nv column vectors over the rows of one block (p: the block's first
+// A += (I − z·Q)·d for nv column vectors over the units of one block (p: the block's first
 // qweight row at the first column).
 template <int BITS>
-inline void blockTerms(const uint32_t* p, size_t N, size_t rows, const __m512i (*xv)[8 / BITS], size_t nv, __mmask16 last, __m512 q,
-                       __m512 d, const __m512* Z, __m512* A) {
-  constexpr size_t ROWS = kQ8Block / (32 / BITS);
+inline void blockTerms(const uint32_t* p, size_t N, size_t rows, const __m512i (*xv)[Shape<BITS>::SH], size_t nv, __mmask16 last,
+                       __m512 q, __m512 d, const __m512* Z, __m512* A) {
+  constexpr size_t ROWS = size_t(Shape<BITS>::ROWS);
   for (size_t c = 0; c < nv; ++c) {
     const __mmask16 mk = vecMask(c, nv, last);
-    Dot<BITS> dot;
-    if (rows == ROWS) {
-      for (size_t r = 0; r < ROWS; ++r) dot.row(loadW(p + r * N + 16 * c, mk), xv[r]);
+    __m512 I;
+    if constexpr (BITS == 3) {
+      (void)rows;  // a block is exactly one unit (G and K are multiples of 32)
+      Dot3 dot;
+      dot.unit(loadW(p + 16 * c, mk), loadW(p + N + 16 * c, mk), loadW(p + 2 * N + 16 * c, mk), xv[0]);
+      I = dot.result(q);
     } else {
-      for (size_t r = 0; r < rows; ++r) dot.row(loadW(p + r * N + 16 * c, mk), xv[r]);
+      Dot<BITS> dot;
+      if (rows == ROWS) {
+        for (size_t r = 0; r < ROWS; ++r) dot.row(loadW(p + r * N + 16 * c, mk), xv[r]);
+      } else {
+        for (size_t r = 0; r < rows; ++r) dot.row(loadW(p + r * N + 16 * c, mk), xv[r]);
+      }
+      I = dot.result(q);
     }
-    A[c] = _mm512_fmadd_ps(_mm512_fnmadd_ps(Z[c], q, dot.result(q)), d, A[c]);
+    A[c] = _mm512_fmadd_ps(_mm512_fnmadd_ps(Z[c], q, I), d, A[c]);
   }
 }
 
@@ -90,8 +144,9 @@ inline void blockTerms(const uint32_t* p, size_t N, size_t rows, const __m512i (
 // read as one contiguous run, as in the AVX2 level.
 template <int BITS>
 void gemvQ8Strip(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t nv, __mmask16 last, float* y, size_t ldy) {
-  constexpr int U = 32 / BITS, ROWS = int(kQ8Block) / U;
-  const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt)), units = K / U;
+  using S = Shape<BITS>;
+  constexpr int U = S::U, W = S::W;
+  const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt)), qrows = K / U * W;
   const uint32_t* qw = w.qweight + n0;
   const int8_t* qx = a.qx + m * K;
   const float* dx = a.dx + m * a.nbt;
@@ -103,15 +158,16 @@ void gemvQ8Strip(const QMatrix& w, const QActs& a, size_t m, size_t n0, size_t n
     for (size_t c = 0; c < nv; ++c) A[c] = _mm512_setzero_ps(), Z[c] = zerosOf(w, g, n0 + 16 * c, vecMask(c, nv, last));
     for (size_t b = 0, kb = k0; kb < k1; ++b, kb += kQ8Block) {
       const size_t u0 = kb / U, rows = ((kb + kQ8Block < k1 ? kb + kQ8Block : k1) - kb) / U;
-      if (u0 + rows + kPrefetchUnitsQ8 <= units)
-        for (size_t r = 0; r < rows; ++r) {
-          const char* pf = reinterpret_cast<const char*>(qw + (u0 + r + kPrefetchUnitsQ8) * N);
+      const size_t r0 = u0 * W, nr = rows * W;  // the block's qweight rows
+      if (r0 + nr + kPrefetchUnitsQ8 <= qrows)
+        for (size_t r = 0; r < nr; ++r) {
+          const char* pf = reinterpret_cast<const char*>(qw + (r0 + r + kPrefetchUnitsQ8) * N);
           for (size_t o = 0; o < nv * 64; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
         }
-      __m512i xv[ROWS][8 / BITS];
+      __m512i xv[S::ROWS][S::SH];
       blockActs<BITS>(qx, u0, rows, xv);
       const __m512 q = _mm512_set1_ps(qs[g * a.bpg + b]), d = _mm512_set1_ps(dx[g * a.bpg + b]);
-      blockTerms<BITS>(qw + u0 * N, N, rows, xv, nv, last, q, d, Z, A);
+      blockTerms<BITS>(qw + r0 * N, N, rows, xv, nv, last, q, d, Z, A);
     }
     for (size_t c = 0; c < nv; ++c) Y[c] = _mm512_fmadd_ps(scalesOf(w, g, n0 + 16 * c, vecMask(c, nv, last)), A[c], Y[c]);
   }
@@ -130,7 +186,8 @@ void gemvQ8Columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float
 // Split-K: the group term A of group g, row m, columns [n0, n1) (<= kQSplitCols) into T.
 template <int BITS>
 void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t n1, float* T) {
-  constexpr int U = 32 / BITS, ROWS = int(kQ8Block) / U;
+  using S = Shape<BITS>;
+  constexpr int U = S::U, W = S::W;
   const size_t N = size_t(w.fmt.N), K = a.K, G = size_t(qEffectiveGroup(w.fmt));
   const size_t k0 = g * G, k1 = (g + 1) * G < K ? (g + 1) * G : K;
   const size_t nv = (n1 - n0 + 15) / 16;
@@ -140,10 +197,10 @@ void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, si
   for (size_t c = 0; c < nv; ++c) A[c] = _mm512_setzero_ps(), Z[c] = zerosOf(w, g, n0 + 16 * c, vecMask(c, nv, last));
   for (size_t b = 0, kb = k0; kb < k1; ++b, kb += kQ8Block) {
     const size_t u0 = kb / U, rows = ((kb + kQ8Block < k1 ? kb + kQ8Block : k1) - kb) / U;
-    __m512i xv[ROWS][8 / BITS];
+    __m512i xv[S::ROWS][S::SH];
     blockActs<BITS>(qx, u0, rows, xv);
     const size_t bi = m * a.nbt + g * a.bpg + b;
-    blockTerms<BITS>(w.qweight + u0 * N + n0, N, rows, xv, nv, last, _mm512_set1_ps(a.qsum[bi]), _mm512_set1_ps(a.dx[bi]), Z, A);
+    blockTerms<BITS>(w.qweight + u0 * W * N + n0, N, rows, xv, nv, last, _mm512_set1_ps(a.qsum[bi]), _mm512_set1_ps(a.dx[bi]), Z, A);
   }
   float* t = T + (m * a.ng + g) * N + n0;
   for (size_t c = 0; c < nv; ++c) storeY(t + 16 * c, vecMask(c, nv, last), A[c]);
@@ -153,6 +210,7 @@ void termsQ8(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, si
 void q8Columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y, size_t ldy) {
   switch (w.fmt.bits) {
     case 2: return gemvQ8Columns<2>(w, a, n0, n1, y, ldy);
+    case 3: return gemvQ8Columns<3>(w, a, n0, n1, y, ldy);
     case 4: return gemvQ8Columns<4>(w, a, n0, n1, y, ldy);
     case 8: return gemvQ8Columns<8>(w, a, n0, n1, y, ldy);
     default: return;
@@ -161,6 +219,7 @@ void q8Columns(const QMatrix& w, const QActs& a, size_t n0, size_t n1, float* y,
 void q8Terms(const QMatrix& w, const QActs& a, size_t m, size_t g, size_t n0, size_t n1, float* T) {
   switch (w.fmt.bits) {
     case 2: return termsQ8<2>(w, a, m, g, n0, n1, T);
+    case 3: return termsQ8<3>(w, a, m, g, n0, n1, T);
     case 4: return termsQ8<4>(w, a, m, g, n0, n1, T);
     case 8: return termsQ8<8>(w, a, m, g, n0, n1, T);
     default: return;

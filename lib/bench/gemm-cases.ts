@@ -171,12 +171,15 @@ export function gemmCases(machine: Machine, quick: boolean): BenchCase[] {
     cases.push(qCase(name, K, N, 1, 2, 128, machine, quick, 'int8'));
     cases.push(qCase(name, K, N, 1, 2, 128, machine, quick, 'f32'));
     cases.push(qCase(name, K, N, 1, 3, 128, machine, quick, 'f32'));
+    cases.push(qCase(name, K, N, 1, 3, 128, machine, quick, 'int8'));
     cases.push(qCase(name, K, N, 1, 8, 128, machine, quick, 'f32'));
     cases.push(qCase(name, K, N, 1, 8, 128, machine, quick, 'int8'));
     cases.push(qCase(name, K, N, 4, 4, 128, machine, quick, 'int8'));
     cases.push(denseCase(name, K, N, 1, 'f32', machine, quick));
     cases.push(denseCase(name, K, N, 1, 'bf16', machine, quick));
   }
+  // 3 bits on the widest decode shape too (the 3-bit int8 GEMV against its f32 form).
+  if (!quick) for (const act of ['int8', 'f32'] as const) cases.push(qCase('dense up', 2048, 10944, 1, 3, 128, machine, quick, act));
   cases.push(moeCase(machine, quick, 'int8'));
   cases.push(moeCase(machine, quick, 'f32'));
   // Prefill: M = 512 (compute-bound; judged against the FMA peak).
@@ -184,9 +187,10 @@ export function gemmCases(machine: Machine, quick: boolean): BenchCase[] {
   for (const act of ['f32', 'int8'] as const) cases.push(qCase('dense up', 2048, 10944, M, 4, 128, machine, quick, act));
   cases.push(qCase('q_proj', 2048, 3072, M, 4, 128, machine, quick, 'f32'));
   // The other prefill shapes the panel GEMM must not lose on: K = 10944 (a partial last group)
-  // and the int8 byte-dot-product panel at 2 bits.
+  // and the int8 byte-dot-product panel at 2 and 3 bits.
   cases.push(qCase('dense down', 10944, 2048, M, 4, 128, machine, quick, 'f32'));
   cases.push(qCase('q_proj', 2048, 3072, M, 2, 128, machine, quick, 'int8'));
+  cases.push(qCase('q_proj', 2048, 3072, M, 3, 128, machine, quick, 'int8'));
   cases.push(denseCase('q_proj', 2048, 3072, M, 'bf16', machine, quick));
   return cases;
 }

@@ -44,11 +44,11 @@ export interface QLinearOptions {
 
 /**
  * 'f32': x enters the dot products as f32 (error: f32 rounding of the sums only).
- * 'int8': for 2-, 4- and 8-bit weights, x is quantized per block of 32 inputs to int8 with
- * one f32 scale (max|x|/127, round half to even), and the dot products run on bytes (about 3x
- * fewer instructions per weight in the GEMV). Extra error per output <= Σ_k |W_k|·d_b/2
- * (d_b the block's scale). 3-bit weights always use 'f32'. Either way a row's result
- * does not depend on M or on the thread count.
+ * 'int8': for every weight width (2, 3, 4, 8 bits), x is quantized per block of 32 inputs to
+ * int8 with one f32 scale (max|x|/127, round half to even), and the dot products run on bytes
+ * (about 2-3x fewer instructions per weight in the GEMV). Extra error per output
+ * <= Σ_k |W_k|·d_b/2 (d_b the block's scale). Either way a row's result does not depend on M
+ * or on the thread count.
  */
 export type QActivations = 'f32' | 'int8';
 

@@ -148,9 +148,10 @@ TEST(moe_mlp_validates_indices_and_scratch) {
 
 TEST(qgemm_int8_activations_match_f64_and_agree_across_levels_and_regimes) {
   uint64_t seed = 100;
-  for (int bits : {2, 4, 8})
+  for (int bits : {2, 3, 4, 8})
     for (int groupSize : {32, 128, -1}) {
-      const size_t K = bits == 2 ? 304 : bits == 4 ? 296 : 300, N = bits == 8 ? 52 : 48;  // 52: the 8-bit N % 8 == 4 tail
+      // 52: the 8-bit N % 8 == 4 tail; 3 bits: K, N % 32 == 0 (320 = 2·128 + 64 at g128).
+      const size_t K = bits == 2 ? 304 : bits == 3 ? 320 : bits == 4 ? 296 : 300, N = bits == 8 ? 52 : bits == 3 ? 96 : 48;
       const Made m = make(bits, groupSize, false, K, N, ++seed);
       const QMatrix q = m.q();
       const size_t G = size_t(qEffectiveGroup(m.f)), ng = size_t(qGroupCount(m.f)), bpg = (G + 31) / 32;
@@ -201,15 +202,17 @@ TEST(qgemm_int8_activations_match_f64_and_agree_across_levels_and_regimes) {
 // The int8 GEMM's byte dot products sum a 32-row block in i16 (gemm_q_avx2.cc: 8 maddubs of
 // pairs <= 2·maxq·127). Worst case for that bound: every code maxq and every activation
 // quantized to ±127 (x = ±1 in whole blocks), so each block's sum is exactly ±32·maxq·127
-// (4 bits: 60960 as i32, 30480 per i16 half). An overflow or a saturated maddubs would change
+// (4 bits: 60960 as i32, 30480 per i16 half; 3 bits: 8 quads of codes 7, 14224 per i16 half,
+// through the cross-word codes 10 and 21 as well). An overflow or a saturated maddubs would change
 // I by thousands; the scalar reference sums in int32, so the GEMM (M = 13: two 6-row tiles and
 // a 1-row tail) must match it and the M = 1 GEMV bit for bit at every level.
 TEST(qgemm_int8_gemm_is_exact_at_the_extreme_codes_and_activations) {
   uint64_t seed = 900;
-  for (int bits : {2, 4, 8}) {
+  for (int bits : {2, 3, 4, 8}) {
     // g128 with a partial last group; N: whole 16-column tiles + an 8-column tail (4 bits), the
-    // 8-bit N % 8 == 4 tail, whole tiles only (2 bits: N must pack 16 codes per zero word).
-    const size_t K = bits == 2 ? 304 : 296, N = bits == 2 ? 48 : bits == 4 ? 56 : 52, M = 13;
+    // 8-bit N % 8 == 4 tail, whole tiles only (2 bits: N must pack 16 codes per zero word; 3
+    // bits: K, N % 32 == 0, 96 = one 64-column pass + two tiles).
+    const size_t K = bits == 2 ? 304 : bits == 3 ? 320 : 296, N = bits == 2 ? 48 : bits == 3 ? 96 : bits == 4 ? 56 : 52, M = 13;
     Made m = make(bits, 128, false, K, N, ++seed);
     std::fill(m.qw.begin(), m.qw.end(), 0xFFFFFFFFu);  // every code = maxq
     const QMatrix q = m.q();
@@ -330,9 +333,9 @@ TEST(qgemm_rows_are_batch_and_thread_invariant_and_identical_across_levels) {
 // follow from it.
 TEST(qgemm_int8_prepare_rounds_half_to_even_like_nearbyint) {
   uint64_t seed = 900;
-  for (int bits : {2, 4, 8}) {
+  for (int bits : {2, 3, 4, 8}) {
     const size_t K = 256;
-    const Made m = make(bits, 128, false, K, 16, ++seed);
+    const Made m = make(bits, 128, false, K, bits == 3 ? 32 : 16, ++seed);
     const QMatrix q = m.q();
     std::vector<float> x(K);
     fillRandom(x.data(), DType::kF32, K, seed, RandomDist::kNormal, 0, 1);
@@ -360,6 +363,17 @@ TEST(qgemm_int8_prepare_rounds_half_to_even_like_nearbyint) {
       }
       EXPECT_TRUE(a.qsum[b] == sum);
       EXPECT_TRUE(a.dx[b] == mx / 127.0f);
+    }
+    if (bits == 3) {
+      // The 3-bit word order is a permutation of each 32-code unit (kQ3Quads, gemm_q.h): every
+      // code's q lands in exactly one byte, the one its quad and byte name.
+      bool seen[32] = {};
+      for (int j = 0; j < 8; ++j)
+        for (int p = 0; p < 4; ++p) {
+          EXPECT_TRUE(kQ3Quads[j][p] < 32 && !seen[kQ3Quads[j][p]]);
+          seen[kQ3Quads[j][p] & 31] = true;
+          for (size_t u = 0; u < K / 32; ++u) EXPECT_TRUE(float(a.qx[u * 32 + 4 * j + p]) == a.xs[u * 32 + kQ3Quads[j][p]]);
+        }
     }
   }
 }
