@@ -81,7 +81,9 @@ function instrumentNative(): { ms: () => number; calls: () => number; undo: () =
   let calls = 0;
   for (const k of Object.keys(b)) {
     const f = b[k];
-    if (typeof f !== 'function') continue;
+    // Classes (NativeMemory, MoeExpertSet, CancelToken) stay as they are: a wrapper would be
+    // constructed with new and then call the class without it.
+    if (typeof f !== 'function' || /^[A-Z]/.test(k)) continue;
     const fn = f as (...a: unknown[]) => unknown;
     saved.set(k, f);
     b[k] = function (this: unknown, ...a: unknown[]) {
