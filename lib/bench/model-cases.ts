@@ -201,7 +201,7 @@ export function runModelBench(machine: Pick<Machine, 'read_gbps'>, quick: boolea
   const log = o.log ?? (() => undefined);
   const preset = o.preset ?? 'lite';
   const layers = o.layers ?? (quick ? 2 : 4);
-  const base = { pp: o.pp ?? (quick ? 64 : 512), tg: o.tg ?? (quick ? 16 : 128), reps: o.reps ?? (quick ? 1 : 3), profileSteps: o.profileSteps ?? (quick ? 4 : 16), warmSteps: o.warmSteps ?? (quick ? 0 : 512) };
+  const base = { pp: o.pp ?? (quick ? 64 : 512), tg: o.tg ?? (quick ? 16 : 128), reps: o.reps ?? (quick ? 1 : 3), profileSteps: o.profileSteps ?? (quick ? 4 : 64), warmSteps: o.warmSteps ?? (quick ? 0 : 512) };
   const cases = (o.cases ?? defaultModelCases(quick)).filter((c) => !o.filter || o.filter.test(caseName(c)));
   const float = floatCheckpoint(preset, layers, log);
   const rows: ModelBenchRow[] = [];
