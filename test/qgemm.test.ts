@@ -388,6 +388,45 @@ function silu(v: number): number {
   return v / (1 + Math.exp(-v));
 }
 
+/** One projection applied in f64 with a propagated error bound: output o and its bound d. */
+type F64Apply = (e: number, j: 0 | 1 | 2, v: Float64Array, dv: Float64Array, K: number, N: number) => { o: Float64Array; d: Float64Array };
+
+/**
+ * Checks MoE rows y [M, H] against f64: each pair (mlp[i], row[i], weight[i]) is
+ * down(silu(gate(x)) * up(x)) through `apply` (projection j of MLP e), its bound propagated
+ * through silu (slope <= 1.1) and the f32 product (4u), and the weighted sum adds 3u per term.
+ */
+function expectMoeWithinF64(y: Float32Array, xs: Float32Array, M: number, H: number, I: number, routes: { mlp: ArrayLike<number>; row: ArrayLike<number>; weight: ArrayLike<number> }, apply: F64Apply): void {
+  const { mlp, row, weight } = routes;
+  for (let r = 0; r < M; r++) {
+    const want = new Float64Array(H);
+    const bound = new Float64Array(H);
+    for (let i = 0; i < mlp.length; i++) {
+      if (row[i] !== r) continue;
+      const e = mlp[i];
+      const xv = Float64Array.from(xs.subarray(r * H, (r + 1) * H));
+      const zero = new Float64Array(H);
+      const g = apply(e, 0, xv, zero, H, I);
+      const u = apply(e, 1, xv, zero, H, I);
+      const h = new Float64Array(I);
+      const dh = new Float64Array(I);
+      for (let k = 0; k < I; k++) {
+        h[k] = silu(g.o[k]) * u.o[k];
+        dh[k] = 1.1 * g.d[k] * (Math.abs(u.o[k]) + u.d[k]) + Math.abs(silu(g.o[k])) * u.d[k] + 4 * U * Math.abs(h[k]) + 1e-30;
+      }
+      const d = apply(e, 2, h, dh, I, H);
+      for (let c = 0; c < H; c++) {
+        want[c] += weight[i] * d.o[c];
+        bound[c] += Math.abs(weight[i]) * d.d[c] + 3 * U * Math.abs(weight[i] * d.o[c]);
+      }
+    }
+    for (let c = 0; c < H; c++) {
+      const got = y[r * H + c];
+      if (!(Math.abs(got - want[c]) <= bound[c] + 1e-30)) throw new Error(`out[${r}, ${c}] = ${got} vs f64 ${want[c]} (bound ${bound[c]})`);
+    }
+  }
+}
+
 describe.each(levels)('moeMlp at ISA level %s', (isa) => {
   it('matches an f64 MoE of quantized and dense MLPs (pairs in order), and is batch-invariant', () => {
     const H = 128;
@@ -453,33 +492,7 @@ describe.each(levels)('moeMlp at ISA level %s', (isa) => {
       }
       return { o, d };
     };
-    for (let r = 0; r < M; r++) {
-      const want = new Float64Array(H);
-      const bound = new Float64Array(H);
-      for (let i = 0; i < mlp.length; i++) {
-        if (row[i] !== r) continue;
-        const e = mlp[i];
-        const xv = Float64Array.from(xs.subarray(r * H, (r + 1) * H));
-        const zero = new Float64Array(H);
-        const g = apply(projOf(e, 0), xv, zero, H, I);
-        const u = apply(projOf(e, 1), xv, zero, H, I);
-        const h = new Float64Array(I);
-        const dh = new Float64Array(I);
-        for (let k = 0; k < I; k++) {
-          h[k] = silu(g.o[k]) * u.o[k];
-          dh[k] = 1.1 * g.d[k] * (Math.abs(u.o[k]) + u.d[k]) + Math.abs(silu(g.o[k])) * u.d[k] + 4 * U * Math.abs(h[k]) + 1e-30;
-        }
-        const d = apply(projOf(e, 2), h, dh, I, H);
-        for (let c = 0; c < H; c++) {
-          want[c] += weight[i] * d.o[c];
-          bound[c] += Math.abs(weight[i]) * d.d[c] + 3 * U * Math.abs(weight[i] * d.o[c]);
-        }
-      }
-      for (let c = 0; c < H; c++) {
-        const got = y[r * H + c];
-        if (!(Math.abs(got - want[c]) <= bound[c] + 1e-30)) throw new Error(`out[${r}, ${c}] = ${got} vs f64 ${want[c]} (bound ${bound[c]})`);
-      }
-    }
+    expectMoeWithinF64(y, xs, M, H, I, { mlp, row, weight }, (e, j, v, dv, K, N) => apply(projOf(e, j), v, dv, K, N));
     // Batch invariance: row 3 alone (its three pairs, same order) gives the same bits.
     const sel = mlp.map((_, i) => i).filter((i) => row[i] === 3);
     const one = moeMlp(x.slice(3, 4), mlps, { mlp: Int32Array.from(sel.map((i) => mlp[i])), row: new Int32Array(sel.length), weight: Float32Array.from(sel.map((i) => weight[i])) }, undefined, { isa });
@@ -554,33 +567,7 @@ describe.each(levels)('moeMlp with int8 activations at ISA level %s', (isa) => {
       return { o, d };
     };
     const xs = x.toFloat32Array();
-    for (let r = 0; r < M; r++) {
-      const want = new Float64Array(H);
-      const bound = new Float64Array(H);
-      for (let i = 0; i < mlp.length; i++) {
-        if (row[i] !== r) continue;
-        const q = qs[mlp[i]];
-        const xv = Float64Array.from(xs.subarray(r * H, (r + 1) * H));
-        const zero = new Float64Array(H);
-        const g = apply(q.gate, xv, zero, H, I);
-        const u = apply(q.up, xv, zero, H, I);
-        const h = new Float64Array(I);
-        const dh = new Float64Array(I);
-        for (let k = 0; k < I; k++) {
-          h[k] = silu(g.o[k]) * u.o[k];
-          dh[k] = 1.1 * g.d[k] * (Math.abs(u.o[k]) + u.d[k]) + Math.abs(silu(g.o[k])) * u.d[k] + 4 * U * Math.abs(h[k]) + 1e-30;
-        }
-        const d = apply(q.down, h, dh, I, H);
-        for (let c = 0; c < H; c++) {
-          want[c] += weight[i] * d.o[c];
-          bound[c] += Math.abs(weight[i]) * d.d[c] + 3 * U * Math.abs(weight[i] * d.o[c]);
-        }
-      }
-      for (let c = 0; c < H; c++) {
-        const got = y[r * H + c];
-        if (!(Math.abs(got - want[c]) <= bound[c] + 1e-30)) throw new Error(`out[${r}, ${c}] = ${got} vs f64 ${want[c]} (bound ${bound[c]})`);
-      }
-    }
+    expectMoeWithinF64(y, xs, M, H, I, routes, (e, j, v, dv, K, N) => apply([qs[e].gate, qs[e].up, qs[e].down][j], v, dv, K, N));
     // The int8 path really ran: it differs from the f32 one (by the activation rounding).
     const f32 = moeMlp(x, mlps, routes, undefined, { isa }).data() as Float32Array;
     expect(bytes(f32).equals(bytes(y))).toBe(false);

@@ -551,6 +551,17 @@ inline __m256 q4RowScales(const uint8_t* row, const __m256 qdv, size_t groups) {
   return _mm256_mul_ps(qdv, _mm256_cvtph_ps(h));
 }
 
+// The exact integer dot products of group pair p of one q4 row (two blocks at blk: f16 scale,
+// then 16 bytes of codes each) with the query's int8 pair, per lane (lanes 0-3: first block):
+// maddubs of the low and high nibbles, widened, minus the query's 8·Σq correction.
+inline __m256i q4PairDot(const uint8_t* blk, const Q4Pairs& qp, size_t p, __m256i ones, __m256i m15) {
+  const __m256i raw = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + sizeof(KvBlockQ4) + 2)),
+                                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+  const __m256i lo = _mm256_and_si256(raw, m15), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m15);
+  const __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qp.lo[p]), _mm256_maddubs_epi16(hi, qp.hi[p]));
+  return _mm256_sub_epi32(_mm256_madd_epi16(sum16, ones), qp.corr[p]);
+}
+
 inline void q4PairLanes4(const uint8_t* const src[4], const Q4Pairs& qp, const float* qd, size_t pairs, __m256 acc[4]) {
   const __m256i ones = _mm256_set1_epi16(1), m15 = _mm256_set1_epi8(15);
   if (pairs == 0) return;
@@ -562,26 +573,15 @@ inline void q4PairLanes4(const uint8_t* const src[4], const Q4Pairs& qp, const f
     for (int r = 0; r < 4; ++r) rs[r] = q4RowScales(src[r], qdv, 2 * pairs);
     for (size_t p = 0, o = 0; p < pairs; ++p, o += 2 * sizeof(KvBlockQ4)) {
       const __m256i idx = _mm256_setr_epi32(int(2 * p), int(2 * p), int(2 * p), int(2 * p), int(2 * p + 1), int(2 * p + 1), int(2 * p + 1), int(2 * p + 1));
-      for (int r = 0; r < 4; ++r) {
-        const uint8_t* blk = src[r] + o;
-        const __m256i raw = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + sizeof(KvBlockQ4) + 2)),
-                                             _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
-        const __m256i lo = _mm256_and_si256(raw, m15), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m15);
-        const __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qp.lo[p]), _mm256_maddubs_epi16(hi, qp.hi[p]));
-        const __m256i prod = _mm256_sub_epi32(_mm256_madd_epi16(sum16, ones), qp.corr[p]);
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_permutevar8x32_ps(rs[r], idx), acc[r]);
-      }
+      for (int r = 0; r < 4; ++r)
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4PairDot(src[r] + o, qp, p, ones, m15)), _mm256_permutevar8x32_ps(rs[r], idx), acc[r]);
     }
     return;
   }
   for (size_t p = 0, o = 0; p < pairs; ++p, o += 2 * sizeof(KvBlockQ4)) {
     for (int r = 0; r < 4; ++r) {
       const uint8_t* blk = src[r] + o;
-      const __m256i raw = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + sizeof(KvBlockQ4) + 2)),
-                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
-      const __m256i lo = _mm256_and_si256(raw, m15), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m15);
-      const __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qp.lo[p]), _mm256_maddubs_epi16(hi, qp.hi[p]));
-      const __m256i prod = _mm256_sub_epi32(_mm256_madd_epi16(sum16, ones), qp.corr[p]);
+      const __m256i prod = q4PairDot(blk, qp, p, ones, m15);
       const __m256 sc = _mm256_set_m128(_mm_set1_ps(qd[2 * p + 1] * scaleOf(blk + sizeof(KvBlockQ4))), _mm_set1_ps(qd[2 * p] * scaleOf(blk)));
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), sc, acc[r]);
     }
