@@ -73,6 +73,12 @@ bool widen(const void* w, DType t, size_t n, std::vector<float>& out) {
   }
 }
 
+// One row of RMSNorm: y = w ⊙ x / sqrt(mean(x²) + eps), the mean of squares summed in f64.
+void normRow(const SmallOpsKernels& k, const float* xr, const float* wf, float eps, float* yr, size_t n) {
+  const double ms = k.sumSquares(xr, n) / double(n);
+  k.scaleMul(xr, wf, float(1.0 / std::sqrt(ms + double(eps))), yr, n);
+}
+
 }  // namespace
 
 Status rmsNorm(const float* x, const void* w, DType wType, float eps, float* y, size_t rows, size_t n, Isa isa) {
@@ -80,12 +86,7 @@ Status rmsNorm(const float* x, const void* w, DType wType, float eps, float* y, 
   if (!k) return Status::kBackend;
   std::vector<float> wf;
   if (!widen(w, wType, n, wf)) return Status::kDtype;
-  forRows(rows, n, [&](size_t r) {
-    const float* xr = x + r * n;
-    const double ms = k->sumSquares(xr, n) / double(n);
-    const float inv = float(1.0 / std::sqrt(ms + double(eps)));
-    k->scaleMul(xr, wf.data(), inv, y + r * n, n);
-  });
+  forRows(rows, n, [&](size_t r) { normRow(*k, x + r * n, wf.data(), eps, y + r * n, n); });
   return Status::kOk;
 }
 
@@ -95,11 +96,8 @@ Status addRmsNorm(float* x, const float* d, const void* w, DType wType, float ep
   std::vector<float> wf;
   if (!widen(w, wType, n, wf)) return Status::kDtype;
   forRows(rows, n, [&](size_t r) {
-    float* xr = x + r * n;
-    k->axpy(1.0f, d + r * n, xr, n);  // elementwise, so the same bits as axpy's 64K-value chunks
-    const double ms = k->sumSquares(xr, n) / double(n);
-    const float inv = float(1.0 / std::sqrt(ms + double(eps)));
-    k->scaleMul(xr, wf.data(), inv, y + r * n, n);
+    k->axpy(1.0f, d + r * n, x + r * n, n);  // elementwise, so the same bits as axpy's 64K-value chunks
+    normRow(*k, x + r * n, wf.data(), eps, y + r * n, n);
   });
   return Status::kOk;
 }

@@ -35,6 +35,9 @@ struct QArgs {
   std::vector<Span> spans;  // for aliasing checks
 };
 
+// Where the storages of qweight, qzeros, scales and perm sit among a QMatrix's 13 arguments.
+constexpr size_t kQStorageArg[4] = {1, 4, 7, 10};
+
 // 13 arguments from info[i]: fmt (32-byte Uint8Array), qweight, qzeros, scales, perm|null (each
 // storage, byteOffset, byteLength).
 QArgs getQMatrix(const Napi::CallbackInfo& info, size_t i, const std::string& name) {
@@ -58,8 +61,8 @@ QArgs getQMatrix(const Napi::CallbackInfo& info, size_t i, const std::string& na
     throwKvant(env, "KVANT_FORMAT", "Expected " + name + ".groupSize to be a multiple of " + std::to_string(qUnitCodes(f.bits)) +
                                         " (codes per packed word at " + std::to_string(f.bits) + " bits) but it is " + std::to_string(f.groupSize));
   const uint64_t K = uint64_t(f.K), N = uint64_t(f.N), ng = uint64_t(qGroupCount(f));
-  const Span qw = getSpan(info, i + 1, (name + ".qweight").c_str(), 4), qz = getSpan(info, i + 4, (name + ".qzeros").c_str(), 4);
-  const Span sc = getSpan(info, i + 7, (name + ".scales").c_str(), 2), pm = optSpan(info, i + 10, (name + ".perm").c_str(), 4);
+  const Span qw = getSpan(info, i + kQStorageArg[0], (name + ".qweight").c_str(), 4), qz = getSpan(info, i + kQStorageArg[1], (name + ".qzeros").c_str(), 4);
+  const Span sc = getSpan(info, i + kQStorageArg[2], (name + ".scales").c_str(), 2), pm = optSpan(info, i + kQStorageArg[3], (name + ".perm").c_str(), 4);
   need(env, qw, uint64_t(qWeightRows(f)) * N * 4, name + ".qweight (i32 [K*bits/32, N])");
   need(env, qz, ng * uint64_t(qZeroCols(f)) * 4, name + ".qzeros (i32 [ng, N*bits/32])");
   need(env, sc, ng * N * 2, name + ".scales (f16 [ng, N])");
@@ -237,6 +240,17 @@ bool outAliases(const MoeIO& io, const std::vector<Span>& weights) {
   return alias;
 }
 
+// The checked call: scratch sized for these routes, then the kernel.
+void runMoe(Napi::Env env, const MoeIO& io, const MlpDesc* mlps, size_t E, size_t M, size_t H, Isa isa, QAct act) {
+  const int32_t* mp = reinterpret_cast<const int32_t*>(io.mlp.data);
+  const int32_t* rp = reinterpret_cast<const int32_t*>(io.row.data);
+  const size_t scratchFloats = moeScratchFloats(mlps, E, mp, io.P, H, act);
+  Scratch scratch = allocScratch(env, scratchFloats, tMoeScratch);
+  const Status s = moeMlp(reinterpret_cast<const float*>(io.x.data), M, H, mlps, E, mp, rp, reinterpret_cast<const float*>(io.weight.data), io.P,
+                          reinterpret_cast<float*>(io.out.data), scratch.data, scratchFloats, isa, act);
+  if (s != Status::kOk) throwStatus(env, s, "moeMlp failed");
+}
+
 // moeMlp(x, xo, xb, M, H, E, mlp, mo, mb, row, ro, rb, weight, wo, wb, out, oo, ob, isa, act, ...E*3 projections)
 Napi::Value moeMlpB(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -265,14 +279,7 @@ Napi::Value moeMlpB(const Napi::CallbackInfo& info) {
     for (const Span& sp : p.q.spans) weights.push_back(sp);
   }
   if (outAliases(io, weights)) throwKvant(env, "KVANT_RANGE", "Expected out not to overlap x, the routes or any weight tensor");
-  const int32_t* mp = reinterpret_cast<const int32_t*>(io.mlp.data);
-  const int32_t* rp = reinterpret_cast<const int32_t*>(io.row.data);
-  const size_t P = io.P;
-  const size_t scratchFloats = moeScratchFloats(mlps.data(), size_t(E), mp, P, size_t(H), act);
-  Scratch scratch = allocScratch(env, scratchFloats, tMoeScratch);
-  const Status s = moeMlp(reinterpret_cast<const float*>(io.x.data), size_t(M), size_t(H), mlps.data(), size_t(E), mp, rp,
-                          reinterpret_cast<const float*>(io.weight.data), P, reinterpret_cast<float*>(io.out.data), scratch.data, scratchFloats, isa, act);
-  if (s != Status::kOk) throwStatus(env, s, "moeMlp failed");
+  runMoe(env, io, mlps.data(), size_t(E), size_t(M), size_t(H), isa, act);
   return env.Undefined();
 }
 
@@ -310,15 +317,16 @@ class MoeExpertSet : public Napi::ObjectWrap<MoeExpertSet> {
     for (size_t e = 0; e < E; ++e) {
       for (int j = 0; j < 3; ++j) {
         const size_t k = e * 3 + size_t(j), base = 1 + k * kProjArgs;
-        ProjArgs a = getProj(info, base, "mlps[" + std::to_string(e) + "]." + which[j]);
         Held& h = held[k];
         h.name = "mlps[" + std::to_string(e) + "]." + which[j];
+        ProjArgs a = getProj(info, base, h.name);
         if (a.q.q.qweight) {
           qm[k] = a.q.q;
           a.p.q = &qm[k];
-          // The storages of qweight, qzeros, scales and perm (GPTQ args 1, 4, 7, 10 after fmt).
-          const size_t at[4] = {base + 5, base + 8, base + 11, base + 14}, align[4] = {4, 4, 2, 4};
-          for (int t = 0; t < 4; ++t) hold(info, h, at[t], align[t]);
+          // The projection's QMatrix arguments start at base + 4 (getProj); qweight, qzeros,
+          // scales and perm are aligned to their element sizes.
+          const size_t align[4] = {4, 4, 2, 4};
+          for (int t = 0; t < 4; ++t) hold(info, h, base + 4 + kQStorageArg[t], align[t]);
         } else {
           hold(info, h, base + 5, dtypeSize(a.p.denseType));
         }
@@ -400,14 +408,7 @@ Napi::Value moeMlpSetB(const Napi::CallbackInfo& info) {
   for (size_t e = 0; e < E; ++e)
     if (used[e]) set->resolve(env, e, weights);
   if (outAliases(io, weights)) throwKvant(env, "KVANT_RANGE", "Expected out not to overlap x, the routes or any weight tensor");
-  const int32_t* mp = reinterpret_cast<const int32_t*>(io.mlp.data);
-  const int32_t* rp = reinterpret_cast<const int32_t*>(io.row.data);
-  const size_t P = io.P;
-  const size_t scratchFloats = moeScratchFloats(set->mlps.data(), E, mp, P, H, act);
-  Scratch scratch = allocScratch(env, scratchFloats, tMoeScratch);
-  const Status s = moeMlp(reinterpret_cast<const float*>(io.x.data), size_t(M), H, set->mlps.data(), E, mp, rp,
-                          reinterpret_cast<const float*>(io.weight.data), P, reinterpret_cast<float*>(io.out.data), scratch.data, scratchFloats, isa, act);
-  if (s != Status::kOk) throwStatus(env, s, "moeMlp failed");
+  runMoe(env, io, set->mlps.data(), E, size_t(M), H, isa, act);
   return env.Undefined();
 }
 

@@ -209,6 +209,15 @@ function mlpArgs(m: MlpWeights, e: number, H: number): ProjArgs {
   return [...g.args, ...u.args, ...d.args];
 }
 
+/** Every MLP's argument list (mlpArgs), concatenated in order. */
+function mlpListArgs(mlps: readonly MlpWeights[], H: number): ProjArgs {
+  const out: ProjArgs = [];
+  mlps.forEach((m, e) => {
+    for (const v of mlpArgs(m, e, H)) out.push(v);
+  });
+  return out;
+}
+
 /**
  * A fixed set of MLPs of width H (a model's routed and shared experts), checked once, for
  * repeated grouped calls: `moeMlp(x, set, routes)` with routes.mlp naming MLPs by their index
@@ -233,10 +242,7 @@ export class MlpSet {
     if (!Number.isInteger(H) || H <= 0) throw expected('KVANT_SHAPE', 'a positive integer width', 'H', H);
     this.size = mlps.length;
     this.H = H;
-    const args: ProjArgs = [];
-    mlps.forEach((m, e) => {
-      for (const v of mlpArgs(m, e, H)) args.push(v);
-    });
+    const args = mlpListArgs(mlps, H);
     this.handle = callNative(() => new (native().MoeExpertSet)(H, ...args));
   }
 }
@@ -288,10 +294,7 @@ export function moeMlp(
     callNative(() => native().moeMlpSet(...raw(x), M, handle, ...view(mlp), ...view(row), ...view(weight), ...raw(y), isa, act));
     return y;
   }
-  const projections: ProjArgs = [];
-  mlps.forEach((m, e) => {
-    for (const v of mlpArgs(m, e, H)) projections.push(v);
-  });
+  const projections = mlpListArgs(mlps, H);
   callNative(() => native().moeMlp(...raw(x), M, H, mlps.length, ...view(mlp), ...view(row), ...view(weight), ...raw(y), isa, act, ...projections));
   return y;
 }

@@ -330,12 +330,20 @@ function ffn(layer: LayerWeights, k: ForwardConsts, xn: Tensor): Tensor {
 }
 
 /**
+ * The 'xn' rows: rmsNorm(x, w), after x += pending when a residual is pending (one addRmsNorm
+ * call, bit for bit the add and the norm).
+ */
+function normAfter(k: ForwardConsts, x: Tensor, pending: Tensor | undefined, w: Tensor): Tensor {
+  const out = buf(k, 'xn', x.shape);
+  return pending ? addRmsNorm(x, pending, w, k.cfg.rmsNormEps, out) : rmsNorm(x, w, k.cfg.rmsNormEps, out);
+}
+
+/**
  * Final norm and lm_head on rows x [n, H] -> logits [n, V]. `pending`: the last layer's FFN
  * output, added to x here (x += pending, fused with the norm) rather than by the layer.
  */
 function head(w: ModelWeights, k: ForwardConsts, x: Tensor, pending?: Tensor): Tensor {
-  const eps = k.cfg.rmsNormEps;
-  const xn = pending ? addRmsNorm(x, pending, w.finalNorm, eps, buf(k, 'xn', x.shape)) : rmsNorm(x, w.finalNorm, eps, buf(k, 'xn', x.shape));
+  const xn = normAfter(k, x, pending, w.finalNorm);
   return timed(k, 'lm_head', weightBytes(w.lmHead.w), () => lin(k, xn, w.lmHead, buf(k, 'logits', [x.shape[0], w.lmHead.N])));
 }
 
@@ -388,7 +396,7 @@ export function prefillLayer(layer: LayerWeights, l: number, k: ForwardConsts, x
     return attendExplicit(a, k, q, io.rows(l));
   });
   // x += o and the post-attention norm in one call, then x += ffn (x is the layer's output).
-  axpyInPlace(1, ffn(layer, k, addRmsNorm(x, o, layer.postNorm, k.cfg.rmsNormEps)), x);
+  axpyInPlace(1, ffn(layer, k, normAfter(k, x, o, layer.postNorm)), x);
 }
 
 /** What a decode step needs from the cache, per layer. */
@@ -409,14 +417,13 @@ export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array
     const B = tokens.length;
     const x = embedding(w.embed, tokens, buf(k, 'x', [B, cfg.hiddenSize]));
     const into = k.buffers ? { out: k.buffers.get('o_lat', [B, cfg.numHeads, cfg.kvLoraRank]), lse: k.buffers.get('lse', [B, cfg.numHeads]) } : undefined;
-    const eps = cfg.rmsNormEps;
     // Each residual add is fused with the norm that follows it (addRmsNorm): x += attention
     // with the post-attention norm, and x += the FFN output (`pending`) with the next layer's
     // input norm, or the final norm. The same ops in the same order as separate calls.
     let pending: Tensor | undefined;
     w.layers.forEach((layer, l) => {
       const a = layer.attn;
-      const xn = pending ? addRmsNorm(x, pending, layer.inputNorm, eps, buf(k, 'xn', x.shape)) : rmsNorm(x, layer.inputNorm, eps, buf(k, 'xn', x.shape));
+      const xn = normAfter(k, x, pending, layer.inputNorm);
       const bytes = k.profile ? attnCommonBytes(a) + a.wUkT.byteLength + (a.wUv.byteLength * k.cfg.vHeadDim) / a.wUv.shape[1] : 0;
       const o = timed(k, 'attention', bytes, () => {
         const q = queries(a, k, xn, positions);
@@ -425,7 +432,7 @@ export function decodeStep(w: ModelWeights, k: ForwardConsts, tokens: Int32Array
         return lin(k, expandValues(a, k, oLat), a.oProj, buf(k, 'attn_out', x.shape));
       });
       // 'xn' is free again: the input norm's rows were last read by the q and kv_a projections.
-      pending = ffn(layer, k, addRmsNorm(x, o, layer.postNorm, eps, buf(k, 'xn', x.shape)));
+      pending = ffn(layer, k, normAfter(k, x, o, layer.postNorm));
     });
     return head(w, k, x, pending);
   });
