@@ -4,7 +4,8 @@
 import { describe, expect, it } from 'vitest';
 import { Tensor } from '../lib';
 import { MlaKVCache } from '../lib/kv/mla-cache';
-import { MlpSet, moeMlp } from '../lib/ops/qlinear';
+import { bindLinear, linear } from '../lib/ops/linear';
+import { MlpSet, bindQlinear, moeMlp, qlinear } from '../lib/ops/qlinear';
 import { routeTopK } from '../lib/ops/small';
 import { errorCode as code } from './helpers/checks';
 import { makeQuant } from './helpers/gptq-pack';
@@ -123,5 +124,52 @@ describe('MlaKVCache.decode into buffers', () => {
     expect(code(() => cache.decode(0, seqs, q, 0.1, { out: Tensor.zeros([2, H, L - 1]), lse }))).toBe('KVANT_SHAPE');
     expect(code(() => cache.decode(0, seqs, q, 0.1, { out, lse: Tensor.zeros([2, H], 'f16') }))).toBe('KVANT_SHAPE');
     cache.dispose();
+  });
+});
+
+describe('bound linear calls (the decode step repeats them on its fixed buffers)', () => {
+  const K = 96;
+  const N = 40;
+  const x = Tensor.random([2, K], 'f32', { seed: 21, dist: 'normal' });
+
+  it('write the bits of qlinear and linear, on every repeat and after x changes', () => {
+    for (const activations of ['f32', 'int8'] as const) {
+      const w = makeQuant({ K, N, bits: 4, groupSize: 32, sym: false, v2: true, seed: 22 }).w;
+      const out = Tensor.zeros([2, N], 'f32');
+      const call = bindQlinear(x, w, out, activations);
+      call();
+      same(out, qlinear(x, w, { activations }));
+      (x.data() as Float32Array).set(Tensor.random([2, K], 'f32', { seed: 23 }).toFloat32Array());
+      call();
+      same(out, qlinear(x, w, { activations }));
+    }
+    const d = Tensor.random([N, K], 'bf16', { seed: 24, std: 0.1, dist: 'normal' });
+    const out = Tensor.zeros([2, N], 'f32');
+    const call = bindLinear(x, d, out);
+    call();
+    same(out, linear(x, d));
+  });
+
+  it('check their arguments once, with the errors of the unbound calls', () => {
+    const w = makeQuant({ K, N, bits: 4, groupSize: 32, sym: false, v2: true, seed: 25 }).w;
+    expect(code(() => bindQlinear(Tensor.zeros([2, K + 1], 'f32'), w, Tensor.zeros([2, N], 'f32')))).toBe('KVANT_SHAPE');
+    expect(code(() => bindQlinear(x, w, Tensor.zeros([2, N + 1], 'f32')))).toBe('KVANT_SHAPE');
+    expect(code(() => bindLinear(x, Tensor.zeros([N, K + 1], 'f32'), Tensor.zeros([2, N], 'f32')))).toBe('KVANT_SHAPE');
+    expect(code(() => bindLinear(x.to('f16'), Tensor.zeros([N, K], 'f32'), Tensor.zeros([2, N], 'f32')))).toBe('KVANT_DTYPE');
+  });
+
+  it('reject, never read, a weight disposed or detached after binding', () => {
+    const own = makeQuant({ K, N, bits: 4, groupSize: 32, sym: false, v2: true, seed: 26 }).w;
+    const nq = { ...own, qweight: Tensor.zeros(own.qweight.shape, 'i32', { native: true }) };
+    const call = bindQlinear(x, nq, Tensor.zeros([2, N], 'f32'));
+    call();
+    nq.qweight.dispose();
+    expect(code(call)).toBe('KVANT_RANGE');
+    const d = Tensor.random([N, K], 'f32', { seed: 27 });
+    const dense = bindLinear(x, d, Tensor.zeros([2, N], 'f32'));
+    if (d.storage.kind !== 'js') throw new Error('expected a JS-heap tensor');
+    const buffer = d.storage.bytes.buffer as ArrayBuffer;
+    structuredClone(buffer, { transfer: [buffer] });
+    expect(code(dense)).toBe('KVANT_RANGE');
   });
 });

@@ -18,6 +18,27 @@ export interface LinearOptions {
 }
 
 export function linear(x: Tensor, w: Tensor, opts: LinearOptions = {}): Tensor {
+  const { args, y } = gemmArgs(x, w, opts);
+  callNative(() => native().gemm(...args));
+  return y;
+}
+
+/**
+ * linear(x, w, { out }) as a call with its arguments checked and packed once (internal, for the
+ * decode step's fixed buffers; f32 x only, since f16/bf16 x is converted per call). The bound
+ * call holds the same storage objects; the binding still rejects a disposed NativeMemory or a
+ * detached ArrayBuffer on every call.
+ */
+export function bindLinear(x: Tensor, w: Tensor, out: Tensor): () => void {
+  if (x.dtype !== 'f32') throw expected('KVANT_DTYPE', 'f32 activations for a bound linear', 'x.dtype', x.dtype);
+  const { args } = gemmArgs(x, w, { out });
+  // native().gemm looked up per call (not captured): instrumentation that wraps the binding's
+  // functions later (the model bench's outside-native pass) still sees these calls.
+  return () => callNative(() => native().gemm(...args));
+}
+
+/** linear's checked native argument list, and its output (opts.out, or allocated once x and w are checked). */
+function gemmArgs(x: Tensor, w: Tensor, opts: LinearOptions): { args: Parameters<ReturnType<typeof native>['gemm']>; y: Tensor } {
   checkTensor(x, 'x');
   checkTensor(w, 'w');
   if (w.ndim !== 2) throw expected('KVANT_SHAPE', 'a 2-D weight [N, K]', 'w.shape', w.shape);
@@ -40,8 +61,7 @@ export function linear(x: Tensor, w: Tensor, opts: LinearOptions = {}): Tensor {
   }
   if (opts.isa !== undefined && !(opts.isa in ISA)) throw expected('KVANT_BACKEND', "'scalar', 'avx2' or 'avx512'", 'isa', opts.isa);
   const isa = opts.isa === undefined ? undefined : ISA[opts.isa];
-  callNative(() => native().gemm(...raw(xf), M, K, ...raw(w), dtypeCode(w.dtype), N, b[0], b[1], b[2], ...raw(y), isa));
-  return y;
+  return { args: [...raw(xf), M, K, ...raw(w), dtypeCode(w.dtype), N, b[0], b[1], b[2], ...raw(y), isa], y };
 }
 
 /** Options of {@link linearHeads}. */

@@ -137,6 +137,26 @@ function validateQArgs(w: QTensor, name: string): QArgs {
  * zero − 1 stored) and v2 zeros, and act-order through `w.perm`.
  */
 export function qlinear(x: Tensor, w: QTensor, opts: QLinearOptions = {}): Tensor {
+  const { args, y } = qgemmArgs(x, w, opts);
+  callNative(() => native().qgemm(...args));
+  return y;
+}
+
+/**
+ * qlinear(x, w, { out }) as a call with its arguments checked and packed once (internal: the
+ * decode step runs every linear on the same x and out buffers step after step). The bound
+ * call holds the same storage objects; the binding still rejects a disposed NativeMemory or a
+ * detached ArrayBuffer on every call.
+ */
+export function bindQlinear(x: Tensor, w: QTensor, out: Tensor, activations?: QActivations): () => void {
+  const { args } = qgemmArgs(x, w, { out, activations });
+  // native().qgemm looked up per call (not captured): instrumentation that wraps the binding's
+  // functions later (the model bench's outside-native pass) still sees these calls.
+  return () => callNative(() => native().qgemm(...args));
+}
+
+/** qlinear's checked native argument list, and its output (opts.out, or allocated once x and w are checked). */
+function qgemmArgs(x: Tensor, w: QTensor, opts: QLinearOptions): { args: Parameters<ReturnType<typeof native>['qgemm']>; y: Tensor } {
   checkTensor(x, 'x');
   const args = qArgs(w, 'w');
   const { K, N } = w.format;
@@ -158,8 +178,7 @@ export function qlinear(x: Tensor, w: QTensor, opts: QLinearOptions = {}): Tenso
   }
   const isa = isaCode(opts.isa);
   const act = actCode(opts.activations);
-  callNative(() => native().qgemm(...raw(x), dtypeCode(x.dtype), M, ...args, ...b, ...raw(y), isa, act, dtypeCode(y.dtype)));
-  return y;
+  return { args: [...raw(x), dtypeCode(x.dtype), M, ...args, ...b, ...raw(y), isa, act, dtypeCode(y.dtype)], y };
 }
 
 /** One MLP: down(silu(gate(x)) ⊙ up(x)); each weight is a QTensor or a dense f32/f16/bf16 Tensor [N, K]. */

@@ -14,14 +14,14 @@
  * sums a row's experts in that row's top-k order — so a row's result never depends on which
  * other rows share the batch, and the kernels make it independent of the thread count.
  */
-import { linear, linearHeads } from '../../ops/linear';
+import { bindLinear, linear, linearHeads } from '../../ops/linear';
 import { flashAttention } from '../../ops/attention';
 import { MlpWeights as KernelMlp, MlpSet, QActivations, moeMlp } from '../../ops/qlinear';
 import { addRmsNorm, axpyInPlace, embedding, rmsNorm, ropeInPlace, routeTopK, siluGate } from '../../ops/small';
 import { Tensor } from '../../tensor';
 import { DeepSeekV2Config } from './config';
 import { ropeAmplitude, ropeInvFreq, softmaxScale } from './rope';
-import { AttentionWeights, LayerWeights, LinearWeight, MlpWeights, ModelWeights, MoeWeights, applyLinear, weightBytes } from './weights';
+import { AttentionWeights, LayerWeights, LinearWeight, MlpWeights, ModelWeights, MoeWeights, applyLinear, bindApplyLinear, weightBytes } from './weights';
 
 const f32 = (t: Tensor): Float32Array => t.data() as Float32Array;
 
@@ -76,6 +76,18 @@ export interface ForwardConsts {
 export class StepBuffers {
   private readonly stores = new Map<string, Tensor>();
   private readonly views = new Map<string, Tensor>();
+  /** The bound linear calls of the step (see lin), by weight: the x and out they were bound to. */
+  readonly bound = new Map<object, { x: Tensor; out: Tensor; call: () => void }>();
+  private readonly reshapes = new WeakMap<Tensor, Tensor>();
+
+  /** t.reshape(shape) as the same view object each time (so a linear bound to it stays bound). */
+  reshaped(t: Tensor, shape: readonly number[]): Tensor {
+    const hit = this.reshapes.get(t);
+    if (hit && sameShape(hit.shape, shape)) return hit;
+    const view = t.reshape(shape);
+    this.reshapes.set(t, view);
+    return view;
+  }
 
   /** The buffer of `role` for this shape (f32 unless the role is i32; a role keeps one dtype). */
   get(role: string, shape: readonly number[], dtype: 'f32' | 'i32' = 'f32'): Tensor {
@@ -114,10 +126,30 @@ export interface ForwardObserver {
   moe?(m: MoeWeights, xn: Tensor, experts: Int32Array): void;
 }
 
-/** applyLinear, shown to the observer first when one is set. */
+/**
+ * applyLinear, shown to the observer first when one is set. Into a step buffer (decode), the
+ * call is checked and packed once per (weight, x, out) and repeated from then on: the step's
+ * buffers are the same tensors step after step, and the JS that runs between two kernels runs
+ * with caches the weight stream just emptied (docs/bench.md), so every line of it not run
+ * counts. A new batch size (new views) binds again.
+ */
 function lin(k: ForwardConsts, x: Tensor, w: LinearWeight, out?: Tensor): Tensor {
-  k.observer?.linear?.(w, x);
+  if (k.observer) k.observer.linear?.(w, x);
+  else if (out && k.buffers && x.dtype === 'f32') return boundCall(k.buffers, w, x, out, () => bindApplyLinear(x, w, out, k.activations));
   return applyLinear(x, w, out, k.activations);
+}
+
+/** Runs the call bind() makes, bound once per (key, x, out) in the step buffers (see lin); returns out. */
+function boundCall(b: StepBuffers, key: object, x: Tensor, out: Tensor, bind: () => () => void): Tensor {
+  const hit = b.bound.get(key);
+  if (hit && hit.x === x && hit.out === out) {
+    hit.call();
+    return out;
+  }
+  const call = bind();
+  b.bound.set(key, { x, out, call });
+  call();
+  return out;
 }
 
 function timed<T>(k: ForwardConsts, part: ForwardComponent, bytes: number, fn: () => T): T {
@@ -252,7 +284,8 @@ function absorbQuery(a: AttentionWeights, k: ForwardConsts, q: Tensor): Tensor {
 function expandValues(a: AttentionWeights, k: ForwardConsts, oLat: Tensor): Tensor {
   const cfg = k.cfg;
   const o = linearHeads(oLat, a.wUv, { wRow0: a.wUvRow0, n: cfg.vHeadDim, out: buf(k, 'o_heads', [oLat.shape[0], cfg.numHeads, cfg.vHeadDim]) });
-  return o.reshape([oLat.shape[0], cfg.numHeads * cfg.vHeadDim]);
+  const flat = [oLat.shape[0], cfg.numHeads * cfg.vHeadDim];
+  return k.buffers ? k.buffers.reshaped(o, flat) : o.reshape(flat);
 }
 
 function mlpForward(m: MlpWeights, k: ForwardConsts, x: Tensor): Tensor {
@@ -288,7 +321,8 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
   const cfg = k.cfg;
   const T = x.shape[0];
   const K = cfg.numExpertsPerTok;
-  const logits = linear(x, m.router, { out: buf(k, 'router', [T, m.router.shape[0]]) });
+  const rOut = buf(k, 'router', [T, m.router.shape[0]]);
+  const logits = rOut && k.buffers && x.dtype === 'f32' ? boundCall(k.buffers, m.router, x, rOut, () => bindLinear(x, m.router, rOut)) : linear(x, m.router, { out: rOut });
   const { idx, weights } = routeTopK(logits, {
     k: K,
     method: cfg.topkMethod,

@@ -7,8 +7,8 @@
  */
 import { KvantError } from '../../errors';
 import { Checkpoint } from '../../io/checkpoint';
-import { linear } from '../../ops/linear';
-import { QActivations, qlinear } from '../../ops/qlinear';
+import { bindLinear, linear } from '../../ops/linear';
+import { QActivations, bindQlinear, qlinear } from '../../ops/qlinear';
 import { QuantizeConfig, isQuantized, loadQTensor, readQuantizeConfig } from '../../quant/checkpoint';
 import { QTensor } from '../../quant/format';
 import { dequantize } from '../../quant/quantize';
@@ -34,6 +34,11 @@ export interface LinearWeight {
 /** y [M, N] f32 = x [M, K] · Wᵀ (quantized W: activations as given, default f32). Rows are independent (batch-invariant kernels). */
 export function applyLinear(x: Tensor, w: LinearWeight, out?: Tensor, activations?: QActivations): Tensor {
   return w.w instanceof Tensor ? linear(x, w.w, { out }) : qlinear(x, w.w, { out, activations });
+}
+
+/** applyLinear(x, w, out, activations) with its arguments checked and packed once: a call to repeat on the same x and out. */
+export function bindApplyLinear(x: Tensor, w: LinearWeight, out: Tensor, activations?: QActivations): () => void {
+  return w.w instanceof Tensor ? bindLinear(x, w.w, out) : bindQlinear(x, w.w, out, activations);
 }
 
 /** Bytes a linear layer's weights occupy (packed codes, zeros, scales, g_idx for GPTQ). */
