@@ -76,9 +76,25 @@ export interface ForwardConsts {
 export class StepBuffers {
   private readonly stores = new Map<string, Tensor>();
   private readonly views = new Map<string, Tensor>();
-  /** The bound linear calls of the step (see lin), by weight: the x and out they were bound to. */
-  readonly bound = new Map<object, { x: Tensor; out: Tensor; call: () => void }>();
+  private readonly bound = new Map<object, { x: Tensor; out: Tensor; call: () => void }>();
   private readonly reshapes = new WeakMap<Tensor, Tensor>();
+
+  /**
+   * Runs the call bind() makes for `key` (a weight) on x and out, bound once and repeated while
+   * x and out are the same views (see lin); a new x or out (a new batch size) binds again.
+   * Returns out.
+   */
+  runBound(key: object, x: Tensor, out: Tensor, bind: () => () => void): Tensor {
+    const hit = this.bound.get(key);
+    if (hit && hit.x === x && hit.out === out) {
+      hit.call();
+      return out;
+    }
+    const call = bind();
+    this.bound.set(key, { x, out, call });
+    call();
+    return out;
+  }
 
   /** t.reshape(shape) as the same view object each time (so a linear bound to it stays bound). */
   reshaped(t: Tensor, shape: readonly number[]): Tensor {
@@ -135,21 +151,8 @@ export interface ForwardObserver {
  */
 function lin(k: ForwardConsts, x: Tensor, w: LinearWeight, out?: Tensor): Tensor {
   if (k.observer) k.observer.linear?.(w, x);
-  else if (out && k.buffers && x.dtype === 'f32') return boundCall(k.buffers, w, x, out, () => bindApplyLinear(x, w, out, k.activations));
+  else if (out && k.buffers && x.dtype === 'f32') return k.buffers.runBound(w, x, out, () => bindApplyLinear(x, w, out, k.activations));
   return applyLinear(x, w, out, k.activations);
-}
-
-/** Runs the call bind() makes, bound once per (key, x, out) in the step buffers (see lin); returns out. */
-function boundCall(b: StepBuffers, key: object, x: Tensor, out: Tensor, bind: () => () => void): Tensor {
-  const hit = b.bound.get(key);
-  if (hit && hit.x === x && hit.out === out) {
-    hit.call();
-    return out;
-  }
-  const call = bind();
-  b.bound.set(key, { x, out, call });
-  call();
-  return out;
 }
 
 function timed<T>(k: ForwardConsts, part: ForwardComponent, bytes: number, fn: () => T): T {
@@ -322,7 +325,7 @@ function moeForward(m: MoeWeights, k: ForwardConsts, x: Tensor): Tensor {
   const T = x.shape[0];
   const K = cfg.numExpertsPerTok;
   const rOut = buf(k, 'router', [T, m.router.shape[0]]);
-  const logits = rOut && k.buffers && x.dtype === 'f32' ? boundCall(k.buffers, m.router, x, rOut, () => bindLinear(x, m.router, rOut)) : linear(x, m.router, { out: rOut });
+  const logits = rOut && k.buffers && x.dtype === 'f32' ? k.buffers.runBound(m.router, x, rOut, () => bindLinear(x, m.router, rOut)) : linear(x, m.router, { out: rOut });
   const { idx, weights } = routeTopK(logits, {
     k: K,
     method: cfg.topkMethod,
